@@ -1,0 +1,197 @@
+"""
+The wire format: one immutable `Message`, one parser, the server's own messages.
+
+This module is pure: it imports nothing from Twisted or Autobahn and does no
+I/O, so it can be tested (and fuzzed) on its own.  `Message.from_json` is the
+only way client input becomes a `Message`; it raises `InvalidMessage` and
+nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Union
+
+__all__ = [
+    "ALL",
+    "MAX_ADDRESSEES",
+    "MAX_EVENT_LENGTH",
+    "Addressees",
+    "InvalidMessage",
+    "Message",
+    "authenticated",
+    "error",
+    "joined",
+    "left",
+]
+
+ALL: Final = "all"
+MAX_EVENT_LENGTH: Final = 64
+MAX_ADDRESSEES: Final = 64
+_DETAILS_PREVIEW: Final = 256
+
+Addressees = Union[Literal["all"], tuple[str, ...], None]
+
+
+class InvalidMessage(ValueError):
+    """
+    A frame that is not a valid client message.
+
+    `description` is the wire error's description (``"Invalid JSON"`` or
+    ``"Invalid message"``) and `details` what the client is told about it.
+    """
+
+    def __init__(self, description: str, details: Any) -> None:
+        super().__init__(f"{description}: {details}")
+        self.description = description
+        self.details = details
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:32]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_decoder = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
+_encode_ascii = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+_encode_utf8 = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """
+    One signaling message.  `to` is ``"all"``, a tuple of peer ids, or None.
+
+    The JSON key ``from`` is the attribute `from_`.  Instances are immutable
+    and hashable as long as `data` is; use `dataclasses.replace` to derive a
+    changed copy.
+    """
+
+    event: str
+    data: Any = None
+    from_: str | None = None
+    to: Addressees = None
+
+    def __post_init__(self) -> None:
+        # Accept any sequence of ids from Python callers but store a tuple so
+        # the message stays immutable.
+        to = self.to
+        if to is not None and to != ALL and not isinstance(to, tuple):
+            object.__setattr__(self, "to", tuple(to))
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, from_: str | None = None) -> Message:
+        """
+        Parse one client frame.  The client's ``from`` is replaced by `from_`
+        (the server stamps the sender) and every key other than ``event``,
+        ``data`` and ``to`` is dropped.
+
+        @raise InvalidMessage: with description ``"Invalid JSON"`` when the
+            text is not JSON, ``"Invalid message"`` when it is JSON but not a
+            message.
+        """
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidMessage("Invalid JSON", "frame is not valid UTF-8") from None
+        try:
+            obj = _decoder.decode(text)
+        except (ValueError, RecursionError):
+            raise InvalidMessage("Invalid JSON", text[:_DETAILS_PREVIEW]) from None
+        if not isinstance(obj, dict):
+            raise InvalidMessage("Invalid message", "a message must be a JSON object")
+        event = obj.get("event")
+        if not isinstance(event, str):
+            raise InvalidMessage("Invalid message", "'event' must be a string")
+        if not 1 <= len(event) <= MAX_EVENT_LENGTH:
+            raise InvalidMessage(
+                "Invalid message", f"'event' must be 1 to {MAX_EVENT_LENGTH} characters"
+            )
+        return cls(event, obj.get("data"), from_, _parse_to(obj.get("to", _MISSING)))
+
+    def to_json(self) -> str:
+        """
+        Encode with exactly the four keys ``event``, ``data``, ``from``, ``to``.
+        """
+        return _encode_utf8(self._as_dict())
+
+    def to_bytes(self) -> bytes:
+        """
+        The UTF-8 frame payload.  A lone surrogate (which a client can send as
+        a JSON escape) cannot be UTF-8, so such a message is sent escaped.
+        """
+        obj = self._as_dict()
+        try:
+            return _encode_utf8(obj).encode("utf-8")
+        except UnicodeEncodeError:
+            return _encode_ascii(obj).encode("ascii")
+
+    def _as_dict(self) -> dict[str, Any]:
+        to = self.to
+        return {
+            "event": self.event,
+            "data": self.data,
+            "from": self.from_,
+            "to": list(to) if isinstance(to, tuple) else to,
+        }
+
+    def addressees(self) -> tuple[str, ...]:
+        """
+        The listed peer ids, in order, each once (empty for ``"all"``/None).
+        """
+        to = self.to
+        if not isinstance(to, tuple):
+            return ()
+        return tuple(dict.fromkeys(to))
+
+
+_MISSING: Final = object()
+
+
+def _parse_to(to: object) -> Addressees:
+    if to is _MISSING:
+        raise InvalidMessage("Invalid message", "'to' is missing")
+    if to == ALL:
+        return ALL
+    if not isinstance(to, list):
+        raise InvalidMessage("Invalid message", "'to' must be \"all\" or a list of peer ids")
+    if len(to) > MAX_ADDRESSEES:
+        raise InvalidMessage(
+            "Invalid message", f"'to' may list at most {MAX_ADDRESSEES} peer ids"
+        )
+    for peer_id in to:
+        if not isinstance(peer_id, str):
+            raise InvalidMessage("Invalid message", "'to' must list peer ids as strings")
+    return tuple(to)
+
+
+# The server's own messages (SPEC 1.3).
+
+
+def authenticated(
+    peer_id: str, peers: list[str], ice_servers: list[dict[str, Any]], **extra: Any
+) -> Message:
+    data: dict[str, Any] = {"peer_id": peer_id, "peers": peers, "ice_servers": ice_servers}
+    data.update(extra)
+    return Message("authenticated", data, None, (peer_id,))
+
+
+def joined(peer_id: str) -> Message:
+    return Message("joined", {"peer_id": peer_id}, peer_id, ALL)
+
+
+def left(peer_id: str) -> Message:
+    return Message("left", {"peer_id": peer_id}, None, ALL)
+
+
+def error(peer_id: str, description: str, details: Any = None) -> Message:
+    return Message("error", {"description": description, "details": details}, None, (peer_id,))

@@ -1,0 +1,138 @@
+"""
+The registry of rooms: a `MultiService` holding one `Room` per name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from .room import Room
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+__all__ = ["ROOM_NAME", "RoomFactory", "Rooms", "is_room_name"]
+
+ROOM_NAME = re.compile(r"[A-Za-z0-9_.~-]{1,64}\Z")
+
+RoomFactory = Callable[[str], Room]
+"""Makes the room for a name; used for rooms created on demand."""
+
+
+def is_room_name(name: str) -> bool:
+    return ROOM_NAME.match(name) is not None
+
+
+class Rooms(MultiService):
+    """
+    The rooms of a server, by name.
+
+    Rooms started with `start_room` stay until `stop_room`, even when they
+    empty.  With a `factory`, a peer asking for a room that does not exist
+    gets one made by the factory, and such a room stops when its last peer
+    leaves.  `max_peers` is the cap for rooms started here without one of
+    their own (None: no cap).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        factory: RoomFactory | None = None,
+        *,
+        max_peers: int | None = 4,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__()
+        self.factory = factory
+        self.max_peers = max_peers
+        self._clock = clock
+
+    def get(self, name: str) -> Room | None:
+        room = self.namedServices.get(name)
+        return room if isinstance(room, Room) else None
+
+    @property
+    def creates_on_demand(self) -> bool:
+        return self.factory is not None
+
+    def start_room(
+        self,
+        name: str,
+        room_class: type[Room] = Room,
+        options: Any = None,
+        *,
+        max_peers: int | None = -1,
+    ) -> Room:
+        """
+        Start a room that stays until `stop_room`.  `max_peers` defaults to
+        the registry's (-1 means "the registry's"; None means no cap).
+
+        @raise ValueError: the name is not a valid room name or is taken.
+        """
+        if max_peers == -1:
+            max_peers = self.max_peers
+        room = room_class(name, options, max_peers=max_peers, clock=self._clock)
+        self._add(room)
+        return room
+
+    def get_or_create(self, name: str) -> Room | None:
+        """
+        The room called `name`, made by the factory if there is none and
+        rooms are created on demand; None otherwise.
+        """
+        room = self.get(name)
+        if room is None and self.factory is not None:
+            room = self.factory(name)
+            room._on_empty = self._emptied
+            self._add(room)
+        return room
+
+    def stop_room(self, name: str) -> Deferred[None]:
+        """
+        Stop the room (its peers get "Room closed") and forget it.
+
+        @raise KeyError: there is no such room.
+        """
+        room = self.get(name)
+        if room is None:
+            raise KeyError(name)
+        return self._remove(room)
+
+    def stopService(self) -> Deferred[None]:
+        for room in self:
+            room.close_reason = "shutdown"
+        return super().stopService()  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Room]:
+        return (s for s in list(self.services) if isinstance(s, Room))
+
+    def __len__(self) -> int:
+        return len(self.namedServices)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.namedServices
+
+    def _add(self, room: Room) -> None:
+        if not is_room_name(room.name):
+            raise ValueError(f"not a valid room name: {room.name!r}")
+        if room.name in self.namedServices:
+            raise ValueError(f"room {room.name!r} already exists")
+        room.setServiceParent(self)
+        self._log.info("room {room} started", room=room.name)
+
+    def _remove(self, room: Room) -> Deferred[None]:
+        room._on_empty = None
+        d = self.removeService(room)
+        self._log.info("room {room} stopped", room=room.name)
+        return d if d is not None else succeed(None)
+
+    def _emptied(self, room: Room) -> None:
+        if self.get(room.name) is room:
+            self._remove(room)

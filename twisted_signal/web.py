@@ -1,0 +1,130 @@
+"""
+The HTTP surface: pages, static assets, ``/healthz`` and ``/socket/<room>/``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from typing import TYPE_CHECKING
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.python.filepath import FilePath
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
+from twisted.web.static import File
+
+from .peer import Peer, PeerFactory
+from .rooms import Rooms, is_room_name
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+    from twisted.web.server import Request
+
+__all__ = ["PACKAGED_PAGES", "SignalingResource"]
+
+PACKAGED_PAGES = str(files("twisted_signal") / "static")
+"""The folder of the pages that ship with the package."""
+
+_NOT_FOUND = notFound()
+
+
+class SignalingResource(Resource):
+    """
+    The whole HTTP surface of a signaling server, to serve as a site's root
+    or to mount under a path of your own site:
+
+    - ``/`` the landing page (``index.html`` of the pages folder);
+    - ``/<room>`` the room page (``room.html``) for valid room names;
+    - ``/static/<path>`` the pages folder's files;
+    - ``/healthz`` JSON health;
+    - ``/socket/<room>/`` the WebSocket endpoint.
+
+    `pages` replaces the packaged pages folder.
+    """
+
+    def __init__(
+        self,
+        rooms: Rooms,
+        *,
+        peer_class: type[Peer] = Peer,
+        settings: Settings | None = None,
+        pages: str | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__()
+        self.rooms = rooms
+        self.factory = PeerFactory(rooms, peer_class=peer_class, settings=settings, clock=clock)
+        self.accepting = True
+        """False once the server is shutting down: ``/healthz`` then answers 503."""
+        folder = FilePath(pages or PACKAGED_PAGES)
+        self._room_page = _page(folder.child("room.html"))
+        self.putChild(b"", _page(folder.child("index.html")))
+        self.putChild(b"static", _StaticFiles(folder.path))
+        self.putChild(b"healthz", _Health(self))
+        self.putChild(b"socket", _Sockets(WebSocketResource(self.factory)))
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        try:
+            name = path.decode("utf-8")
+        except UnicodeDecodeError:
+            return _NOT_FOUND
+        if is_room_name(name) and not request.postpath:
+            return self._room_page
+        return _NOT_FOUND
+
+
+def _page(path: FilePath[str]) -> IResource:
+    page = File(path.path, defaultType="text/html; charset=utf-8")
+    page.isLeaf = True
+    return page
+
+
+class _StaticFiles(File):
+    """
+    Static files without directory listings.
+    """
+
+    def directoryListing(self) -> IResource:
+        return _NOT_FOUND
+
+
+class _Sockets(Resource):
+    """
+    ``/socket/<room>/``: hands the request to Autobahn, which answers 400
+    itself for a path without a valid room.
+    """
+
+    def __init__(self, websocket: IResource) -> None:
+        super().__init__()
+        self._websocket = websocket
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        if request.postpath in ([], [b""]):
+            return self._websocket
+        return _NOT_FOUND
+
+    def render(self, request: Request) -> bytes:
+        return _NOT_FOUND.render(request)
+
+
+class _Health(Resource):
+    isLeaf = True
+
+    def __init__(self, signaling: SignalingResource) -> None:
+        super().__init__()
+        self._signaling = signaling
+
+    def render_GET(self, request: Request) -> bytes:
+        rooms = self._signaling.rooms
+        accepting = self._signaling.accepting
+        body = {
+            "status": "ok" if accepting else "shutting_down",
+            "rooms": len(rooms),
+            "peers": sum(len(room.peers) for room in rooms),
+        }
+        request.setResponseCode(200 if accepting else 503)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body).encode("utf-8")
