@@ -74,7 +74,7 @@ class SerialQueue:
     work it was) and does not stop the queue.
     """
 
-    __slots__ = ("_busy", "_draining", "_pending", "_what", "_closed")
+    __slots__ = ("_busy", "_closed", "_draining", "_pending", "_what")
 
     def __init__(self, what: str) -> None:
         self._what = what

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Union
+from typing import Any, Final, Literal
 
 __all__ = [
     "ALL",
@@ -32,7 +32,7 @@ MAX_EVENT_LENGTH: Final = 64
 MAX_ADDRESSEES: Final = 64
 _DETAILS_PREVIEW: Final = 256
 
-Addressees = Union[Literal["all"], tuple[str, ...], None]
+Addressees = Literal["all"] | tuple[str, ...] | None
 
 
 class InvalidMessage(ValueError):
@@ -165,9 +165,7 @@ def _parse_to(to: object) -> Addressees:
     if not isinstance(to, list):
         raise InvalidMessage("Invalid message", "'to' must be \"all\" or a list of peer ids")
     if len(to) > MAX_ADDRESSEES:
-        raise InvalidMessage(
-            "Invalid message", f"'to' may list at most {MAX_ADDRESSEES} peer ids"
-        )
+        raise InvalidMessage("Invalid message", f"'to' may list at most {MAX_ADDRESSEES} peer ids")
     for peer_id in to:
         if not isinstance(peer_id, str):
             raise InvalidMessage("Invalid message", "'to' must list peer ids as strings")

@@ -60,6 +60,7 @@ class Peer(WebSocketServerProtocol):
     """
 
     factory: PeerFactory
+    maxMessagePayloadSize: int  # set by Autobahn from the factory's options
     _log = Logger()
 
     def __init__(self) -> None:
@@ -117,7 +118,8 @@ class Peer(WebSocketServerProtocol):
 
     # The handshake (SPEC 1.4 steps 1 and 2).
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred[None]:
+    # Autobahn waits on a Deferred from onConnect (txaio.as_future).
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None]:  # type: ignore[override]
         self.peer_id = str(uuid4())
         return Deferred.fromCoroutine(self._handshake(request))
 
@@ -236,7 +238,9 @@ class Peer(WebSocketServerProtocol):
             self._idle = self.factory.clock.callLater(remaining, self._check_idle)
         else:
             self._idle = None
-            self._log.info("peer {peer_id} idle for {timeout}s", peer_id=self.peer_id, timeout=timeout)
+            self._log.info(
+                "peer {peer_id} idle for {timeout}s", peer_id=self.peer_id, timeout=timeout
+            )
             self._close(1000)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -319,7 +323,7 @@ class PeerFactory(WebSocketServerFactory):
         clock: IReactorTime | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as clock
         super().__init__(server=None, reactor=clock)
         self.protocol = peer_class
         self.rooms = rooms

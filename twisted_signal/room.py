@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -67,6 +67,7 @@ class Room(Service):
     """
 
     _log = Logger()
+    name: str
 
     #: How long `stopService` waits for the peers' connections to close
     #: before it lets them go anyway.
@@ -84,8 +85,10 @@ class Room(Service):
         self.options = options
         self.max_peers = max_peers
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
-        self._clock: IReactorTime = clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = cast("IReactorTime", reactor)
+        self._clock = clock
         self._peers: dict[str, PeerHandle] = {}
         self._peers_view = MappingProxyType(self._peers)
         self._queue = SerialQueue(f"room {name!r}")
@@ -310,7 +313,7 @@ class Room(Service):
         except NoSuchPeer as e:
             handle = self._peers.get(sender) if sender is not None else None
             if handle is not None:
-                handle.send(wire.error(sender, "No such peer", e.peer_ids).to_bytes())
+                handle.send(wire.error(handle.peer_id, "No such peer", e.peer_ids).to_bytes())
 
     def _check_addressees(self, message: Message) -> None:
         if isinstance(message.to, tuple):
@@ -348,5 +351,10 @@ def _chain(d: Deferred[None]) -> Deferred[None]:
     if d.called:
         return succeed(None)
     waiter: Deferred[None] = Deferred()
-    d.addBoth(lambda r: (waiter.callback(None), r)[1])
+
+    def fire(result: object) -> object:
+        waiter.callback(None)
+        return result
+
+    d.addBoth(fire)
     return waiter

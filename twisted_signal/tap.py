@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.endpoints import _parseServer  # type: ignore[attr-defined]
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 from twisted.python.reflect import namedAny
@@ -61,7 +61,12 @@ class Options(usage.Options):
         ["max-peers", None, 4, "Peers per room for rooms without their own limit.", _max_peers],
         ["room-class", None, None, "Your Room subclass, as MODULE.CLASS (default: built-in)."],
         ["peer-class", None, None, "Your Peer subclass, as MODULE.CLASS (default: built-in)."],
-        ["static", None, None, "A folder of pages replacing the packaged ones (default: packaged)."],
+        [
+            "static",
+            None,
+            None,
+            "A folder of pages replacing the packaged ones (default: packaged).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -75,9 +80,11 @@ class Options(usage.Options):
         (default: tcp:8080).  Examples: tcp:8080:interface=127.0.0.1,
         ssl:8443:privateKey=key.pem:certKey=cert.pem, systemd:domain=INET:index=0.
         """
+        from twisted.internet import reactor
+
         try:
-            _parseServer(description, None)
-        except (ValueError, KeyError, TypeError) as e:
+            serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError, OSError) as e:
             raise usage.UsageError(f"--endpoint {description!r} is not an endpoint: {e}") from None
         self["endpoint"].append(description)
 
@@ -149,7 +156,7 @@ class _Server(SignalingService):
             stderr = sys.__stderr__ or sys.stderr
             stderr.write(f"twistd rtcsignal: cannot listen on {where}: {reason}\n")
             stderr.flush()
-            os._exit(1)
+            raise SystemExit(1) from None
 
 
 def makeService(options: Options) -> IService:

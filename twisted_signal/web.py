@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.python.filepath import FilePath
@@ -106,7 +106,7 @@ class _Sockets(Resource):
         return _NOT_FOUND
 
     def render(self, request: Request) -> bytes:
-        return _NOT_FOUND.render(request)
+        return cast(bytes, _NOT_FOUND.render(request))
 
 
 class _Health(Resource):
