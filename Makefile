@@ -11,6 +11,9 @@ ARGS ?=
 
 .PHONY: run test lint unit install system-packages clean
 
+# The browser tests drive Debian's Chromium (never a downloaded build).
+SYSTEM_PACKAGES := chromium
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -22,6 +25,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 run: install
 	$(BIN)/twistd --pidfile= -n rtcsignal --endpoint $(ENDPOINT) $(ARGS)
 
@@ -30,7 +41,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-unit: install
+unit: install system-packages
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
