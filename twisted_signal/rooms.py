@@ -4,6 +4,7 @@ The registry of rooms: a `MultiService` holding one `Room` per name.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
 __all__ = ["ROOM_NAME", "RoomFactory", "Rooms", "is_room_name"]
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.~-]{1,64}\Z")
+
+
+class _Default(enum.Enum):
+    DEFAULT = "the registry's"
+
+
+DEFAULT = _Default.DEFAULT
 
 RoomFactory = Callable[[str], Room]
 """Makes the room for a name; used for rooms created on demand."""
@@ -68,17 +76,16 @@ class Rooms(MultiService):
         room_class: type[Room] = Room,
         options: Any = None,
         *,
-        max_peers: int | None = -1,
+        max_peers: int | _Default | None = DEFAULT,
     ) -> Room:
         """
-        Start a room that stays until `stop_room`.  `max_peers` defaults to
-        the registry's (-1 means "the registry's"; None means no cap).
+        Start a room that stays until `stop_room`.  `max_peers` is the
+        registry's unless given (None: no cap).
 
         @raise ValueError: the name is not a valid room name or is taken.
         """
-        if max_peers == -1:
-            max_peers = self.max_peers
-        room = room_class(name, options, max_peers=max_peers, clock=self._clock)
+        cap = self.max_peers if isinstance(max_peers, _Default) else max_peers
+        room = room_class(name, options, max_peers=cap, clock=self._clock)
         self._add(room)
         return room
 
