@@ -9,7 +9,7 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080
 ARGS ?=
 
-.PHONY: run test lint unit install system-packages clean
+.PHONY: run test lint unit bench install system-packages clean
 
 # The browser tests drive Debian's Chromium (never a downloaded build).
 SYSTEM_PACKAGES := chromium
@@ -46,6 +46,10 @@ unit: install system-packages
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint unit
+
+bench: install
+	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
+	$(BIN)/python bench/relay.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache
