@@ -17,8 +17,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import message as wire
 from .context import AuthData
@@ -257,6 +258,9 @@ class Room(Service):
         return then(self._relay(wire.joined(handle.peer_id)), lambda _: handle.admitted(already))
 
     def _leave(self, peer_id: str) -> Any:
+        if self._closing:
+            # The room was stopped while this leave waited its turn.
+            return self._leave_now(peer_id)
         if self._peers.pop(peer_id, None) is None:
             return None
         self._log.info("peer {peer_id} left room {room}", peer_id=peer_id, room=self.name)
@@ -295,8 +299,16 @@ class Room(Service):
             self._log.failure("Error in on_forward of room {room}", room=self.name)
             return None
         if isinstance(result, Deferred):
-            return result.addCallback(self._deliver_from, message.from_)
+            return result.addCallbacks(
+                self._deliver_from, self._forward_failed, callbackArgs=(message.from_,)
+            )
         return self._deliver_from(result, message.from_)
+
+    def _forward_failed(self, failure: Failure) -> None:
+        # Log here rather than let the queue do it: what follows a relay
+        # (admitting a newcomer, stopping an empty room) must still happen.
+        if not failure.check(CancelledError):
+            self._log.failure("Error in on_forward of room {room}", failure, room=self.name)
 
     def _deliver_from(self, message: Message | None, sender: str | None) -> None:
         if message is None:
