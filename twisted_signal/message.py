@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 __all__ = [
     "ALL",
     "MAX_ADDRESSEES",
+    "MAX_DEPTH",
     "MAX_EVENT_LENGTH",
     "Addressees",
     "InvalidMessage",
@@ -30,6 +32,8 @@ __all__ = [
 ALL: Final = "all"
 MAX_EVENT_LENGTH: Final = 64
 MAX_ADDRESSEES: Final = 64
+MAX_DEPTH: Final = 64
+"""How deeply `data` may nest arrays and objects."""
 _DETAILS_PREVIEW: Final = 256
 
 Addressees = Literal["all"] | tuple[str, ...] | None
@@ -65,10 +69,11 @@ _encode_ascii = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=
 _encode_utf8 = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Message:
     """
-    One signaling message.  `to` is ``"all"``, a tuple of peer ids, or None.
+    One signaling message.  `to` is ``"all"``, peer ids (any iterable of
+    them, kept as a tuple), or None.
 
     The JSON key ``from`` is the attribute `from_`.  Instances are immutable
     and hashable as long as `data` is; use `dataclasses.replace` to derive a
@@ -80,12 +85,22 @@ class Message:
     from_: str | None = None
     to: Addressees = None
 
-    def __post_init__(self) -> None:
-        # Accept any sequence of ids from Python callers but store a tuple so
-        # the message stays immutable.
-        to = self.to
-        if to is not None and to != ALL and not isinstance(to, tuple):
-            object.__setattr__(self, "to", tuple(to))
+    def __init__(
+        self,
+        event: str,
+        data: Any = None,
+        from_: str | None = None,
+        to: Literal["all"] | Iterable[str] | None = None,
+    ) -> None:
+        if isinstance(to, str):
+            if to != ALL:
+                raise ValueError("'to' must be \"all\", peer ids, or None")
+        elif to is not None and not isinstance(to, tuple):
+            to = tuple(to)
+        object.__setattr__(self, "event", event)
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "from_", from_)
+        object.__setattr__(self, "to", to)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, from_: str | None = None) -> Message:
@@ -116,7 +131,10 @@ class Message:
             raise InvalidMessage(
                 "Invalid message", f"'event' must be 1 to {MAX_EVENT_LENGTH} characters"
             )
-        return cls(event, obj.get("data"), from_, _parse_to(obj.get("to", _MISSING)))
+        data = obj.get("data")
+        if isinstance(data, (dict, list)) and _nested_deeper_than(data, MAX_DEPTH):
+            raise InvalidMessage("Invalid message", f"'data' is nested deeper than {MAX_DEPTH}")
+        return cls(event, data, from_, _parse_to(obj.get("to", _MISSING)))
 
     def to_json(self) -> str:
         """
@@ -155,6 +173,21 @@ class Message:
 
 
 _MISSING: Final = object()
+
+
+def _nested_deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
+    """
+    Whether `value` nests containers more than `limit` deep, found without
+    recursion (a message must stay encodable however deep the stack is).
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def _parse_to(to: object) -> Addressees:
