@@ -370,7 +370,7 @@ def test_a_string_to_other_than_all_is_refused() -> None:
     not silently become a tuple of single characters.
     """
     with pytest.raises((TypeError, ValueError)):
-        Message("x", to=PEER_A)  # type: ignore[arg-type]
+        Message("x", to=PEER_A)
 
 
 def test_replace_gives_a_changed_copy() -> None:

@@ -13,6 +13,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
+from twisted.web.util import redirectTo
 
 from .peer import Peer, PeerFactory
 from .rooms import Rooms, is_room_name
@@ -64,6 +65,11 @@ class SignalingResource(Resource):
         self.putChild(b"static", _StaticFiles(folder.path))
         self.putChild(b"healthz", _Health(self))
         self.putChild(b"socket", _Sockets(WebSocketResource(self.factory)))
+
+    def render_GET(self, request: Request) -> bytes:
+        # Mounted at /rtc, a request for /rtc lands here: the pages link
+        # relatively, so send it to /rtc/.
+        return redirectTo(request.prePathURL() + b"/", request)
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         try:
