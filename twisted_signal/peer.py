@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from . import message as wire
+from .auth import token_from_request
 from .context import AuthData, PeerContext
 from .errors import BadRequest, Unauthorized
 from .hooks import SerialQueue, call, call_logged, then
@@ -133,6 +134,14 @@ class Peer(WebSocketServerProtocol):
         except Exception:
             self._log.failure("Error in parse_request")
             self._refuse_handshake(request, 500, "Internal Server Error")
+        verifier = self.factory.settings.token_verifier
+        if verifier is not None:
+            # Server-wide token check: the claims become the credentials.
+            try:
+                token = token_from_request(request.params, request.headers)
+                credentials = verifier.verify(token, room_name)
+            except Unauthorized as e:
+                self._refuse_handshake(request, 401, "Unauthorized", why=str(e))
         self.auth = AuthData(self.peer_id, dict(credentials or {}), metadata)
         self.context = PeerContext(self.peer_id, room_name)
         try:
@@ -153,12 +162,15 @@ class Peer(WebSocketServerProtocol):
             self._terminate()
             self._refuse_handshake(request, 404, "Not Found")
 
-    def _refuse_handshake(self, request: ConnectionRequest, status: int, reason: str) -> NoReturn:
+    def _refuse_handshake(
+        self, request: ConnectionRequest, status: int, reason: str, why: str = ""
+    ) -> NoReturn:
         self._log.info(
-            "refused connection from {remote}: {status} {reason}",
+            "refused connection from {remote}: {status} {reason}{why}",
             remote=request.peer,
             status=status,
             reason=reason,
+            why=f" ({why})" if why else "",
         )
         raise ConnectionDeny(status, reason)
 
@@ -186,10 +198,11 @@ class Peer(WebSocketServerProtocol):
             PeerHandle(self.peer_id, self.auth, self._write, self._close, self._admitted, self)
         )
 
+    def _ice_servers(self) -> list[dict[str, Any]]:
+        return self.factory.settings.ice.servers_for(self.peer_id, self.factory.clock.seconds())
+
     def _admitted(self, peer_ids: list[str]) -> None:
-        self.send_to_client(
-            wire.authenticated(self.peer_id, peer_ids, list(self.factory.settings.ice_servers))
-        )
+        self.send_to_client(wire.authenticated(self.peer_id, peer_ids, self._ice_servers()))
         if self._admission is not None and not self._admission.called:
             self._admission.callback(None)
 
@@ -205,6 +218,10 @@ class Peer(WebSocketServerProtocol):
             message = Message.from_json(payload, from_=self.peer_id)
         except InvalidMessage as e:
             self._error(e.description, e.details)
+            return
+        if message.event == "ice_servers" and message.to == (self.peer_id,):
+            # A request for fresh ICE credentials, answered instead of echoed.
+            self.send_to_client(Message("ice_servers", self._ice_servers(), None, (self.peer_id,)))
             return
         self._queue.run(lambda: self._receive(message))
 

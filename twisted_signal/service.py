@@ -17,7 +17,7 @@ from twisted.web.server import Site
 from .peer import Peer
 from .rooms import Rooms
 from .settings import Settings
-from .web import SignalingResource
+from .web import SignalingResource, access_log_formatter
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorCore
@@ -56,7 +56,7 @@ class SignalingService(MultiService):
         self.resource = SignalingResource(
             self.rooms, peer_class=peer_class, settings=settings, pages=pages, clock=reactor
         )
-        self.site = Site(self.resource)
+        self.site = Site(self.resource, logFormatter=access_log_formatter)
         self.site.displayTracebacks = False
         for description in endpoints:
             strports.service(description, self.site, reactor=reactor).setServiceParent(self)

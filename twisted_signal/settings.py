@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .auth import TokenVerifier
+from .ice import IceConfig
+
 __all__ = ["Settings"]
 
 
@@ -29,8 +32,11 @@ class Settings:
     close_timeout: float = 2.0
     """How long a closing handshake may take before the TCP connection is dropped."""
 
-    ice_servers: tuple[dict[str, Any], ...] = field(default=())
-    """RTCIceServer dictionaries handed to peers in ``authenticated``."""
+    ice: IceConfig = field(default_factory=IceConfig)
+    """The ICE servers (and TURN credentials) handed to peers."""
+
+    token_verifier: TokenVerifier | None = None
+    """When set, every peer must present a valid token (SPEC 5.1)."""
 
     peer_options: Any = None
     """Passed to `Peer.on_init` as ``options``."""

@@ -15,10 +15,13 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 from twisted.python.reflect import namedAny
 
+from .auth import TokenVerifier
+from .ice import IceConfig
 from .peer import Peer
 from .room import Room
 from .rooms import Rooms, is_room_name
 from .service import SignalingService
+from .settings import Settings
 
 __all__ = ["DEFAULT_ENDPOINT", "Options", "makeService"]
 
@@ -47,6 +50,13 @@ def _max_peers(value: str) -> int:
 _max_peers.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
 
 
+def _turn_ttl(value: str) -> int:
+    try:
+        return _positive_int(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--turn-ttl: {e}") from None
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -67,12 +77,49 @@ class Options(usage.Options):
             None,
             "A folder of pages replacing the packaged ones (default: packaged).",
         ],
+        ["jwt-secret", None, None, "Peers must present a JWT (HS256) signed with this secret."],
+        ["jwt-secret-file", None, None, "The same, with the secret read from this file."],
+        [
+            "jwt-public-key-file",
+            None,
+            None,
+            "Peers must present a JWT (RS256/ES256) verified by this PEM public key.",
+        ],
+        [
+            "turn-secret",
+            None,
+            None,
+            "Shared secret of a TURN server (coturn use-auth-secret): "
+            "peers get ephemeral credentials for the --turn-uri servers.",
+        ],
+        ["turn-secret-file", None, None, "The same, with the secret read from this file."],
+        ["turn-ttl", None, 86400, "Seconds the TURN credentials are valid.", _turn_ttl],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["endpoint"] = []
         self["room"] = []
+        self["ice-server"] = []
+        self["turn-uri"] = []
+        self["settings"] = Settings()
+
+    def opt_ice_server(self, url: str) -> None:
+        """
+        A STUN or TURN URL handed to peers as an ICE server; repeatable.
+        """
+        if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+            raise usage.UsageError(f"--ice-server {url!r} is not a stun:/turn: URL")
+        self["ice-server"].append(url)
+
+    def opt_turn_uri(self, uri: str) -> None:
+        """
+        A TURN URI for which peers get ephemeral credentials (with
+        --turn-secret); repeatable.
+        """
+        if not uri.startswith(("turn:", "turns:")):
+            raise usage.UsageError(f"--turn-uri {uri!r} is not a turn: or turns: URI")
+        self["turn-uri"].append(uri)
 
     def opt_endpoint(self, description: str) -> None:
         """
@@ -117,6 +164,35 @@ class Options(usage.Options):
         static = self["static"]
         if static is not None and not os.path.isdir(static):
             raise usage.UsageError(f"--static {static!r} is not a folder")
+        self["settings"] = Settings(token_verifier=self._token_verifier(), ice=self._ice())
+
+    def _token_verifier(self) -> TokenVerifier | None:
+        secret = _secret(self, "jwt-secret")
+        key_file = self["jwt-public-key-file"]
+        if secret is not None and key_file is not None:
+            raise usage.UsageError("give a JWT secret or a JWT public key, not both")
+        if secret is not None:
+            return TokenVerifier.from_secret(secret)
+        if key_file is not None:
+            try:
+                with open(key_file, "rb") as f:
+                    return TokenVerifier.from_public_key(f.read())
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--jwt-public-key-file {key_file!r}: {e}") from None
+        return None
+
+    def _ice(self) -> IceConfig:
+        secret = _secret(self, "turn-secret")
+        if secret is not None and not self["turn-uri"]:
+            raise usage.UsageError("--turn-secret needs at least one --turn-uri")
+        if self["turn-uri"] and secret is None:
+            raise usage.UsageError("--turn-uri needs --turn-secret or --turn-secret-file")
+        return IceConfig(
+            urls=tuple(self["ice-server"]),
+            turn_uris=tuple(self["turn-uri"]),
+            turn_secret=secret,
+            turn_ttl=self["turn-ttl"],
+        )
 
     def parseOptions(self, options: Any = None) -> None:
         try:
@@ -126,6 +202,25 @@ class Options(usage.Options):
                 raise
             # Under twistd: one line, not twistd's whole usage text.
             raise SystemExit(f"twistd rtcsignal: {e} (see: twistd rtcsignal --help)") from None
+
+
+def _secret(options: Options, name: str) -> str | None:
+    """
+    The secret given as --NAME or --NAME-file (not both); never echoed.
+    """
+    value, path = options[name], options[f"{name}-file"]
+    if value is not None and path is not None:
+        raise usage.UsageError(f"give --{name} or --{name}-file, not both")
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = getattr(e, "strerror", None) or "not readable text"
+            raise usage.UsageError(f"--{name}-file {path!r}: {reason}") from None
+    if value is not None and not value:
+        raise usage.UsageError(f"--{name}{'-file' if path else ''}: the secret is empty")
+    return value
 
 
 def _load_class(option: str, name: str | None, base: type[Any]) -> type[Any]:
@@ -175,5 +270,6 @@ def makeService(options: Options) -> IService:
         rooms,
         endpoints=options["endpoint"],
         peer_class=options["peer-class"],
+        settings=options["settings"],
         pages=options["static"],
     )

@@ -5,11 +5,13 @@ The HTTP surface: pages, static assets, ``/healthz`` and ``/socket/<room>/``.
 from __future__ import annotations
 
 import json
+import re
 from importlib.resources import files
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.python.filepath import FilePath
+from twisted.web.http import combinedLogFormatter
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
@@ -23,12 +25,51 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
     from twisted.web.server import Request
 
-__all__ = ["PACKAGED_PAGES", "SignalingResource"]
+__all__ = ["PACKAGED_PAGES", "SignalingResource", "access_log_formatter", "redact"]
 
 PACKAGED_PAGES = str(files("twisted_signal") / "static")
 """The folder of the pages that ship with the package."""
 
 _NOT_FOUND = notFound()
+_SECRET_PARAMS = re.compile(rb"((?:^|[?&;])(?:token|resume)=)[^&;#]*")
+
+
+def redact(uri: bytes) -> bytes:
+    """
+    `uri` with the values of its ``token`` and ``resume`` parameters hidden.
+    """
+    return _SECRET_PARAMS.sub(rb"\1REDACTED", uri)
+
+
+class _Redacted:
+    """
+    A request as the access log sees it: without tokens in the URI or the
+    Referer (a room page opened with ?token= is the referrer of its assets).
+    """
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    @property
+    def uri(self) -> bytes:
+        return redact(self._request.uri)
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        value = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            return redact(value)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def access_log_formatter(timestamp: str, request: Request) -> str:
+    """
+    Twisted's combined log format, minus tokens (use as a `Site`'s
+    ``logFormatter``).
+    """
+    return cast(str, combinedLogFormatter(timestamp, _Redacted(request)))
 
 
 class SignalingResource(Resource):
