@@ -11,8 +11,9 @@ ARGS ?=
 
 .PHONY: run test lint unit bench install system-packages clean
 
-# The browser tests drive Debian's Chromium (never a downloaded build).
-SYSTEM_PACKAGES := chromium
+# The browser tests drive Debian's Chromium (never a downloaded build); the
+# TURN test runs a real coturn on loopback.
+SYSTEM_PACKAGES := chromium coturn
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -152,7 +152,8 @@ class Peer(WebSocketServerProtocol):
         except Exception:
             self._log.failure("Error in on_init of peer {peer_id}", peer_id=self.peer_id)
             self._refuse_handshake(request, 500, "Internal Server Error")
-        self._initialised = True
+        # on_init accepted the peer: from here on, whatever ends the
+        # connection must call on_terminate, exactly once.
         if self._gone:
             # The client left while on_init was running.
             self._terminate()
@@ -161,6 +162,10 @@ class Peer(WebSocketServerProtocol):
         if room_name not in rooms and not rooms.creates_on_demand:
             self._terminate()
             self._refuse_handshake(request, 404, "Not Found")
+        if not self.factory.accepting:
+            self._terminate()
+            self._refuse_handshake(request, 503, "Service Unavailable")
+        self._initialised = True
 
     def _refuse_handshake(
         self, request: ConnectionRequest, status: int, reason: str, why: str = ""
@@ -344,6 +349,8 @@ class PeerFactory(WebSocketServerFactory):
         super().__init__(server=None, reactor=clock)
         self.protocol = peer_class
         self.rooms = rooms
+        self.accepting = True
+        """False once the server is shutting down: new peers get 503."""
         self.settings = settings = settings or Settings()
         self.clock: IReactorTime = cast("IReactorTime", clock)
         self.setProtocolOptions(

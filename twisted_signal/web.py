@@ -98,14 +98,24 @@ class SignalingResource(Resource):
         super().__init__()
         self.rooms = rooms
         self.factory = PeerFactory(rooms, peer_class=peer_class, settings=settings, clock=clock)
-        self.accepting = True
-        """False once the server is shutting down: ``/healthz`` then answers 503."""
         folder = FilePath(pages or PACKAGED_PAGES)
         self._room_page = _page(folder.child("room.html"))
         self.putChild(b"", _page(folder.child("index.html")))
         self.putChild(b"static", _StaticFiles(folder.path))
         self.putChild(b"healthz", _Health(self))
         self.putChild(b"socket", _Sockets(WebSocketResource(self.factory)))
+
+    @property
+    def accepting(self) -> bool:
+        """
+        False once the server is shutting down: ``/healthz`` answers 503 and
+        new peers are refused with 503.
+        """
+        return self.factory.accepting
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        self.factory.accepting = value
 
     def render_GET(self, request: Request) -> bytes:
         # Mounted at /rtc, a request for /rtc lands here: the pages link
