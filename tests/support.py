@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -145,3 +145,102 @@ def deferred_in_thread(fn: Callable[[], Any]) -> Deferred[Any]:
     from twisted.internet.threads import deferToThread
 
     return deferToThread(fn)
+
+
+# Helpers for the end-to-end protocol tests (tests/test_peer.py).
+
+SERVER_KEYS = frozenset({"event", "data", "from", "to"})
+"""The keys of every message the server sends (SPEC 1.1)."""
+
+
+class StrictClient(Client):
+    """
+    A `Client` that checks that every message it receives has exactly the
+    four keys of SPEC 1.1, and can wait for the server to close.
+    """
+
+    def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        message = super().recv(timeout)
+        assert set(message) == SERVER_KEYS, message
+        return message
+
+    def closed_with(self, timeout: float = TIMEOUT) -> int | None:
+        """
+        Wait for the connection to end: the close code the server sent (None
+        if it dropped the connection without a close frame).  Fails if a
+        message arrives first.
+        """
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            frame = self.ws.recv(timeout=timeout)
+        except ConnectionClosed as e:
+            return None if e.rcvd is None else e.rcvd.code
+        raise AssertionError(f"expected the connection to close, got {frame!r}")
+
+
+def join_strict(url: str, **kwargs: Any) -> StrictClient:
+    """
+    Like `join`, with a `StrictClient`.
+    """
+    client = StrictClient(open_socket(url, **kwargs))
+    message = client.recv()
+    assert message["event"] == "authenticated", message
+    client.authenticated = message
+    return client
+
+
+def handshake_status(url: str, **kwargs: Any) -> int:
+    """
+    The HTTP status with which the server refuses the upgrade to `url`
+    (fails if the upgrade is accepted).
+    """
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        ws = open_socket(url, **kwargs)
+    except InvalidStatus as e:
+        return e.response.status_code
+    ws.close()
+    raise AssertionError(f"the upgrade to {url} was accepted")
+
+
+def in_reactor(fn: Callable[..., Any], *args: Any) -> Any:
+    """
+    From a client thread: call `fn` in the reactor thread and return its
+    result (waiting for it if it is a `Deferred`).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.interfaces import IReactorFromThreads
+    from twisted.internet.threads import blockingCallFromThread
+
+    return blockingCallFromThread(cast(IReactorFromThreads, reactor), fn, *args)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """
+    From a client thread: poll `predicate` (in the reactor thread) until it
+    is true; fail after `timeout` seconds.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not in_reactor(predicate):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {predicate!r}")
+        time.sleep(0.01)
+
+
+def http_get(url: str, timeout: float = TIMEOUT) -> tuple[int, bytes]:
+    """
+    From a client thread: GET `url`; its status and body (error statuses
+    included).
+    """
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(url, timeout=timeout) as response:
+            return int(response.status), bytes(response.read())
+    except HTTPError as e:
+        return int(e.code), bytes(e.read())
