@@ -140,8 +140,11 @@ def _page(path: FilePath[str]) -> IResource:
 
 class _StaticFiles(File):
     """
-    Static files without directory listings.
+    Static files without directory listings (or index pages standing in
+    for them).
     """
+
+    indexNames: list[str] = []  # noqa: RUF012 (File's own attribute)
 
     def directoryListing(self) -> IResource:
         return _NOT_FOUND
@@ -174,6 +177,8 @@ class _Health(Resource):
         self._signaling = signaling
 
     def render_GET(self, request: Request) -> bytes:
+        if request.postpath:
+            return cast(bytes, _NOT_FOUND.render(request))
         rooms = self._signaling.rooms
         accepting = self._signaling.accepting
         body = {
