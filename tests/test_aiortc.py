@@ -1,0 +1,435 @@
+"""
+Real WebRTC through a real server: aiortc peers signalling through a
+``twistd -n rtcsignal`` process, the example bot (examples/aiortc_bot)
+answering an aiortc peer that plays the browser's part, and the bot in a
+call with headless Chromium on the packaged room page.
+
+Everything stays on this machine: aioice is told to gather 127.0.0.1 only,
+and Chromium is allowed loopback candidates.  Chromium also offers its other
+host addresses; a pair it picks may use one of them, but a packet between
+two local addresses never leaves the host (Linux routes it over ``lo``), and
+no STUN/TURN server is configured, so no network namespace is needed.
+Nothing here is skipped: a missing aiortc, twistd plugin, Chromium or room
+page is a failure.
+
+The package must be installed in the virtualenv (``make test`` does it):
+twistd finds the plugin in site-packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aioice.ice
+import av
+import pytest
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+
+from examples.aiortc_bot.bot import Bot, TestPattern
+from examples.aiortc_bot.bot import run as run_bot
+from twisted_signal import Message
+from twisted_signal.client import AsyncSignalingClient, aio_connect
+
+TWISTD = Path(sys.executable).with_name("twistd")
+CHROMIUM = "/usr/bin/chromium"
+ROOM_JS = Path(__file__).parent.parent / "twisted_signal" / "static" / "room.js"
+START_TIMEOUT = 15.0
+TIMEOUT = 15.0
+CHROMIUM_FLAGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--no-sandbox",
+]
+
+
+@pytest.fixture(autouse=True)
+def loopback_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aioice offers 127.0.0.1 only (it leaves loopback out by default)."""
+
+    def loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return ["127.0.0.1"] if use_ipv4 else []
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback)
+
+
+# The server: twistd as users run it.
+
+
+@dataclass
+class Server:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def socket_url(self, room: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/socket/{room}/"
+
+    def page_url(self, room: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{room}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    assert TWISTD.exists(), f"{TWISTD} is missing: install the package (make test does)"
+    port = free_port()
+    log = tmp_path / "twistd.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(TWISTD),
+                "--pidfile=",
+                "-n",
+                "rtcsignal",
+                "--endpoint",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    running = Server(port, process, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert process.poll() is None, f"twistd exited\n{log.read_text()}"
+            health = f"http://127.0.0.1:{port}/healthz"
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=1) as r:
+                if r.status == 200:
+                    break
+            assert time.monotonic() < deadline, f"twistd did not start\n{log.read_text()}"
+            time.sleep(0.05)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run(scenario: Callable[[], Awaitable[None]], seconds: float = 40) -> None:
+    """Run an asyncio scenario to its end (the test reactor is not asyncio)."""
+
+    async def bounded() -> None:
+        async with asyncio.timeout(seconds):
+            await scenario()
+
+    asyncio.run(bounded())
+
+
+# A peer in the browser's part: it follows the room page's signaling.
+
+
+class BrowserRole:
+    """
+    An aiortc peer that does what call.js does, as far as the bot can
+    tell: the newcomer offers, ``{type, sdp}`` descriptions, candidates in
+    the SDP (aiortc does not trickle).  It sends a test pattern as its
+    "camera", opens a data channel and keeps the frames it receives.
+    """
+
+    def __init__(self, client: AsyncSignalingClient) -> None:
+        self.client = client
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.frames: list[av.VideoFrame] = []
+        self.echoes: asyncio.Queue[str] = asyncio.Queue()
+        self.channel: RTCDataChannel | None = None
+        self.media: dict[str, Any] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._tasks.append(asyncio.ensure_future(self._consume(track)))
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    assert isinstance(frame, av.VideoFrame)
+                    self.frames.append(frame)
+
+    def _open_channel(self) -> None:
+        channel = self.channel = self.pc.createDataChannel("chat")
+
+        @channel.on("message")
+        def on_message(data: str | bytes) -> None:
+            self.echoes.put_nowait(text(data))
+
+    async def offer(self, peer_id: str) -> None:
+        self.pc.addTransceiver(TestPattern(160, 120), direction="sendrecv")
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self._open_channel()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self._send_description(peer_id)
+
+    async def follow(self) -> None:
+        """Answer offers and apply answers, until the client closes."""
+        async for message in self.client:
+            await self.handle(message)
+
+    async def handle(self, message: Message) -> None:
+        data = message.data
+        if message.event == "media" and message.from_ is not None:
+            self.media[message.from_] = data
+        if message.event not in ("offer", "answer") or message.from_ is None:
+            return
+        await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"], data["type"]))
+        if data["type"] == "offer":
+            self.pc.addTrack(TestPattern(160, 120))
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            await self._send_description(message.from_)
+
+    async def _send_description(self, peer_id: str) -> None:
+        local = self.pc.localDescription
+        await self.client.send(local.type, {"type": local.type, "sdp": local.sdp}, to=[peer_id])
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.pc.close()
+
+
+async def eventually(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def bot_in(url: str) -> AsyncIterator[Bot]:
+    """The example bot, running in this event loop."""
+    ready: asyncio.Future[Bot] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_bot(url, ready=ready.set_result))
+    try:
+        waiting: set[asyncio.Future[Any]] = {ready, task}
+        await asyncio.wait(waiting, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # the bot could not start: its error
+        assert ready.done(), "the bot did not join"
+        yield ready.result()
+    finally:
+        if ready.done() and not task.done():
+            await ready.result().client.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def text(data: str | bytes) -> str:
+    return data if isinstance(data, str) else data.decode()
+
+
+def luma_is_bars(frame: av.VideoFrame) -> bool:
+    """A row of the frame's luma has several distinct levels (not a flat image)."""
+    plane = frame.planes[0]
+    row = bytes(plane)[: frame.width]
+    return len({value // 16 for value in row}) >= 4
+
+
+# The tests.
+
+
+def test_test_pattern_scrolls() -> None:
+    pattern = TestPattern(320, 240, speed=4)
+    first, second = pattern.frame(0), pattern.frame(1)
+    assert (first.width, first.height, first.format.name) == (320, 240, "yuv420p")
+    assert luma_is_bars(first)
+    row0, row1 = bytes(first.planes[0])[:320], bytes(second.planes[0])[:320]
+    assert row1 == row0[4:] + row0[:4]  # moved 4 pixels to the left
+    assert bytes(first.planes[0])[320 * 100 : 320 * 101] == row0  # every row is the same
+    with pytest.raises(ValueError):
+        TestPattern(100, 50)
+
+
+def test_two_aiortc_peers_exchange_a_datachannel_message(server: Server) -> None:
+    url = server.socket_url("datachannel")
+
+    async def scenario() -> None:
+        async with aio_connect(url) as first, aio_connect(url) as second:
+            assert first.peer_id in second.peers
+            got: asyncio.Queue[str] = asyncio.Queue()
+
+            answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+            @answerer.on("datachannel")
+            def on_datachannel(channel: RTCDataChannel) -> None:
+                @channel.on("message")
+                def on_message(data: str | bytes) -> None:
+                    got.put_nowait(f"first got {text(data)}")
+                    channel.send(f"pong to {text(data)}")
+
+            offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            channel = offerer.createDataChannel("chat")
+
+            @channel.on("open")
+            def on_open() -> None:
+                channel.send("ping")
+
+            @channel.on("message")
+            def on_reply(data: str | bytes) -> None:
+                got.put_nowait(f"second got {text(data)}")
+
+            # The newcomer (second) offers, through the server.
+            await offerer.setLocalDescription(await offerer.createOffer())
+            local = offerer.localDescription
+            await second.send("offer", {"type": "offer", "sdp": local.sdp}, to=first.peer_id)
+            offer = await first.recv("offer", timeout=TIMEOUT)
+            assert offer.from_ == second.peer_id
+            await answerer.setRemoteDescription(RTCSessionDescription(**offer.data))
+            await answerer.setLocalDescription(await answerer.createAnswer())
+            reply = {"type": "answer", "sdp": answerer.localDescription.sdp}
+            await first.send("answer", reply, to=[second.peer_id])
+            answer = await second.recv("answer", timeout=TIMEOUT)
+            await offerer.setRemoteDescription(RTCSessionDescription(**answer.data))
+
+            async with asyncio.timeout(TIMEOUT):
+                assert await got.get() == "first got ping"
+                assert await got.get() == "second got pong to ping"
+            await offerer.close()
+            await answerer.close()
+
+    run(scenario)
+
+
+def test_bot_answers_a_browser_role_peer(server: Server) -> None:
+    url = server.socket_url("bot")
+
+    async def scenario() -> None:
+        async with bot_in(url) as bot, aio_connect(url) as client:
+            browser = BrowserRole(client)
+            follow = asyncio.create_task(browser.follow())
+            try:
+                assert client.peers == (bot.client.peer_id,)
+                await browser.offer(bot.client.peer_id)  # the newcomer offers
+                await eventually(lambda: len(browser.frames) >= 10, "the bot's test pattern")
+                frame = browser.frames[-1]
+                assert (frame.width, frame.height) == (320, 240)
+                assert luma_is_bars(frame)
+                await eventually(
+                    lambda: bot.frames_received[client.peer_id] >= 5, "the bot to decode frames"
+                )
+                assert browser.channel is not None
+                browser.channel.send("hello bot")
+                async with asyncio.timeout(TIMEOUT):
+                    assert await browser.echoes.get() == "hello bot"
+                # The bot says what it sends, like the room page does.
+                assert browser.media == {bot.client.peer_id: {"audio": False, "video": True}}
+            finally:
+                follow.cancel()
+                await browser.close()
+
+    run(scenario)
+
+
+def test_bot_calls_the_peers_already_in_the_room(server: Server) -> None:
+    url = server.socket_url("bot-last")
+
+    async def scenario() -> None:
+        async with aio_connect(url) as client:
+            browser = BrowserRole(client)
+            follow = asyncio.create_task(browser.follow())
+            try:
+                async with bot_in(url) as bot:
+                    assert bot.client.peers == (client.peer_id,)
+                    await eventually(lambda: len(browser.frames) >= 5, "the bot's test pattern")
+                    assert luma_is_bars(browser.frames[-1])
+                    await eventually(
+                        lambda: bot.frames_received[client.peer_id] >= 5, "the bot to decode"
+                    )
+            finally:
+                follow.cancel()
+                await browser.close()
+
+    run(scenario)
+
+
+def test_bot_in_a_call_with_chromium_on_the_room_page(server: Server) -> None:
+    from playwright.async_api import async_playwright
+
+    assert ROOM_JS.exists(), f"{ROOM_JS} is missing"
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (make test installs it)"
+    url = server.socket_url("chromium")
+
+    async def scenario() -> None:
+        async with bot_in(url) as bot, async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+            )
+            try:
+                page = await browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                await page.goto(server.page_url("chromium"))
+                video = page.locator(f'video[data-peer-id="{bot.client.peer_id}"]')
+                await video.wait_for(state="attached", timeout=TIMEOUT * 1000)
+                await page.wait_for_function(
+                    "(video) => video.videoWidth > 0",
+                    arg=await video.element_handle(),
+                    timeout=TIMEOUT * 1000,
+                )
+                width = await video.evaluate("(video) => video.videoWidth")
+                assert width == 320
+                first = await frames_decoded(page, bot.client.peer_id)
+                await asyncio.sleep(1.0)
+                later = await frames_decoded(page, bot.client.peer_id)
+                assert later > first > 0, (first, later)
+                browser_id = await page.evaluate("window.rtcsignal.peerId")
+                await eventually(
+                    lambda: bot.frames_received[browser_id] >= 5,
+                    "the bot to decode the browser's camera",
+                )
+                assert errors == []
+            finally:
+                await browser.close()
+
+    run(scenario, seconds=50)
+
+
+async def frames_decoded(page: Any, peer_id: str) -> int:
+    """framesDecoded of the video coming from `peer_id`, from the page's stats."""
+    value = await page.evaluate(
+        """async (peerId) => {
+            const pc = window.rtcsignal.peers.get(peerId);
+            if (!pc) return -1;
+            let frames = 0;
+            (await pc.getStats()).forEach((s) => {
+                if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded ?? 0;
+            });
+            return frames;
+        }""",
+        peer_id,
+    )
+    return int(value)
