@@ -153,9 +153,19 @@ async def test_authenticated_for_the_first_peer(make_server: MakeServer) -> None
         message = a.authenticated
         peer_id = message["data"]["peer_id"]
         assert is_peer_id(peer_id), peer_id
+        token = message["data"]["resume_token"]
+        assert isinstance(token, str) and len(token) >= 32, token
         assert message == {
             "event": "authenticated",
-            "data": {"peer_id": peer_id, "peers": [], "ice_servers": []},
+            "data": {
+                "peer_id": peer_id,
+                "peers": [],
+                "ice_servers": [],
+                "resume_token": token,
+                "ping_interval": 20.0,
+                "ping_timeout": 20.0,
+                "idle_timeout": 900.0,
+            },
             "from": None,
             "to": [peer_id],
         }
@@ -882,7 +892,11 @@ async def test_on_terminate_then_on_leave_then_left_exactly_once(
                 events.append(("room.on_forward left", message.data["peer_id"]))
             return message
 
-    server = await make_server(peer_class=RecordingPeer, room_class=RecordingRoom)
+    # Resume off: a lost connection then leaves at once (SPEC 5.4 holds it
+    # otherwise; tests/test_resume.py covers that).
+    server = await make_server(
+        peer_class=RecordingPeer, room_class=RecordingRoom, settings=Settings(resume_window=0)
+    )
 
     def scenario() -> None:
         a, b, c = join_quietly(server, "r", 3)

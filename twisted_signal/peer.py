@@ -9,6 +9,7 @@ reaches it only through a `PeerHandle`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import unquote
 from uuid import uuid4
@@ -24,7 +25,9 @@ from .auth import token_from_request
 from .context import AuthData, PeerContext
 from .errors import BadRequest, Unauthorized
 from .hooks import SerialQueue, call, call_logged, then
+from .limits import RateLimiter, Verdict
 from .message import InvalidMessage, Message
+from .resume import Link, Resumption
 from .room import PeerHandle, Room
 from .rooms import Rooms, is_room_name
 from .settings import Settings
@@ -55,9 +58,12 @@ class Peer(WebSocketServerProtocol):
       for a 401; the return value becomes `peer_state`;
     - `on_receive(message, context)`: return the message (or a changed one)
       to forward it, None to drop it;
-    - `on_terminate(context)`: the connection has ended.
+    - `on_terminate(context)`: the peer has gone.
 
-    Each may return a plain value, a `Deferred`, or be ``async def``.
+    Each may return a plain value, a `Deferred`, or be ``async def``.  A peer
+    that resumes (SPEC 5.4) on a new connection keeps its id, credentials and
+    `peer_state`: `on_init` and `on_terminate` are called once per peer, not
+    once per connection.
     """
 
     factory: PeerFactory
@@ -71,12 +77,19 @@ class Peer(WebSocketServerProtocol):
         self.room: Room | None = None
         self.context: PeerContext | None = None
         self.auth: AuthData | None = None
+        self._remote = ""
         self._initialised = False
         self._gone = False
         self._queue = SerialQueue("peer")
         self._admission: Deferred[None] | None = None
+        self._admitted_once = False
         self._idle: IDelayedCall | None = None
         self._last_seen = 0.0
+        self._limiter: RateLimiter | None = None
+        self._link: Link | None = None
+        self._resuming: tuple[Link, _Carried] | None = None
+        self._closing_by_server = False
+        self._client_sent_close = False
 
     # User callbacks.
 
@@ -100,7 +113,7 @@ class Peer(WebSocketServerProtocol):
 
     def on_terminate(self, context: PeerContext) -> Any:
         """
-        The connection has ended (called once, before the room's `on_leave`).
+        The peer has gone (called once, before the room's `on_leave`).
         """
 
     # Public API.
@@ -111,68 +124,93 @@ class Peer(WebSocketServerProtocol):
         """
         self._write(message.to_bytes())
 
-    def stop(self) -> None:
+    def stop(self, code: int = 1000) -> None:
         """
-        Close the connection (1000); the peer then leaves its room.
+        Close the connection (1000 unless told); the peer then leaves its room.
         """
-        self._close(1000)
+        self._close(code)
 
     # The handshake (SPEC 1.4 steps 1 and 2).
 
     # Autobahn waits on a Deferred from onConnect (txaio.as_future).
     def onConnect(self, request: ConnectionRequest) -> Deferred[None]:  # type: ignore[override]
         self.peer_id = str(uuid4())
+        self._remote = request.peer
         return Deferred.fromCoroutine(self._handshake(request))
 
     async def _handshake(self, request: ConnectionRequest) -> None:
+        factory = self.factory
         try:
             credentials, metadata, room_name = await _resolve(call(self.parse_request, request))
             if not isinstance(room_name, str) or not is_room_name(room_name):
                 raise BadRequest("not a valid room name")
         except BadRequest:
-            self._refuse_handshake(request, 400, "Bad Request")
+            self._refuse_handshake(400, "Bad Request")
         except Exception:
             self._log.failure("Error in parse_request")
-            self._refuse_handshake(request, 500, "Internal Server Error")
-        verifier = self.factory.settings.token_verifier
+            self._refuse_handshake(500, "Internal Server Error")
+        verifier = factory.settings.token_verifier
         if verifier is not None:
             # Server-wide token check: the claims become the credentials.
             try:
                 token = token_from_request(request.params, request.headers)
                 credentials = verifier.verify(token, room_name)
             except Unauthorized as e:
-                self._refuse_handshake(request, 401, "Unauthorized", why=str(e))
-        self.auth = AuthData(self.peer_id, dict(credentials or {}), metadata)
-        self.context = PeerContext(self.peer_id, room_name)
-        try:
-            options = self.factory.settings.peer_options
-            self.peer_state = await _resolve(call(self.on_init, self.context, self.auth, options))
-        except Unauthorized:
-            self._refuse_handshake(request, 401, "Unauthorized")
-        except Exception:
-            self._log.failure("Error in on_init of peer {peer_id}", peer_id=self.peer_id)
-            self._refuse_handshake(request, 500, "Internal Server Error")
-        # on_init accepted the peer: from here on, whatever ends the
-        # connection must call on_terminate, exactly once.
-        if self._gone:
-            # The client left while on_init was running.
-            self._terminate()
-            raise ConnectionDeny(400, "Bad Request")
-        rooms = self.factory.rooms
-        if room_name not in rooms and not rooms.creates_on_demand:
-            self._terminate()
-            self._refuse_handshake(request, 404, "Not Found")
-        if not self.factory.accepting:
-            self._terminate()
-            self._refuse_handshake(request, 503, "Service Unavailable")
+                self._refuse_handshake(401, "Unauthorized", why=str(e))
+        resume_token = _first(request.params.get("resume"))
+        held = factory.resumption.peek(resume_token, room_name)
+        if held is not None:
+            # The same peer on a new connection: no second on_init.
+            carried: _Carried = held
+            self.peer_id = carried.auth.peer_id
+            self.auth, self.context, self.peer_state = carried.auth, carried.context, carried.state
+        else:
+            self.auth = AuthData(self.peer_id, dict(credentials or {}), metadata)
+            self.context = PeerContext(self.peer_id, room_name)
+            try:
+                options = factory.settings.peer_options
+                self.peer_state = await _resolve(
+                    call(self.on_init, self.context, self.auth, options)
+                )
+            except Unauthorized:
+                self._refuse_handshake(401, "Unauthorized")
+            except Exception:
+                self._log.failure("Error in on_init of peer {peer_id}", peer_id=self.peer_id)
+                self._refuse_handshake(500, "Internal Server Error")
+        # The peer is accepted: from here on, whatever ends it must call
+        # on_terminate exactly once (a resumed peer's comes at its very end).
+        refusal = self._gate(request, room_name)
+        if refusal is not None:
+            if held is None:
+                self._terminate()
+            self._refuse_handshake(*refusal)
+        if held is not None:
+            claimed = factory.resumption.claim(resume_token, room_name)
+            assert claimed is not None  # nothing awaited since the peek
+            self._resuming = (claimed[0], held)
         self._initialised = True
 
-    def _refuse_handshake(
-        self, request: ConnectionRequest, status: int, reason: str, why: str = ""
-    ) -> NoReturn:
+    def _gate(self, request: ConnectionRequest, room_name: str) -> tuple[int, str] | None:
+        """
+        The checks after authentication, in the contract's order: 404, 403,
+        503 (or the client has gone meanwhile).
+        """
+        factory = self.factory
+        if self._gone:
+            return 400, "Bad Request"
+        rooms = factory.rooms
+        if room_name not in rooms and not rooms.creates_on_demand:
+            return 404, "Not Found"
+        if not factory.origin_allowed(request.origin):
+            return 403, "Forbidden"
+        if not factory.accepting or factory.countConnections > factory.settings.max_connections:
+            return 503, "Service Unavailable"
+        return None
+
+    def _refuse_handshake(self, status: int, reason: str, why: str = "") -> NoReturn:
         self._log.info(
             "refused connection from {remote}: {status} {reason}{why}",
-            remote=request.peer,
+            remote=self._remote,
             status=status,
             reason=reason,
             why=f" ({why})" if why else "",
@@ -185,34 +223,76 @@ class Peer(WebSocketServerProtocol):
         if self._gone:
             return
         assert self.context is not None and self.auth is not None
-        self._last_seen = self.factory.clock.seconds()
-        self._idle = self.factory.clock.callLater(
-            self.factory.settings.idle_timeout, self._check_idle
+        factory = self.factory
+        settings = factory.settings
+        now = factory.clock.seconds()
+        self._last_seen = now
+        self._idle = factory.clock.callLater(settings.idle_timeout, self._check_idle)
+        self._limiter = RateLimiter(
+            settings.rate, settings.rate_period, settings.rate_burst, settings.flood_timeout, now
         )
-        room = self.factory.rooms.get_or_create(self.context.room)
+        if self._resuming is not None:
+            self._resume(*self._resuming)
+            return
+        room = factory.rooms.get_or_create(self.context.room)
         if room is None:
             # The room was stopped between the handshake and now.
-            self.send_to_client(wire.error(self.peer_id, "Could not join room", "no_such_room"))
+            self._error("Could not join room", "no_such_room")
             self._close(1000)
             return
         self.room = room
+        self._log.info(
+            "peer {peer_id} connected to room {room} from {remote}",
+            peer_id=self.peer_id,
+            room=room.name,
+            remote=self._remote,
+        )
         admission: Deferred[None] = Deferred()
         self._admission = admission
         self._queue.run(lambda: admission)
-        room.join(
-            PeerHandle(self.peer_id, self.auth, self._write, self._close, self._admitted, self)
+        self._link = link = Link(_Carrier(self))
+        room.join(PeerHandle(self.peer_id, self.auth, link.send, link.close, link.admitted, self))
+
+    def _resume(self, link: Link, carried: _Carried) -> None:
+        self._resuming = None
+        self._link = link
+        link.connection = _Carrier(self)
+        self.room = room = self.factory.rooms.get(carried.context.room)
+        self._log.info(
+            "peer {peer_id} resumed in room {room} from {remote} ({queued} queued)",
+            peer_id=self.peer_id,
+            room=carried.context.room,
+            remote=self._remote,
+            queued=len(link.queue),
         )
+        others = [p for p in room.peers if p != self.peer_id] if room is not None else []
+        self._admitted(others)
+        while link.queue and link.connection is not None:
+            self._write(link.queue.popleft())
 
     def _ice_servers(self) -> list[dict[str, Any]]:
         return self.factory.settings.ice.servers_for(self.peer_id, self.factory.clock.seconds())
 
     def _admitted(self, peer_ids: list[str]) -> None:
-        self.send_to_client(wire.authenticated(self.peer_id, peer_ids, self._ice_servers()))
+        self._admitted_once = True
+        extra: dict[str, Any] = self.factory.settings.keepalive()
+        if self._link is not None and self.factory.resumption.enabled:
+            extra["resume_token"] = self._link.new_token()
+        self.send_to_client(
+            wire.authenticated(self.peer_id, peer_ids, self._ice_servers(), **extra)
+        )
         if self._admission is not None and not self._admission.called:
             self._admission.callback(None)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self._last_seen = self.factory.clock.seconds()
+        now = self.factory.clock.seconds()
+        self._last_seen = now
+        limiter = self._limiter
+        if limiter is not None:
+            verdict = limiter.check(now)
+            if verdict is not Verdict.PASS:
+                self._over_limit(verdict)
+                return
         if isBinary:
             self._error("Invalid message", "binary frames are not supported")
             return
@@ -229,6 +309,21 @@ class Peer(WebSocketServerProtocol):
             self.send_to_client(Message("ice_servers", self._ice_servers(), None, (self.peer_id,)))
             return
         self._queue.run(lambda: self._receive(message))
+
+    def _over_limit(self, verdict: Verdict) -> None:
+        settings = self.factory.settings
+        if verdict is Verdict.DROP_AND_WARN:
+            self._error(
+                "Rate limited",
+                {"rate": settings.rate, "per": settings.rate_period, "burst": settings.rate_burst},
+            )
+        elif verdict is Verdict.CLOSE:
+            self._log.info(
+                "peer {peer_id} closed: over its rate limit for {seconds}s",
+                peer_id=self.peer_id,
+                seconds=settings.flood_timeout,
+            )
+            self._close(1008)
 
     def _receive(self, message: Message) -> Any:
         return then(call(self.on_receive, message, self.context), self._submit)
@@ -253,6 +348,10 @@ class Peer(WebSocketServerProtocol):
         self._last_seen = self.factory.clock.seconds()
         super().onPong(payload)
 
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
+        self._client_sent_close = True
+        return super().onCloseFrame(code, reasonRaw)
+
     def _check_idle(self) -> None:
         timeout = self.factory.settings.idle_timeout
         remaining = self._last_seen + timeout - self.factory.clock.seconds()
@@ -275,10 +374,62 @@ class Peer(WebSocketServerProtocol):
         self._queue.cancel()
         if not self._initialised:
             return
+        room_name = self.context.room if self.context is not None else None
+        if self._resuming is not None:
+            # Lost between the handshake and onOpen: hold the peer again.
+            link, carried = self._resuming
+            self._resuming = None
+            self._hold(link, carried)
+            return
+        self._log.info(
+            "peer {peer_id} disconnected from room {room} ({remote}): code {code}, {clean}, {by}",
+            peer_id=self.peer_id,
+            room=room_name,
+            remote=self._remote,
+            code=code,
+            clean="clean" if wasClean else "not clean",
+            by="closed by the server"
+            if self._closing_by_server
+            else "closed by the client"
+            if self._client_sent_close
+            else "connection lost",
+        )
+        current = self._link
+        if (
+            current is not None
+            and self._admitted_once
+            and not self._client_sent_close
+            and not self._closing_by_server
+            and self.factory.accepting
+        ):
+            assert self.auth is not None and self.context is not None
+            current.connection = None
+            if self._hold(current, _Carried(self.auth, self.context, self.peer_state)):
+                return
+            current.connection = _Carrier(self)
+        self._finish()
+
+    def _hold(self, link: Link, carried: _Carried) -> bool:
+        held = self.factory.resumption.hold(link, carried.context.room, carried, self._finish)
+        if held:
+            self._log.info(
+                "peer {peer_id} held for {window}s to resume",
+                peer_id=carried.auth.peer_id,
+                window=self.factory.resumption.window,
+            )
+        return held
+
+    def _finish(self) -> None:
+        """
+        The peer is gone for good: on_terminate, then leave the room.
+        """
         result = self._terminate()
         room = self.room
+        if room is None and self.context is not None:
+            room = self.factory.rooms.get(self.context.room)
         if room is not None:
-            then(result, lambda _: room.leave(self.peer_id))
+            peer_id = self.peer_id
+            then(result, lambda _: room.leave(peer_id))
 
     def _terminate(self) -> Any:
         assert self.context is not None
@@ -287,6 +438,9 @@ class Peer(WebSocketServerProtocol):
     # Writing.
 
     def _error(self, description: str, details: Any) -> None:
+        self._log.debug(
+            "error {description!r} to peer {peer_id}", description=description, peer_id=self.peer_id
+        )
         self.send_to_client(wire.error(self.peer_id, description, details))
 
     def _write(self, payload: bytes) -> None:
@@ -305,11 +459,40 @@ class Peer(WebSocketServerProtocol):
     def _close(self, code: int) -> None:
         if self.state != _OPEN:
             return
+        self._closing_by_server = True
         if code == 1000 or 3000 <= code <= 4999:
             self.sendClose(code)
         else:
             # sendClose refuses 1001 and 1008; the frame itself is fine.
             self.sendCloseFrame(code, isReply=False)
+
+
+@dataclass(frozen=True)
+class _Carried:
+    """
+    What a held peer carries over to the connection that resumes it.
+    """
+
+    auth: AuthData
+    context: PeerContext
+    state: Any
+
+
+class _Carrier:
+    """
+    A `resume.Connection` over a `Peer`'s private writers.
+    """
+
+    __slots__ = ("admitted", "close", "write")
+
+    def __init__(self, peer: Peer) -> None:
+        self.write = peer._write
+        self.close = peer._close
+        self.admitted = peer._admitted
+
+
+def _first(values: list[str] | None) -> str | None:
+    return values[0] if values else None
 
 
 def room_from_path(path: str) -> str:
@@ -353,11 +536,32 @@ class PeerFactory(WebSocketServerFactory):
         """False once the server is shutting down: new peers get 503."""
         self.settings = settings = settings or Settings()
         self.clock: IReactorTime = cast("IReactorTime", clock)
+        self.resumption = Resumption(settings.resume_window, self.clock)
+        self._origins = frozenset(_normal_origin(o) for o in settings.allowed_origins)
+        # Autobahn's defaults are permissive: no payload limit, no pings, any
+        # origin, any number of connections.  The origin and connection
+        # checks are ours (the contract orders them after 401 and 404).
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_bytes,
             maxMessagePayloadSize=settings.max_message_bytes,
             failByDrop=False,
             openHandshakeTimeout=settings.handshake_timeout,
             closeHandshakeTimeout=settings.close_timeout,
+            autoPingInterval=settings.ping_interval,
+            autoPingTimeout=settings.ping_timeout if settings.ping_interval else 0,
             webStatus=False,
         )
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """
+        Whether an upgrade with this Origin may go on.  Without an allow-list
+        every origin may; with one, a request without Origin (not a browser)
+        may too, since the list protects users' browsers from other sites.
+        """
+        if not self._origins or origin is None or origin == "*":
+            return True
+        return _normal_origin(origin) in self._origins
+
+
+def _normal_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()

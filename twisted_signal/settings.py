@@ -23,6 +23,12 @@ class Settings:
     max_message_bytes: int = 65536
     """Frames larger than this close the connection with 1009."""
 
+    ping_interval: float = 20.0
+    """Seconds between the WebSocket pings the server sends (0: none)."""
+
+    ping_timeout: float = 20.0
+    """A peer that has not answered a ping within this is dropped."""
+
     idle_timeout: float = 900.0
     """A peer with no traffic from its client for this long is closed (1000)."""
 
@@ -31,6 +37,26 @@ class Settings:
 
     close_timeout: float = 2.0
     """How long a closing handshake may take before the TCP connection is dropped."""
+
+    rate: float = 50.0
+    """Messages a peer may send per `rate_period` seconds, on average."""
+
+    rate_period: float = 1.0
+
+    rate_burst: int = 200
+    """How many messages a peer may send at once (the bucket's size)."""
+
+    flood_timeout: float = 10.0
+    """A peer over its rate limit for this long is closed with 1008."""
+
+    max_connections: int = 10000
+    """Upgrades beyond this many open connections are answered 503."""
+
+    allowed_origins: tuple[str, ...] = ()
+    """When set, an upgrade whose Origin is not listed is answered 403."""
+
+    resume_window: float = 15.0
+    """How long a peer whose connection was lost is held for resuming (0: off)."""
 
     ice: IceConfig = field(default_factory=IceConfig)
     """The ICE servers (and TURN credentials) handed to peers."""
@@ -44,6 +70,30 @@ class Settings:
     def __post_init__(self) -> None:
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
-        for name in ("idle_timeout", "handshake_timeout", "close_timeout"):
+        for name in (
+            "idle_timeout",
+            "handshake_timeout",
+            "close_timeout",
+            "ping_timeout",
+            "rate",
+            "rate_period",
+            "flood_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("ping_interval", "resume_window"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.rate_burst < 1 or self.max_connections < 1:
+            raise ValueError("rate_burst and max_connections must be at least 1")
+
+    def keepalive(self) -> dict[str, float]:
+        """
+        What ``authenticated`` tells clients, so they can tune their own
+        keepalive.
+        """
+        return {
+            "ping_interval": self.ping_interval,
+            "ping_timeout": self.ping_timeout,
+            "idle_timeout": self.idle_timeout,
+        }
