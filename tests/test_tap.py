@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from twisted.python import usage
 
-from twisted_signal import Peer, Room
+from twisted_signal import Peer, Room, Settings
 from twisted_signal.service import SignalingService
 from twisted_signal.tap import DEFAULT_ENDPOINT, Options, makeService
 
@@ -250,6 +250,25 @@ def test_help_lists_every_option_of_the_contract() -> None:
         "--room-class",
         "--peer-class",
         "--static",
+        "--jwt-secret",
+        "--jwt-secret-file",
+        "--jwt-public-key-file",
+        "--ice-server",
+        "--turn-secret",
+        "--turn-secret-file",
+        "--turn-uri",
+        "--turn-ttl",
+        "--ping-interval",
+        "--ping-timeout",
+        "--idle-timeout",
+        "--max-message-bytes",
+        "--rate-limit",
+        "--rate-burst",
+        "--max-connections",
+        "--allowed-origin",
+        "--handshake-timeout",
+        "--resume-window",
+        "--shutdown-grace",
     ):
         assert option in text
 
@@ -266,3 +285,94 @@ def test_errors_under_twistd_are_one_line() -> None:
     text = str(info.value.code)
     assert "\n" not in text
     assert text.startswith("twistd rtcsignal: --max-peers")
+
+
+# Hardening, tokens and ICE options (SPEC 4, second table).
+
+
+def test_hardening_defaults_are_the_contracts() -> None:
+    settings = parse()["settings"]
+    assert settings == Settings(
+        ping_interval=20,
+        ping_timeout=20,
+        idle_timeout=900,
+        max_message_bytes=65536,
+        rate=50,
+        rate_period=1,
+        rate_burst=200,
+        max_connections=10000,
+        allowed_origins=(),
+        handshake_timeout=10,
+        resume_window=15,
+    )
+    assert service_of().shutdown_grace == 10
+
+
+def test_hardening_options_reach_the_settings() -> None:
+    options = parse(
+        "--ping-interval", "5", "--ping-timeout", "3", "--idle-timeout", "60",
+        "--max-message-bytes", "2048", "--rate-limit", "10/2", "--rate-burst", "7",
+        "--max-connections", "9", "--allowed-origin", "https://a.example",
+        "--allowed-origin", "http://b.example:8080", "--handshake-timeout", "2.5",
+        "--resume-window", "0", "--shutdown-grace", "4",
+    )  # fmt: skip
+    settings = options["settings"]
+    assert (settings.ping_interval, settings.ping_timeout, settings.idle_timeout) == (5, 3, 60)
+    assert settings.max_message_bytes == 2048
+    assert (settings.rate, settings.rate_period, settings.rate_burst) == (10, 2, 7)
+    assert settings.max_connections == 9
+    assert settings.allowed_origins == ("https://a.example", "http://b.example:8080")
+    assert settings.handshake_timeout == 2.5
+    assert settings.resume_window == 0
+    assert makeService(options).shutdown_grace == 4  # type: ignore[attr-defined]
+
+
+def test_rate_limit_without_period_means_per_second() -> None:
+    assert parse("--rate-limit", "30")["settings"].rate_period == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--ping-interval", "-1"),
+        ("--ping-timeout", "0"),
+        ("--idle-timeout", "x"),
+        ("--max-message-bytes", "100"),
+        ("--rate-limit", "0/1"),
+        ("--rate-limit", "5/0"),
+        ("--rate-limit", "five"),
+        ("--rate-burst", "0"),
+        ("--max-connections", "0"),
+        ("--allowed-origin", "example.org"),
+        ("--handshake-timeout", "inf"),
+        ("--resume-window", "-3"),
+        ("--shutdown-grace", "0"),
+        ("--turn-ttl", "0"),
+        ("--turn-secret", "s"),
+        ("--turn-uri", "turn:127.0.0.1"),
+        ("--turn-uri", "stun:127.0.0.1", "--turn-secret", "s"),
+        ("--ice-server", "http://x"),
+        ("--jwt-secret", "a", "--jwt-secret-file", "f"),
+        ("--jwt-secret", ""),
+        ("--jwt-secret-file", "/nonexistent/secret"),
+        ("--jwt-public-key-file", "/nonexistent/key.pem"),
+    ],
+)
+def test_bad_hardening_and_auth_values(argv: tuple[str, ...]) -> None:
+    message = usage_error(*argv)
+    assert argv[0] in message, message
+
+
+def test_jwt_and_turn_options(tmp_path: Path) -> None:
+    secret_file = tmp_path / "jwt"
+    secret_file.write_text("a long enough secret for the HS256 algorithm\n")
+    options = parse(
+        "--jwt-secret-file", str(secret_file), "--ice-server", "stun:127.0.0.1:3478",
+        "--turn-uri", "turn:127.0.0.1:3478", "--turn-secret", "t", "--turn-ttl", "60",
+    )  # fmt: skip
+    settings = options["settings"]
+    assert settings.token_verifier is not None
+    assert settings.token_verifier.algorithms == ("HS256",)
+    servers = settings.ice.servers_for("p", 0)
+    assert servers[0] == {"urls": ["stun:127.0.0.1:3478"]}
+    assert servers[1]["username"] == "60:p"

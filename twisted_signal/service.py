@@ -7,12 +7,14 @@ application embeds.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
-from twisted.web.server import Site
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request, Site
 
 from .peer import Peer
 from .rooms import Rooms
@@ -20,15 +22,15 @@ from .settings import Settings
 from .web import SignalingResource, access_log_formatter
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorCore
+    from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 
-__all__ = ["SignalingService"]
+__all__ = ["SignalingService", "SignalingSite"]
 
 
 class SignalingService(MultiService):
     """
-    Rooms, plus a `Site` serving `resource` on each of `endpoints` (Twisted
-    server endpoint strings).
+    Rooms, plus a `SignalingSite` serving `resource` on each of `endpoints`
+    (Twisted server endpoint strings).
 
     To mount the server in a site of your own, give no endpoints, add this
     service to your application and put `resource` where you want it::
@@ -36,7 +38,14 @@ class SignalingService(MultiService):
         signaling = SignalingService(Rooms(lambda name: Room(name)))
         signaling.setServiceParent(application)
         root.putChild(b"rtc", signaling.resource)
+
+    Stopping it is a graceful shutdown: ``/healthz`` turns 503, new peers are
+    refused, the listeners close, every peer gets ``"Room closed"`` /
+    ``"shutdown"`` and close 1001, and every ``on_leave``/``on_terminate`` runs;
+    it takes at most `shutdown_grace` seconds.
     """
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -46,23 +55,112 @@ class SignalingService(MultiService):
         peer_class: type[Peer] = Peer,
         settings: Settings | None = None,
         pages: str | None = None,
+        shutdown_grace: float = 10.0,
         reactor: Any = None,
     ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
+        settings = settings or Settings()
+        self.shutdown_grace = shutdown_grace
         self.rooms = rooms if rooms is not None else Rooms(clock=reactor)
         self.rooms.setServiceParent(self)
         self.resource = SignalingResource(
             self.rooms, peer_class=peer_class, settings=settings, pages=pages, clock=reactor
         )
-        self.site = Site(self.resource, logFormatter=access_log_formatter)
-        self.site.displayTracebacks = False
+        self.site = SignalingSite(
+            self.resource, handshake_timeout=settings.handshake_timeout, clock=reactor
+        )
         for description in endpoints:
             strports.service(description, self.site, reactor=reactor).setServiceParent(self)
-        self._reactor: IReactorCore = reactor
+        self._clock: IReactorTime = reactor
 
     def stopService(self) -> Deferred[None]:
         # Health goes red first, so a load balancer stops sending peers.
         self.resource.accepting = False
-        return super().stopService()  # type: ignore[no-any-return]
+        self.resource.factory.resumption.release_all()
+        for room in self.rooms:
+            room.stop_timeout = min(room.stop_timeout, self.shutdown_grace)
+        stopped = cast("Deferred[None]", super().stopService())
+        stopped.addTimeout(self.shutdown_grace, self._clock)
+        return stopped.addErrback(self._grace_over)
+
+    def _grace_over(self, failure: Failure) -> None:
+        failure.trap(CancelledError)
+        self._log.warn(
+            "shutdown grace of {grace}s over; stopping anyway", grace=self.shutdown_grace
+        )
+
+
+class _Request(Request):
+    """
+    Disarms its connection's handshake deadline while it is being served, and
+    arms it again once it is done (for the next request on the connection).
+    """
+
+    def process(self) -> None:
+        site = cast(SignalingSite, self.channel.site)  # type: ignore[attr-defined]
+        transport = self.channel.transport
+        site._disarm(transport)
+        self.notifyFinish().addBoth(lambda _: site._arm(self.channel.transport))
+        super().process()
+
+
+class SignalingSite(Site):
+    """
+    A `Site` whose connections must send a whole request within
+    `handshake_timeout` seconds of connecting (or of their last request),
+    so a client that dribbles its headers cannot hold a connection open.
+    Once the WebSocket upgrade is accepted, Autobahn's own timers take over.
+    Access log lines hide tokens (`access_log_formatter`).
+    """
+
+    requestFactory = _Request
+
+    def __init__(
+        self, resource: Any, *, handshake_timeout: float, clock: IReactorTime, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("logFormatter", access_log_formatter)
+        super().__init__(resource, **kwargs)
+        self.displayTracebacks = False
+        self._handshake_timeout = handshake_timeout
+        self._clock = clock
+        self._deadlines: dict[object, IDelayedCall] = {}
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        make, lost = protocol.makeConnection, protocol.connectionLost
+        transports: list[Any] = []
+
+        def makeConnection(transport: Any) -> None:
+            transports.append(transport)
+            self._arm(transport)
+            make(transport)
+
+        def connectionLost(reason: Failure) -> None:
+            if transports:
+                self._disarm(transports[0])
+            lost(reason)
+
+        protocol.makeConnection = makeConnection
+        protocol.connectionLost = connectionLost
+        return protocol
+
+    def _arm(self, transport: Any) -> None:
+        if transport is None or getattr(transport, "disconnected", False):
+            return
+        self._disarm(transport)
+        self._deadlines[transport] = self._clock.callLater(
+            self._handshake_timeout, self._expire, transport
+        )
+
+    def _disarm(self, transport: Any) -> None:
+        deadline = self._deadlines.pop(transport, None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _expire(self, transport: Any) -> None:
+        del self._deadlines[transport]
+        transport.abortConnection()

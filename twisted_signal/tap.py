@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
@@ -57,6 +58,57 @@ def _turn_ttl(value: str) -> int:
         raise usage.UsageError(f"--turn-ttl: {e}") from None
 
 
+def _seconds(option: str, zero: str | None = None) -> Callable[[str], float]:
+    """
+    A coercer for a duration in seconds; `zero` says what 0 means, if allowed.
+    """
+
+    def coerce(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not (seconds > 0 or (seconds == 0 and zero is not None)) or seconds == float("inf"):
+            allowed = "0 or more" if zero is not None else "more than 0"
+            raise usage.UsageError(f"--{option}: expected seconds, {allowed}, got {value!r}")
+        return seconds
+
+    coerce.coerceDoc = "Seconds" + (f"; 0 {zero}." if zero else ".")  # type: ignore[attr-defined]
+    return coerce
+
+
+def _whole(option: str, minimum: int) -> Callable[[str], int]:
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum:
+            raise usage.UsageError(
+                f"--{option}: expected a whole number of at least {minimum}, got {value!r}"
+            )
+        return number
+
+    coerce.coerceDoc = f"A whole number, at least {minimum}."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _rate(value: str) -> tuple[float, float]:
+    count, slash, period = value.partition("/")
+    try:
+        rate, per = float(count), float(period) if slash else 1.0
+    except ValueError:
+        rate = per = 0.0
+    if not (0 < rate < float("inf") and 0 < per < float("inf")):
+        raise usage.UsageError(
+            f"--rate-limit: expected N/S (N messages per S seconds), got {value!r}"
+        )
+    return rate, per
+
+
+_rate.coerceDoc = "N/S: N messages per S seconds."  # type: ignore[attr-defined]
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -94,6 +146,70 @@ class Options(usage.Options):
         ],
         ["turn-secret-file", None, None, "The same, with the secret read from this file."],
         ["turn-ttl", None, 86400, "Seconds the TURN credentials are valid.", _turn_ttl],
+        [
+            "ping-interval",
+            None,
+            20.0,
+            "Seconds between WebSocket pings to each peer.",
+            _seconds("ping-interval", zero="sends none"),
+        ],
+        [
+            "ping-timeout",
+            None,
+            20.0,
+            "A peer that has not answered a ping by then is dropped.",
+            _seconds("ping-timeout"),
+        ],
+        [
+            "idle-timeout",
+            None,
+            900.0,
+            "A peer whose client sent nothing (pongs count) for this long is closed.",
+            _seconds("idle-timeout"),
+        ],
+        [
+            "max-message-bytes",
+            None,
+            65536,
+            "Larger frames close the connection with 1009.",
+            _whole("max-message-bytes", 1024),
+        ],
+        ["rate-limit", None, "50/1", "Messages per peer, as N/S.", _rate],
+        [
+            "rate-burst",
+            None,
+            200,
+            "Messages a peer may send at once above its rate.",
+            _whole("rate-burst", 1),
+        ],
+        [
+            "max-connections",
+            None,
+            10000,
+            "Beyond this many peers' connections, the upgrade is answered 503.",
+            _whole("max-connections", 1),
+        ],
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "A connection that has not completed its upgrade by then is dropped.",
+            _seconds("handshake-timeout"),
+        ],
+        [
+            "resume-window",
+            None,
+            15.0,
+            "How long a peer whose connection was lost may resume as itself.",
+            _seconds("resume-window", zero="turns resume off"),
+        ],
+        [
+            "shutdown-grace",
+            None,
+            10.0,
+            "On SIGTERM: stop accepting, notify peers, wait at most this long.",
+            _seconds("shutdown-grace"),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -102,7 +218,19 @@ class Options(usage.Options):
         self["room"] = []
         self["ice-server"] = []
         self["turn-uri"] = []
+        self["allowed-origin"] = []
         self["settings"] = Settings()
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """
+        Accept upgrades only from this Origin (scheme://host[:port]);
+        repeatable (default: any origin).
+        """
+        if "://" not in origin and origin != "*":
+            raise usage.UsageError(
+                f"--allowed-origin {origin!r} is not an origin like https://example.org"
+            )
+        self["allowed-origin"].append(origin)
 
     def opt_ice_server(self, url: str) -> None:
         """
@@ -164,7 +292,23 @@ class Options(usage.Options):
         static = self["static"]
         if static is not None and not os.path.isdir(static):
             raise usage.UsageError(f"--static {static!r} is not a folder")
-        self["settings"] = Settings(token_verifier=self._token_verifier(), ice=self._ice())
+        limit = self["rate-limit"]
+        rate, per = _rate(limit) if isinstance(limit, str) else limit
+        self["settings"] = Settings(
+            token_verifier=self._token_verifier(),
+            ice=self._ice(),
+            ping_interval=self["ping-interval"],
+            ping_timeout=self["ping-timeout"],
+            idle_timeout=self["idle-timeout"],
+            max_message_bytes=self["max-message-bytes"],
+            rate=rate,
+            rate_period=per,
+            rate_burst=self["rate-burst"],
+            max_connections=self["max-connections"],
+            allowed_origins=tuple(self["allowed-origin"]),
+            handshake_timeout=self["handshake-timeout"],
+            resume_window=self["resume-window"],
+        )
 
     def _token_verifier(self) -> TokenVerifier | None:
         secret = _secret(self, "jwt-secret")
@@ -272,4 +416,5 @@ def makeService(options: Options) -> IService:
         peer_class=options["peer-class"],
         settings=options["settings"],
         pages=options["static"],
+        shutdown_grace=options["shutdown-grace"],
     )
