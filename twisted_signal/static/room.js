@@ -101,6 +101,13 @@ window.rtcsignal = Object.freeze({
   get state() {
     return document.body.dataset.state;
   },
+  /** The ICE servers in use (a copy). */
+  get iceServers() {
+    return structuredClone(session.iceServers ?? []);
+  },
+  get resumeToken() {
+    return session.resumeToken;
+  },
 });
 
 // --- Signaling -------------------------------------------------------------
@@ -141,6 +148,7 @@ function onAuthenticated(data) {
   const resumed = data.peer_id === session.peerId;
   session.peerId = data.peer_id;
   session.resumeToken = data.resume_token ?? null;
+  signaling.setKeepalive(data.ping_interval, data.ping_timeout);
   const peers = Array.isArray(data.peers) ? data.peers : [];
   if (Array.isArray(data.ice_servers)) updateIceServers(data.ice_servers);
   if (resumed) {
@@ -211,8 +219,26 @@ function sendTo(peerId, event, data) {
   if (session.outbox.length > OUTBOX_LIMIT) session.outbox.shift();
 }
 
+// TURN credentials from the server expire ("<expiry>:<peer id>" usernames):
+// ask for fresh ones when 80% of their life has passed.
+let iceRefreshTimer = null;
+
+function scheduleIceRefresh(iceServers) {
+  clearTimeout(iceRefreshTimer);
+  const expiries = iceServers
+    .map((server) => Number.parseInt(String(server.username ?? "").split(":")[0], 10))
+    .filter((expiry) => Number.isFinite(expiry) && expiry > 0);
+  if (expiries.length === 0) return;
+  const left = Math.min(...expiries) * 1000 - Date.now();
+  const delay = Math.max(5000, left * 0.8);
+  iceRefreshTimer = setTimeout(() => {
+    if (session.peerId) signaling.send({ event: "ice_servers", to: [session.peerId] });
+  }, Math.min(delay, 2 ** 31 - 1));
+}
+
 function updateIceServers(iceServers) {
   session.iceServers = iceServers;
+  scheduleIceRefresh(iceServers);
   for (const call of calls.values()) {
     try {
       call.pc.setConfiguration({ ...call.pc.getConfiguration(), iceServers });

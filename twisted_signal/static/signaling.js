@@ -30,6 +30,7 @@ export function roomFromPage(pageUrl) {
 
 const FIRST_DELAY_MS = 500;
 const MAX_DELAY_MS = 10000;
+// Until the server says (authenticated.data.ping_interval / ping_timeout).
 const KEEPALIVE_MS = 20000;
 const KEEPALIVE_TIMEOUT_MS = 10000;
 
@@ -51,6 +52,8 @@ export class Signaling {
   #keepaliveTimer = null;
   #pongTimer = null;
   #stopped = false;
+  #keepaliveMs = KEEPALIVE_MS;
+  #keepaliveTimeoutMs = KEEPALIVE_TIMEOUT_MS;
 
   constructor(url, handlers) {
     this.#url = url;
@@ -87,6 +90,18 @@ export class Signaling {
         ws.close(code);
       }
     }
+  }
+
+  /**
+   * Tune the keepalive to the server's: a "ping" frame as often as it pings
+   * us, and a socket silent for its ping timeout after one counts as lost.
+   */
+  setKeepalive(intervalSeconds, timeoutSeconds) {
+    const interval = Number(intervalSeconds) * 1000;
+    const timeout = Number(timeoutSeconds) * 1000;
+    if (interval > 0) this.#keepaliveMs = Math.max(1000, interval);
+    if (timeout > 0) this.#keepaliveTimeoutMs = Math.max(1000, timeout);
+    if (this.#keepaliveTimer !== null) this.#startKeepalive();
   }
 
   /** Stop reconnecting after the current connection closes. */
@@ -160,8 +175,9 @@ export class Signaling {
   }
 
   // The server pings us at the WebSocket level, which the browser answers by
-  // itself; this is the other direction: a "ping" text frame every 20 s, and
-  // a socket that stays silent 10 s after it is treated as lost.
+  // itself; this is the other direction: a "ping" text frame every interval
+  // (20 s until the server says), and a socket that stays silent for the
+  // timeout after one is treated as lost.
   #startKeepalive() {
     this.#stopKeepalive();
     this.#keepaliveTimer = setInterval(() => {
@@ -173,9 +189,9 @@ export class Signaling {
           const ws = this.#ws;
           this.#lost(true);
           ws?.close();
-        }, KEEPALIVE_TIMEOUT_MS);
+        }, this.#keepaliveTimeoutMs);
       }
-    }, KEEPALIVE_MS);
+    }, this.#keepaliveMs);
   }
 
   #alive() {
