@@ -135,7 +135,7 @@ class Peer(WebSocketServerProtocol):
     # Autobahn waits on a Deferred from onConnect (txaio.as_future).
     def onConnect(self, request: ConnectionRequest) -> Deferred[None]:  # type: ignore[override]
         self.peer_id = str(uuid4())
-        self._remote = request.peer
+        self._remote = request.peer  # the X-Forwarded-For address when trusted
         return Deferred.fromCoroutine(self._handshake(request))
 
     async def _handshake(self, request: ConnectionRequest) -> None:
@@ -549,6 +549,7 @@ class PeerFactory(WebSocketServerFactory):
             closeHandshakeTimeout=settings.close_timeout,
             autoPingInterval=settings.ping_interval,
             autoPingTimeout=settings.ping_timeout if settings.ping_interval else 0,
+            trustXForwardedFor=settings.trusted_proxies,
             webStatus=False,
         )
 

@@ -58,6 +58,10 @@ class Settings:
     resume_window: float = 15.0
     """How long a peer whose connection was lost is held for resuming (0: off)."""
 
+    trusted_proxies: int = 0
+    """How many proxies in front of the server to trust for X-Forwarded-For
+    (the remote address logged for a peer); 0 trusts none."""
+
     ice: IceConfig = field(default_factory=IceConfig)
     """The ICE servers (and TURN credentials) handed to peers."""
 
@@ -84,6 +88,8 @@ class Settings:
         for name in ("ping_interval", "resume_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.trusted_proxies < 0:
+            raise ValueError("trusted_proxies must not be negative")
         if self.rate_burst < 1 or self.max_connections < 1:
             raise ValueError("rate_burst and max_connections must be at least 1")
 

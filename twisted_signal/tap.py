@@ -204,6 +204,13 @@ class Options(usage.Options):
             _seconds("resume-window", zero="turns resume off"),
         ],
         [
+            "trust-forwarded-for",
+            None,
+            0,
+            "Proxies in front of the server whose X-Forwarded-For to trust (for logs).",
+            _whole("trust-forwarded-for", 0),
+        ],
+        [
             "shutdown-grace",
             None,
             10.0,
@@ -308,6 +315,7 @@ class Options(usage.Options):
             allowed_origins=tuple(self["allowed-origin"]),
             handshake_timeout=self["handshake-timeout"],
             resume_window=self["resume-window"],
+            trusted_proxies=self["trust-forwarded-for"],
         )
 
     def _token_verifier(self) -> TokenVerifier | None:
