@@ -32,6 +32,7 @@ import websockets
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 TICKS = os.sysconf("SC_CLK_TCK")
+ROUND_TIMEOUT = 300.0
 
 
 def free_port() -> int:
@@ -104,7 +105,12 @@ async def one_round(server: Server, peers: int, messages: int, size: int) -> tup
     readers = [asyncio.create_task(receive(ws)) for ws in receivers]
     for _ in range(messages):
         await sender.send(frame)
-    await asyncio.gather(*readers)
+    try:
+        await asyncio.wait_for(asyncio.gather(*readers), ROUND_TIMEOUT)
+    except TimeoutError:
+        raise SystemExit(
+            f"{server.name}: not every frame arrived within {ROUND_TIMEOUT}s"
+        ) from None
     wall = time.perf_counter() - started
     cpu = cpu_seconds(server.process.pid) - cpu_before
     for ws in clients:
@@ -130,6 +136,11 @@ def main() -> None:
                 "rtcsignal",
                 "--max-peers",
                 "64",
+                # A benchmark floods on purpose: lift the per-peer rate limit.
+                "--rate-limit",
+                "1000000/1",
+                "--rate-burst",
+                "1000000",
                 "--endpoint",
                 "tcp:PORT:interface=127.0.0.1",
             ],
