@@ -244,3 +244,169 @@ def http_get(url: str, timeout: float = TIMEOUT) -> tuple[int, bytes]:
             return int(response.status), bytes(response.read())
     except HTTPError as e:
         return int(e.code), bytes(e.read())
+
+
+# A hand-written WebSocket client (tests/test_limits.py, tests/test_resume.py):
+# it does only what the test tells it, so it can leave pings unanswered,
+# stall mid-handshake, or vanish without a close frame.
+
+OP_TEXT = 0x1
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+
+def upgrade_request(base: str, path: str, headers: dict[str, str] | None = None) -> bytes:
+    """
+    The bytes of a WebSocket upgrade request for `path` on `base`
+    (``host:port``), with extra `headers`.
+    """
+    import base64
+    import os
+
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {base}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def tcp_connect(base: str) -> Any:
+    """
+    A plain TCP socket connected to `base` (``host:port``).
+    """
+    import socket
+
+    host, port = base.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=TIMEOUT)
+
+
+class RawClient:
+    """
+    A WebSocket client over a bare socket, after an upgrade done by hand.
+    Frames are read and written one by one; nothing is answered on its own.
+    """
+
+    def __init__(self, sock: Any, buffered: bytes = b"") -> None:
+        self.sock = sock
+        self._buffer = buffered
+
+    @classmethod
+    def connect(cls, base: str, path: str) -> RawClient:
+        """
+        Upgrade `path` on `base`; fails unless the server answers 101.
+        """
+        sock = tcp_connect(base)
+        sock.sendall(upgrade_request(base, path))
+        client = cls(sock)
+        head = client._read_until(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0]
+        assert status.split(b" ")[1] == b"101", head
+        return client
+
+    def _fill(self, deadline: float) -> bool:
+        import time
+
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("nothing from the server in time")
+        self.sock.settimeout(remaining)
+        try:
+            chunk: bytes = self.sock.recv(65536)
+        except TimeoutError:
+            raise
+        except OSError:  # reset by the server
+            return False
+        if not chunk:
+            return False
+        self._buffer += chunk
+        return True
+
+    def _read_until(self, marker: bytes, timeout: float = TIMEOUT) -> bytes:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while marker not in self._buffer:
+            if not self._fill(deadline):
+                raise ConnectionError("the server ended the connection")
+        head, _, self._buffer = self._buffer.partition(marker)
+        return head
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        while len(self._buffer) < n:
+            if not self._fill(deadline):
+                raise ConnectionError("the server ended the connection")
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
+
+    def recv_frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes] | None:
+        """
+        The next frame as ``(opcode, payload)``; None when the server has
+        ended the TCP connection.  Raises `TimeoutError` if nothing comes.
+        """
+        import struct
+        import time
+
+        deadline = time.monotonic() + timeout
+        try:
+            first, second = self._read_exact(2, deadline)
+            length = second & 0x7F
+            if length == 126:
+                (length,) = struct.unpack(">H", self._read_exact(2, deadline))
+            elif length == 127:
+                (length,) = struct.unpack(">Q", self._read_exact(8, deadline))
+            payload = self._read_exact(length, deadline)
+        except ConnectionError:
+            return None
+        return first & 0x0F, payload
+
+    def recv_json(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """
+        The next text frame, decoded (pings on the way are not answered).
+        """
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.recv_frame(max(deadline - time.monotonic(), 0.001))
+            assert frame is not None, "the server ended the connection"
+            opcode, payload = frame
+            if opcode == OP_TEXT:
+                result: dict[str, Any] = json.loads(payload)
+                return result
+            assert opcode == OP_PING, frame
+
+    def send_frame(self, opcode: int, payload: bytes = b"") -> None:
+        import os
+        import struct
+
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            header = struct.pack(">BB", 0x80 | opcode, 0x80 | n)
+        elif n < 1 << 16:
+            header = struct.pack(">BBH", 0x80 | opcode, 0x80 | 126, n)
+        else:
+            header = struct.pack(">BBQ", 0x80 | opcode, 0x80 | 127, n)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def send_text(self, text: str) -> None:
+        self.send_frame(OP_TEXT, text.encode("utf-8"))
+
+    def drop(self) -> None:
+        """
+        Vanish without a close frame (a FIN, as when a network path dies
+        and the kernel notices).
+        """
+        import contextlib
+        import socket
+
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()

@@ -9,6 +9,7 @@ reaches it only through a `PeerHandle`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import unquote
@@ -90,6 +91,7 @@ class Peer(WebSocketServerProtocol):
         self._resuming: tuple[Link, _Carried] | None = None
         self._closing_by_server = False
         self._client_sent_close = False
+        self._superseded = False
 
     # User callbacks.
 
@@ -258,6 +260,8 @@ class Peer(WebSocketServerProtocol):
         self._link = link
         link.connection = _Carrier(self)
         self.room = room = self.factory.rooms.get(carried.context.room)
+        if room is not None:
+            room._moved(self.peer_id, self)
         self._log.info(
             "peer {peer_id} resumed in room {room} from {remote} ({queued} queued)",
             peer_id=self.peer_id,
@@ -276,8 +280,13 @@ class Peer(WebSocketServerProtocol):
     def _admitted(self, peer_ids: list[str]) -> None:
         self._admitted_once = True
         extra: dict[str, Any] = self.factory.settings.keepalive()
-        if self._link is not None and self.factory.resumption.enabled:
-            extra["resume_token"] = self._link.new_token()
+        link, context = self._link, self.context
+        if link is not None and context is not None:
+            token = self.factory.resumption.issue(
+                link, context.room, self._carry, self._finish, self._supersede
+            )
+            if token is not None:
+                extra["resume_token"] = token
         self.send_to_client(
             wire.authenticated(self.peer_id, peer_ids, self._ice_servers(), **extra)
         )
@@ -372,14 +381,15 @@ class Peer(WebSocketServerProtocol):
             self._idle.cancel()
         self._idle = None
         self._queue.cancel()
-        if not self._initialised:
+        if not self._initialised or self._superseded:
             return
         room_name = self.context.room if self.context is not None else None
         if self._resuming is not None:
-            # Lost between the handshake and onOpen: hold the peer again.
-            link, carried = self._resuming
+            # Lost between the handshake and onOpen, with the token used up:
+            # nobody can resume this peer any more, so it leaves.
+            self._link, _ = self._resuming
             self._resuming = None
-            self._hold(link, carried)
+            self._finish()
             return
         self._log.info(
             "peer {peer_id} disconnected from room {room} ({remote}): code {code}, {clean}, {by}",
@@ -394,35 +404,54 @@ class Peer(WebSocketServerProtocol):
             if self._client_sent_close
             else "connection lost",
         )
-        current = self._link
-        if (
-            current is not None
-            and self._admitted_once
+        link = self._link
+        if link is not None and self._may_resume() and self.factory.resumption.hold(link):
+            self._log.info(
+                "peer {peer_id} held for {window}s to resume",
+                peer_id=self.peer_id,
+                window=self.factory.resumption.window,
+            )
+            return
+        self._finish()
+
+    def _may_resume(self) -> bool:
+        """
+        Lost without a close frame from the client, not closed by us, and the
+        server is not shutting down: the client may come back as itself.
+        """
+        return (
+            self._admitted_once
             and not self._client_sent_close
             and not self._closing_by_server
             and self.factory.accepting
-        ):
-            assert self.auth is not None and self.context is not None
-            current.connection = None
-            if self._hold(current, _Carried(self.auth, self.context, self.peer_state)):
-                return
-            current.connection = _Carrier(self)
-        self._finish()
+        )
 
-    def _hold(self, link: Link, carried: _Carried) -> bool:
-        held = self.factory.resumption.hold(link, carried.context.room, carried, self._finish)
-        if held:
-            self._log.info(
-                "peer {peer_id} held for {window}s to resume",
-                peer_id=carried.auth.peer_id,
-                window=self.factory.resumption.window,
-            )
-        return held
+    def _carry(self) -> _Carried:
+        assert self.auth is not None and self.context is not None
+        return _Carried(self.auth, self.context, self.peer_state)
+
+    def _supersede(self) -> None:
+        """
+        A new connection has resumed this peer while this one still looked
+        open (its client knew it was dead before we did): cut it, quietly.
+        """
+        self._superseded = True
+        if self._link is not None:
+            self._link.connection = None
+        self._queue.cancel()
+        self._log.info(
+            "peer {peer_id} resumed elsewhere; dropping its old connection from {remote}",
+            peer_id=self.peer_id,
+            remote=self._remote,
+        )
+        self.dropConnection(abort=True)
 
     def _finish(self) -> None:
         """
         The peer is gone for good: on_terminate, then leave the room.
         """
+        if self._link is not None:
+            self.factory.resumption.forget(self._link)
         result = self._terminate()
         room = self.room
         if room is None and self.context is not None:
@@ -550,8 +579,15 @@ class PeerFactory(WebSocketServerFactory):
             autoPingInterval=settings.ping_interval,
             autoPingTimeout=settings.ping_timeout if settings.ping_interval else 0,
             trustXForwardedFor=settings.trusted_proxies,
+            # Origins are ours to judge (403, after 401 and 404); Autobahn
+            # would refuse "null" with a 400 before we are asked.
+            allowNullOrigin=True,
             webStatus=False,
         )
+        # Autobahn runs its ping and handshake timers through txaio's batched
+        # timer, which rounds deadlines down to whole seconds; put them on our
+        # (injected) clock instead.
+        self._batched_timer = _Timers(self.clock)
 
     def origin_allowed(self, origin: str | None) -> bool:
         """
@@ -559,9 +595,32 @@ class PeerFactory(WebSocketServerFactory):
         every origin may; with one, a request without Origin (not a browser)
         may too, since the list protects users' browsers from other sites.
         """
-        if not self._origins or origin is None or origin == "*":
+        if not self._origins or not origin or origin == "*":
             return True
         return _normal_origin(origin) in self._origins
+
+
+class _Timers:
+    """
+    The ``call_later`` Autobahn asks of its factory's timer, on a Twisted clock.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return _Timer(self._clock.callLater(delay, fn, *args, **kwargs))
+
+
+class _Timer:
+    __slots__ = ("_call",)
+
+    def __init__(self, call: IDelayedCall) -> None:
+        self._call = call
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
 
 
 def _normal_origin(origin: str) -> str:

@@ -75,93 +75,131 @@ class Link:
         if self.connection is not None:
             self.connection.admitted(peer_ids)
 
-    def new_token(self) -> str:
-        """
-        A fresh, unguessable resume token for this link (the old one is void).
-        """
-        self.token = secrets.token_urlsafe(32)
-        return self.token
-
 
 @dataclass
-class _Hold:
+class _Entry:
+    """
+    A peer that may be resumed with a token: held (its connection is gone),
+    or live (its connection seems open, but the client may know better).
+    """
+
     link: Link
     room: str
-    state: Any
+    state: Callable[[], Any]
     expire: Callable[[], None]
-    timer: IDelayedCall
+    replace: Callable[[], None]
+    timer: IDelayedCall | None = None
 
 
 class Resumption:
     """
-    The held peers of a server, by resume token.
+    The resumable peers of a server, by resume token.
+
+    Every admitted peer gets a token (`issue`).  When its connection is lost
+    without a close frame it is `hold`-ed for the window.  A connection that
+    presents the token (`claim`) takes the peer over, whether it is held or
+    its old connection still looks open: a client on a phone that changed
+    networks knows its socket is dead long before the server's pings do.
     """
 
     def __init__(self, window: float, clock: IReactorTime) -> None:
         self.window = window
         self._clock = clock
-        self._held: dict[str, _Hold] = {}
+        self._entries: dict[str, _Entry] = {}
 
     @property
     def enabled(self) -> bool:
         return self.window > 0
 
     def __len__(self) -> int:
-        return len(self._held)
+        return len(self._entries)
 
-    def hold(self, link: Link, room: str, state: Any, expire: Callable[[], None]) -> bool:
+    @property
+    def held(self) -> int:
+        return sum(1 for entry in self._entries.values() if entry.timer is not None)
+
+    def issue(
+        self,
+        link: Link,
+        room: str,
+        state: Callable[[], Any],
+        expire: Callable[[], None],
+        replace: Callable[[], None],
+    ) -> str | None:
         """
-        Hold `link` (its connection is gone) for the window.  `state` is given
-        back to whoever resumes; `expire()` is called if nobody does in time,
-        or if the room closes the link meanwhile.  False if resume is off or
-        the link has no token: the caller lets the peer go at once.
+        A fresh token for `link` (its previous one is void), or None when
+        resume is off.  `state()` gives what a resuming connection inherits,
+        `expire()` lets the peer go, and `replace()` cuts its old connection
+        when a new one takes it over.
+        """
+        if not self.enabled:
+            return None
+        self.forget(link)
+        token = secrets.token_urlsafe(32)
+        link.token = token
+        self._entries[token] = _Entry(link, room, state, expire, replace)
+        return token
+
+    def forget(self, link: Link) -> None:
+        """
+        The peer is gone for good: its token is void.
+        """
+        token, link.token = link.token, None
+        entry = self._entries.pop(token, None) if token else None
+        if entry is not None and entry.timer is not None and entry.timer.active():
+            entry.timer.cancel()
+        link._on_close_while_held = None
+
+    def hold(self, link: Link) -> bool:
+        """
+        Hold `link` (its connection is gone) for the window; its entry's
+        `expire()` runs if nobody resumes it in time, or if the room closes
+        the link meanwhile.  False if it has no live token: the caller lets
+        the peer go at once.
         """
         token = link.token
-        if not self.enabled or token is None:
+        entry = self._entries.get(token) if token else None
+        if entry is None or entry.timer is not None:
             return False
+        assert token is not None
         link.connection = None
-        timer = self._clock.callLater(self.window, self._expire, token)
-        self._held[token] = _Hold(link, room, state, expire, timer)
+        entry.timer = self._clock.callLater(self.window, self._expire, token)
         link._on_close_while_held = lambda: self._expire(token)
         return True
 
     def peek(self, token: str | None, room: str) -> Any:
         """
-        The state held under `token` for `room`, or None; nothing changes.
+        The state `token` would hand over in `room`, or None; nothing changes.
         """
-        hold = self._held.get(token) if token else None
-        return hold.state if hold is not None and hold.room == room else None
+        entry = self._entries.get(token) if token else None
+        return entry.state() if entry is not None and entry.room == room else None
 
     def claim(self, token: str | None, room: str) -> tuple[Link, Any] | None:
         """
-        Take the held link of `token` if it is held for `room`; the token is
-        then used up.  None for an unknown, used, expired or other-room token.
+        Take the peer of `token` over if it is resumable in `room`; the token
+        is then used up (and a live peer's old connection cut).  None for an
+        unknown, used, expired or other-room token.
         """
-        if not token:
+        entry = self._entries.get(token) if token else None
+        if entry is None or entry.room != room:
             return None
-        hold = self._held.get(token)
-        if hold is None or hold.room != room:
-            return None
-        del self._held[token]
-        if hold.timer.active():
-            hold.timer.cancel()
-        hold.link._on_close_while_held = None
-        hold.link.token = None
-        return hold.link, hold.state
+        state = entry.state()
+        self.forget(entry.link)
+        if entry.timer is None:
+            entry.replace()
+        return entry.link, state
 
     def release_all(self) -> None:
         """
         Let every held peer go now (the server is shutting down).
         """
-        for token in list(self._held):
-            self._expire(token)
+        for token, entry in list(self._entries.items()):
+            if entry.timer is not None:
+                self._expire(token)
 
     def _expire(self, token: str) -> None:
-        hold = self._held.pop(token, None)
-        if hold is None:
+        entry = self._entries.get(token)
+        if entry is None:
             return
-        if hold.timer.active():
-            hold.timer.cancel()
-        hold.link._on_close_while_held = None
-        hold.link.token = None
-        hold.expire()
+        self.forget(entry.link)
+        entry.expire()

@@ -12,7 +12,7 @@ asynchronously.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -206,6 +206,14 @@ class Room(Service):
         deliver it in room order.
         """
         self._queue.run(lambda: self._relay(message))
+
+    def _moved(self, peer_id: str, peer: Any) -> None:
+        """
+        The peer resumed on a new connection: `PeerHandle.peer` is that one.
+        """
+        handle = self._peers.get(peer_id)
+        if handle is not None:
+            self._peers[peer_id] = replace(handle, peer=peer)
 
     # Internals.  Everything below runs as a job of self._queue.
 

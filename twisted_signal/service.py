@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
@@ -78,15 +78,18 @@ class SignalingService(MultiService):
     def stopService(self) -> Deferred[None]:
         # Health goes red first, so a load balancer stops sending peers.
         self.resource.accepting = False
-        self.resource.factory.resumption.release_all()
         for room in self.rooms:
             room.stop_timeout = min(room.stop_timeout, self.shutdown_grace)
         stopped = cast("Deferred[None]", super().stopService())
+        # The rooms are closing now, so held peers leave without a "left";
+        # any hold left over (a room stopped before) ends here.
+        self.resource.factory.resumption.release_all()
         stopped.addTimeout(self.shutdown_grace, self._clock)
         return stopped.addErrback(self._grace_over)
 
     def _grace_over(self, failure: Failure) -> None:
-        failure.trap(CancelledError)
+        # addTimeout turns its own cancellation into a TimeoutError.
+        failure.trap(TimeoutError, CancelledError)
         self._log.warn(
             "shutdown grace of {grace}s over; stopping anyway", grace=self.shutdown_grace
         )
@@ -100,9 +103,9 @@ class _Request(Request):
 
     def process(self) -> None:
         site = cast(SignalingSite, self.channel.site)  # type: ignore[attr-defined]
-        transport = self.channel.transport
-        site._disarm(transport)
-        self.notifyFinish().addBoth(lambda _: site._arm(self.channel.transport))
+        channel = self.channel  # Twisted drops request.channel once finished
+        site._disarm(channel.transport)
+        self.notifyFinish().addBoth(lambda _: site._arm(channel.transport))
         super().process()
 
 
