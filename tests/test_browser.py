@@ -24,7 +24,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -159,12 +160,16 @@ def private_network() -> Network:
 
 class Server:
     """
-    ``twistd -n rtcsignal`` over TLS, from this source tree, in `network`.
+    ``twistd -n rtcsignal`` over TLS, from this source tree, in `network`,
+    with `args` added to its options.
     """
 
-    def __init__(self, network: Network, folder: Path, key: Path, cert: Path) -> None:
+    def __init__(
+        self, network: Network, folder: Path, key: Path, cert: Path, args: Sequence[str] = ()
+    ) -> None:
         self.network = network
         self.folder = folder
+        self.args = list(args)
         self.port = network.free_port()
         self.endpoint = f"ssl:{self.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -191,6 +196,7 @@ class Server:
             self.endpoint,
             "--max-peers",
             str(MAX_PEERS),
+            *self.args,
         ]
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
@@ -211,6 +217,13 @@ class Server:
         output = log.read_text("utf-8", "replace") if log.exists() else ""
         errors = (self.folder / f"twistd-{self._runs}.stderr").read_text("utf-8", "replace")
         raise AssertionError(f"twistd did not start listening:\n{errors}\n{output}")
+
+    def log(self) -> str:
+        """
+        What the current run has logged so far.
+        """
+        path = self.folder / f"twistd-{self._runs}.log"
+        return path.read_text("utf-8", "replace") if path.exists() else ""
 
     def kill(self) -> None:
         """
@@ -234,9 +247,10 @@ def network() -> Iterator[Network]:
     network.close()
 
 
-@pytest.fixture
-def server(network: Network, tmp_path: Path) -> Iterator[Server]:
-    certs = tmp_path / "certs"
+def make_certs(certs: Path) -> tuple[Path, Path]:
+    """
+    A key and a certificate for 127.0.0.1 in `certs`, made as the README says.
+    """
     made = subprocess.run(
         [sys.executable, "-m", "twisted_signal.devcert", "--dir", str(certs)],
         cwd=REPO,
@@ -248,20 +262,30 @@ def server(network: Network, tmp_path: Path) -> Iterator[Server]:
     assert "twistd -n rtcsignal --endpoint ssl:8443:privateKey=" in made.stdout
     key, cert = certs / "key.pem", certs / "cert.pem"
     assert key.stat().st_mode & 0o077 == 0, "the private key is readable by others"
+    return key, cert
+
+
+@pytest.fixture
+def server(network: Network, tmp_path: Path) -> Iterator[Server]:
+    key, cert = make_certs(tmp_path / "certs")
     server = Server(network, tmp_path, key, cert)
     server.start()
     yield server
     server.close()
 
 
-@pytest.fixture
-def browser(network: Network, tmp_path: Path) -> Iterator[Browser]:
+@contextmanager
+def chromium(network: Network, folder: Path) -> Iterator[Browser]:
+    """
+    Headless Chromium in `network`; the test is skipped if it cannot start,
+    or fails under ``CI=true``.
+    """
     with sync_playwright() as playwright:
         try:
             if not os.access(CHROMIUM, os.X_OK):
                 raise FileNotFoundError(f"{CHROMIUM} is not there")
             browser = playwright.chromium.launch(
-                executable_path=network.chromium(tmp_path),
+                executable_path=network.chromium(folder),
                 args=CHROMIUM_ARGS,
                 timeout=30_000,
             )
@@ -272,6 +296,12 @@ def browser(network: Network, tmp_path: Path) -> Iterator[Browser]:
             pytest.skip(message)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def browser(network: Network, tmp_path: Path) -> Iterator[Browser]:
+    with chromium(network, tmp_path) as browser:
+        yield browser
 
 
 class Peer:

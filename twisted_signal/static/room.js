@@ -156,13 +156,18 @@ function onAuthenticated(data) {
     for (const id of calls.keys()) if (!peers.includes(id)) closeCall(id);
     const pending = session.outbox.splice(0);
     for (const message of pending) signaling.send(message);
+    // Whoever we do not know yet joined while we were away: to them we are
+    // the peer already there (they got us in their `authenticated`), so they
+    // make the offer (queued for us, it comes next) and we are polite.  Were
+    // we impolite too, both sides would ignore each other's offer for good.
+    for (const id of peers) ensureCall(id, { polite: true });
   } else {
     // A new identity (first join, or the server forgot us): start afresh.
     session.outbox.length = 0;
     for (const id of [...calls.keys()]) closeCall(id);
+    // We are the newcomer for everyone already here: we make the offers.
+    for (const id of peers) ensureCall(id, { polite: false });
   }
-  // We are the newcomer for everyone already here: we make the offers.
-  for (const id of peers) ensureCall(id, { polite: false });
   setState("joined");
   hideNotice();
   sendMediaState("all");
