@@ -7,7 +7,7 @@ server is not only tested against Autobahn).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -410,3 +410,44 @@ class RawClient:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+
+
+# Expected messages and small helpers shared by the live tests.
+
+MakeServer = Callable[..., Awaitable[LiveServer]]
+"""The type of the `make_server` fixture."""
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    """
+    A Deferred that fires after `seconds` of the real reactor's time.
+    """
+    from twisted.internet import reactor, task
+    from twisted.internet.interfaces import IReactorTime
+
+    return task.deferLater(cast(IReactorTime, reactor), seconds)
+
+
+def joined(peer_id: str) -> dict[str, Any]:
+    return {"event": "joined", "data": {"peer_id": peer_id}, "from": peer_id, "to": "all"}
+
+
+def left(peer_id: str) -> dict[str, Any]:
+    return {"event": "left", "data": {"peer_id": peer_id}, "from": None, "to": "all"}
+
+
+def error(peer_id: str, description: str, details: Any) -> dict[str, Any]:
+    return {
+        "event": "error",
+        "data": {"description": description, "details": details},
+        "from": None,
+        "to": [peer_id],
+    }
+
+
+def relayed(event: str, data: Any, sender: Client | str, to: Any) -> dict[str, Any]:
+    """
+    A client's message as its addressees receive it.
+    """
+    sender_id = sender if isinstance(sender, str) else sender.peer_id
+    return {"event": event, "data": data, "from": sender_id, "to": to}

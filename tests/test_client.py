@@ -39,17 +39,15 @@ from twisted_signal.client import (
 )
 from twisted_signal.message import InvalidMessage
 
-from .support import LiveServer, in_reactor
+from .support import (
+    LiveServer,
+    MakeServer,
+    in_reactor,
+    sleep,
+)
 
-MakeServer = Callable[..., Awaitable[LiveServer]]
 TIMEOUT = 5.0
 FAST = Backoff(initial=0.05, maximum=0.2)
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    from twisted.internet import reactor
-
-    return task.deferLater(cast(IReactorTime, reactor), seconds, lambda: None)
 
 
 # The pure parts.

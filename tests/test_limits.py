@@ -13,16 +13,12 @@ from __future__ import annotations
 import json
 import select
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import jwt
 import pytest
 import pytest_twisted
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet import task
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed
 
@@ -35,36 +31,21 @@ from .support import (
     OP_PING,
     OP_PONG,
     LiveServer,
+    MakeServer,
     RawClient,
     StrictClient,
     handshake_status,
     join_strict,
+    joined,
+    left,
+    relayed,
+    sleep,
     tcp_connect,
     upgrade_request,
     wait_until,
 )
 
-MakeServer = Callable[..., Awaitable[LiveServer]]
-
 # Helpers.
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    from twisted.internet import reactor
-
-    return task.deferLater(cast(IReactorTime, reactor), seconds)
-
-
-def joined(peer_id: str) -> dict[str, Any]:
-    return {"event": "joined", "data": {"peer_id": peer_id}, "from": peer_id, "to": "all"}
-
-
-def left(peer_id: str) -> dict[str, Any]:
-    return {"event": "left", "data": {"peer_id": peer_id}, "from": None, "to": "all"}
-
-
-def relayed(event: str, data: Any, sender: StrictClient, to: Any) -> dict[str, Any]:
-    return {"event": event, "data": data, "from": sender.peer_id, "to": to}
 
 
 def join_pair(server: LiveServer, room: str = "r") -> tuple[StrictClient, StrictClient]:

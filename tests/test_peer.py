@@ -15,16 +15,13 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import pytest_twisted
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet import task
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
 from websockets.exceptions import InvalidStatus
@@ -45,24 +42,22 @@ from twisted_signal.peer import room_from_path
 
 from .support import (
     LiveServer,
+    MakeServer,
     StrictClient,
+    error,
     handshake_status,
     http_get,
     in_reactor,
     join_strict,
+    joined,
+    left,
     open_socket,
+    relayed,
+    sleep,
     wait_until,
 )
 
-MakeServer = Callable[..., Awaitable[LiveServer]]
-
 # Helpers.
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    from twisted.internet import reactor
-
-    return task.deferLater(cast(IReactorTime, reactor), seconds)
 
 
 def varying_delays() -> Iterator[float]:
@@ -103,27 +98,6 @@ def join_quietly(server: LiveServer, room: str, n: int) -> list[StrictClient]:
             assert earlier.recv() == joined(client.peer_id)
         clients.append(client)
     return clients
-
-
-def joined(peer_id: str) -> dict[str, Any]:
-    return {"event": "joined", "data": {"peer_id": peer_id}, "from": peer_id, "to": "all"}
-
-
-def left(peer_id: str) -> dict[str, Any]:
-    return {"event": "left", "data": {"peer_id": peer_id}, "from": None, "to": "all"}
-
-
-def error(peer_id: str, description: str, details: Any) -> dict[str, Any]:
-    return {
-        "event": "error",
-        "data": {"description": description, "details": details},
-        "from": None,
-        "to": [peer_id],
-    }
-
-
-def relayed(event: str, data: Any, sender: StrictClient, to: Any) -> dict[str, Any]:
-    return {"event": event, "data": data, "from": sender.peer_id, "to": to}
 
 
 def is_peer_id(value: object) -> bool:

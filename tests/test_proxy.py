@@ -5,8 +5,6 @@ trusted proxy reports in X-Forwarded-For, and only when told to trust it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
@@ -14,9 +12,10 @@ from twisted.logger import capturedLogs, formatEvent
 
 from twisted_signal import Settings
 
-from .support import LiveServer, join_strict
-
-MakeServer = Callable[..., Awaitable[LiveServer]]
+from .support import (
+    MakeServer,
+    join_strict,
+)
 
 
 @pytest.mark.parametrize(

@@ -16,15 +16,11 @@ import socket
 import string
 import struct
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import pytest_twisted
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet import task
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 
 from twisted_signal import AuthData, Message, Peer, PeerContext, Room, Settings
@@ -33,34 +29,18 @@ from twisted_signal.resume import Resumption
 from .support import (
     OP_PING,
     LiveServer,
+    MakeServer,
     RawClient,
     StrictClient,
     in_reactor,
     join_strict,
+    joined,
+    left,
+    relayed,
     wait_until,
 )
 
-MakeServer = Callable[..., Awaitable[LiveServer]]
-
 # Helpers.
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    from twisted.internet import reactor
-
-    return task.deferLater(cast(IReactorTime, reactor), seconds)
-
-
-def joined(peer_id: str) -> dict[str, Any]:
-    return {"event": "joined", "data": {"peer_id": peer_id}, "from": peer_id, "to": "all"}
-
-
-def left(peer_id: str) -> dict[str, Any]:
-    return {"event": "left", "data": {"peer_id": peer_id}, "from": None, "to": "all"}
-
-
-def relayed(event: str, data: Any, sender: str, to: Any) -> dict[str, Any]:
-    return {"event": event, "data": data, "from": sender, "to": to}
 
 
 def token_of(client: StrictClient) -> str:

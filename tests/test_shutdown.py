@@ -7,7 +7,6 @@ longer than the grace, even when a callback hangs.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest_twisted
 from twisted.internet.defer import Deferred
@@ -15,9 +14,12 @@ from twisted.internet.threads import deferToThread
 
 from twisted_signal import Peer, PeerContext, Room, Rooms, Settings
 
-from .support import LiveServer, StrictClient, join_strict
-
-MakeServer = Callable[..., Awaitable[LiveServer]]
+from .support import (
+    LiveServer,
+    MakeServer,
+    StrictClient,
+    join_strict,
+)
 
 
 def two_peers(server: LiveServer) -> list[StrictClient]:

@@ -5,7 +5,6 @@ Token authentication and ICE servers through a live server (SPEC 5.1, 5.2).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 from urllib.request import Request, urlopen
 
@@ -21,9 +20,14 @@ from twisted_signal import AuthData, Refused, Room, Settings
 from twisted_signal.auth import TokenVerifier
 from twisted_signal.ice import IceConfig, turn_credential
 
-from .support import LiveServer, StrictClient, handshake_status, join_strict, open_socket
+from .support import (
+    MakeServer,
+    StrictClient,
+    handshake_status,
+    join_strict,
+    open_socket,
+)
 
-MakeServer = Callable[..., Awaitable[LiveServer]]
 SECRET = "a secret long enough for HS256 tokens, for tests only"
 HS256 = Settings(token_verifier=TokenVerifier.from_secret(SECRET))
 
