@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-installed
-ENDPOINT ?= tcp:8080
+ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
 .PHONY: run test lint unit bench install system-packages clean
