@@ -9,7 +9,7 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench install system-packages clean
+.PHONY: run test lint unit bench soak install system-packages clean
 
 # The browser tests drive Debian's Chromium (never a downloaded build); the
 # TURN test runs a real coturn on loopback.
@@ -51,6 +51,12 @@ test: lint unit
 bench: install
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/python bench/relay.py $(BENCH_ARGS)
+
+# Many peers joining, chatting and leaving for SOAK_ARGS="--minutes N" (5):
+# fails if memory grows after the churn or a message is lost. Not in `make test`.
+soak: install
+	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache

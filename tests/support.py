@@ -451,3 +451,18 @@ def relayed(event: str, data: Any, sender: Client | str, to: Any) -> dict[str, A
     """
     sender_id = sender if isinstance(sender, str) else sender.peer_id
     return {"event": event, "data": data, "from": sender_id, "to": to}
+
+
+def is_peer_id(value: object) -> bool:
+    """
+    A lowercase hyphenated UUIDv4 string, as the server assigns (SPEC 1.1).
+    """
+    import uuid
+
+    if not isinstance(value, str):
+        return False
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return False
+    return parsed.version == 4 and str(parsed) == value

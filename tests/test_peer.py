@@ -48,6 +48,7 @@ from .support import (
     handshake_status,
     http_get,
     in_reactor,
+    is_peer_id,
     join_strict,
     joined,
     left,
@@ -98,16 +99,6 @@ def join_quietly(server: LiveServer, room: str, n: int) -> list[StrictClient]:
             assert earlier.recv() == joined(client.peer_id)
         clients.append(client)
     return clients
-
-
-def is_peer_id(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        return False
-    return parsed.version == 4 and str(parsed) == value
 
 
 def close_all(*clients: StrictClient) -> None:
