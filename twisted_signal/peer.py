@@ -41,6 +41,7 @@ __all__ = ["Peer", "PeerFactory"]
 _OPEN = WebSocketProtocol.STATE_OPEN
 _PONG = b"pong"
 _PING = b"ping"
+_LOGGED_ERRORS = 10
 
 
 async def _resolve(result: Any) -> Any:
@@ -92,6 +93,7 @@ class Peer(WebSocketServerProtocol):
         self._closing_by_server = False
         self._client_sent_close = False
         self._superseded = False
+        self._errors_sent = 0
 
     # User callbacks.
 
@@ -467,9 +469,19 @@ class Peer(WebSocketServerProtocol):
     # Writing.
 
     def _error(self, description: str, details: Any) -> None:
-        self._log.debug(
-            "error {description!r} to peer {peer_id}", description=description, peer_id=self.peer_id
-        )
+        # One log event per error, but a client that sends garbage on purpose
+        # must not flood the log: the first few of each connection only.
+        self._errors_sent += 1
+        if self._errors_sent <= _LOGGED_ERRORS:
+            self._log.info(
+                "error {description!r} to peer {peer_id} in room {room}{more}",
+                description=description,
+                peer_id=self.peer_id,
+                room=self.context.room if self.context is not None else None,
+                more=" (further errors to this peer are not logged)"
+                if self._errors_sent == _LOGGED_ERRORS
+                else "",
+            )
         self.send_to_client(wire.error(self.peer_id, description, details))
 
     def _write(self, payload: bytes) -> None:
