@@ -870,7 +870,7 @@ class FailingPeer(Peer):
 
 MUTANTS: dict[str, tuple[dict[str, Any], str]] = {
     "misrouting": ({"room_class": MisroutingRoom}, "unexpected message|still waits"),
-    "forgetful": ({"room_class": ForgetfulRoom}, "still waits"),
+    "forgetful": ({"room_class": ForgetfulRoom}, "still waits|state left behind"),
     "shuffling": ({"room_class": ShufflingRoom}, "order|still waits"),
     "failing-callback": ({"peer_class": FailingPeer}, "the server logged errors"),
     "throttled": ({"settings": replace(SERVER_SETTINGS, rate=5, rate_burst=5)}, "Rate limited"),
