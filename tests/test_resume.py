@@ -648,3 +648,38 @@ async def test_resume_off(make_server: MakeServer) -> None:
         close_all(b, c)
 
     await deferToThread(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_tokens_only_the_same_identity_resumes(make_server: MakeServer) -> None:
+    import jwt
+
+    from twisted_signal.auth import TokenVerifier
+
+    secret = "a secret long enough for the HS256 algorithm"
+    settings = Settings(token_verifier=TokenVerifier.from_secret(secret), resume_window=5)
+    server = await make_server(settings=settings)
+
+    def jwt_for(sub: str) -> str:
+        return jwt.encode({"room": "demo", "sub": sub}, secret, algorithm="HS256")
+
+    def scenario() -> None:
+        alice = join_strict(server.socket_url("demo", f"token={jwt_for('alice')}"))
+        bob = join_strict(server.socket_url("demo", f"token={jwt_for('bob')}"))
+        assert alice.recv() == joined(bob.peer_id)
+        lose_and_wait(server, alice)
+        stolen = token_of(alice)
+        # Mallory has a valid token of her own and Alice's resume token.
+        query = f"token={jwt_for('mallory')}&resume={stolen}"
+        mallory = join_strict(server.socket_url("demo", query))
+        assert mallory.peer_id != alice.peer_id
+        assert bob.recv() == joined(mallory.peer_id)
+        # Alice herself still can: the failed attempt did not use the token up.
+        query = f"token={jwt_for('alice')}&resume={stolen}"
+        back = join_strict(server.socket_url("demo", query))
+        assert back.peer_id == alice.peer_id
+        assert quiet(bob)
+        for client in (bob, mallory, back):
+            client.close()
+
+    await deferToThread(scenario)

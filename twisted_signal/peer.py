@@ -143,7 +143,35 @@ class Peer(WebSocketServerProtocol):
         return Deferred.fromCoroutine(self._handshake(request))
 
     async def _handshake(self, request: ConnectionRequest) -> None:
-        factory = self.factory
+        credentials, metadata, room_name = await self._parse(request)
+        credentials = self._check_token(request, room_name, credentials)
+        resume_token = _first(request.params.get("resume"))
+        held = self._resumable(resume_token, room_name, credentials)
+        if held is not None:
+            # The same peer on a new connection: no second on_init.
+            self.peer_id = held.auth.peer_id
+            self.auth, self.context, self.peer_state = held.auth, held.context, held.state
+        else:
+            self.auth = AuthData(self.peer_id, credentials, metadata)
+            self.context = PeerContext(self.peer_id, room_name)
+            await self._init(self.context, self.auth)
+        # The peer is accepted: from here on, whatever ends it must call
+        # on_terminate exactly once (a resumed peer's comes at its very end).
+        refusal = self._gate(request, room_name)
+        if refusal is not None:
+            if held is None:
+                self._terminate()
+            self._refuse_handshake(*refusal)
+        if held is not None:
+            claimed = self.factory.resumption.claim(resume_token, room_name)
+            assert claimed is not None  # nothing awaited since _resumable
+            self._resuming = (claimed[0], held)
+        self._initialised = True
+
+    async def _parse(self, request: ConnectionRequest) -> tuple[dict[str, Any], Any, str]:
+        """
+        `parse_request`, checked: a bad request or room name is a 400.
+        """
         try:
             credentials, metadata, room_name = await _resolve(call(self.parse_request, request))
             if not isinstance(room_name, str) or not is_room_name(room_name):
@@ -153,46 +181,51 @@ class Peer(WebSocketServerProtocol):
         except Exception:
             self._log.failure("Error in parse_request")
             self._refuse_handshake(500, "Internal Server Error")
-        verifier = factory.settings.token_verifier
-        if verifier is not None:
-            # Server-wide token check: the claims become the credentials.
-            try:
-                token = token_from_request(request.params, request.headers)
-                credentials = verifier.verify(token, room_name)
-            except Unauthorized as e:
-                self._refuse_handshake(401, "Unauthorized", why=str(e))
-        resume_token = _first(request.params.get("resume"))
-        held = factory.resumption.peek(resume_token, room_name)
-        if held is not None:
-            # The same peer on a new connection: no second on_init.
-            carried: _Carried = held
-            self.peer_id = carried.auth.peer_id
-            self.auth, self.context, self.peer_state = carried.auth, carried.context, carried.state
-        else:
-            self.auth = AuthData(self.peer_id, dict(credentials or {}), metadata)
-            self.context = PeerContext(self.peer_id, room_name)
-            try:
-                options = factory.settings.peer_options
-                self.peer_state = await _resolve(
-                    call(self.on_init, self.context, self.auth, options)
-                )
-            except Unauthorized:
-                self._refuse_handshake(401, "Unauthorized")
-            except Exception:
-                self._log.failure("Error in on_init of peer {peer_id}", peer_id=self.peer_id)
-                self._refuse_handshake(500, "Internal Server Error")
-        # The peer is accepted: from here on, whatever ends it must call
-        # on_terminate exactly once (a resumed peer's comes at its very end).
-        refusal = self._gate(request, room_name)
-        if refusal is not None:
-            if held is None:
-                self._terminate()
-            self._refuse_handshake(*refusal)
-        if held is not None:
-            claimed = factory.resumption.claim(resume_token, room_name)
-            assert claimed is not None  # nothing awaited since the peek
-            self._resuming = (claimed[0], held)
-        self._initialised = True
+        return dict(credentials or {}), metadata, room_name
+
+    def _check_token(
+        self, request: ConnectionRequest, room_name: str, credentials: dict[str, Any]
+    ) -> dict[str, Any]:
+        """
+        With a server-wide token verifier, the token's claims become the
+        credentials; a bad token is a 401.
+        """
+        verifier = self.factory.settings.token_verifier
+        if verifier is None:
+            return credentials
+        try:
+            token = token_from_request(request.params, request.headers)
+            return verifier.verify(token, room_name)
+        except Unauthorized as e:
+            self._refuse_handshake(401, "Unauthorized", why=str(e))
+
+    def _resumable(
+        self, token: str | None, room_name: str, credentials: dict[str, Any]
+    ) -> _Carried | None:
+        """
+        What this connection takes over with its resume token, if anything.
+        With tokens, only the same identity may take a peer over.
+        """
+        held: _Carried | None = self.factory.resumption.peek(token, room_name)
+        if held is None:
+            return None
+        with_tokens = self.factory.settings.token_verifier is not None
+        if with_tokens and held.auth.identity != AuthData("", credentials).identity:
+            return None
+        return held
+
+    async def _init(self, context: PeerContext, auth: AuthData) -> None:
+        """
+        `on_init`: `Unauthorized` is a 401, any other failure a 500.
+        """
+        try:
+            options = self.factory.settings.peer_options
+            self.peer_state = await _resolve(call(self.on_init, context, auth, options))
+        except Unauthorized:
+            self._refuse_handshake(401, "Unauthorized")
+        except Exception:
+            self._log.failure("Error in on_init of peer {peer_id}", peer_id=self.peer_id)
+            self._refuse_handshake(500, "Internal Server Error")
 
     def _gate(self, request: ConnectionRequest, room_name: str) -> tuple[int, str] | None:
         """
