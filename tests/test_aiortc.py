@@ -47,22 +47,13 @@ from examples.aiortc_bot.bot import run as run_bot
 from twisted_signal import Message
 from twisted_signal.client import AsyncSignalingClient, aio_connect
 
+from .test_browser import CHROMIUM_ARGS
+
 TWISTD = Path(sys.executable).with_name("twistd")
 CHROMIUM = "/usr/bin/chromium"
 ROOM_JS = Path(__file__).parent.parent / "twisted_signal" / "static" / "room.js"
 START_TIMEOUT = 15.0
 TIMEOUT = 15.0
-CHROMIUM_FLAGS = [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--no-sandbox",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -386,7 +377,7 @@ def test_bot_in_a_call_with_chromium_on_the_room_page(server: Server) -> None:
     async def scenario() -> None:
         async with bot_in(url) as bot, async_playwright() as playwright:
             browser = await playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
             )
             try:
                 page = await browser.new_page()
