@@ -49,10 +49,6 @@ class IceConfig:
         if self.turn_uris and self.turn_secret is None:
             raise ValueError("TURN URIs need a TURN secret")
 
-    @property
-    def ephemeral(self) -> bool:
-        return self.turn_secret is not None
-
     def servers_for(self, peer_id: str, now: float) -> list[dict[str, Any]]:
         """
         RTCIceServer dictionaries for `peer_id`, as of `now` (unix seconds).

@@ -50,10 +50,6 @@ class Link:
         self.token: str | None = None
         self._on_close_while_held: Callable[[], None] | None = None
 
-    @property
-    def held(self) -> bool:
-        return self.connection is None
-
     def send(self, payload: bytes) -> None:
         connection = self.connection
         if connection is not None:

@@ -335,11 +335,17 @@ class Room(Service):
             if handle is not None:
                 handle.send(wire.error(handle.peer_id, "No such peer", e.peer_ids).to_bytes())
 
-    def _check_addressees(self, message: Message) -> None:
-        if isinstance(message.to, tuple):
-            missing = [peer_id for peer_id in message.addressees() if peer_id not in self._peers]
-            if missing:
-                raise NoSuchPeer(missing)
+    def _check_addressees(self, message: Message) -> tuple[str, ...]:
+        """
+        The listed addressees, each once.
+
+        @raise NoSuchPeer: some are not in the room.
+        """
+        ids = message.addressees()
+        missing = [peer_id for peer_id in ids if peer_id not in self._peers]
+        if missing:
+            raise NoSuchPeer(missing)
+        return ids
 
     def _deliver(self, message: Message, strict: bool) -> None:
         to = message.to
@@ -348,9 +354,8 @@ class Room(Service):
             sender = message.from_
             recipients = [h for peer_id, h in peers.items() if peer_id != sender]
         elif isinstance(to, tuple):
-            if strict:
-                self._check_addressees(message)
-            recipients = [peers[p] for p in message.addressees() if p in peers]
+            ids = self._check_addressees(message) if strict else message.addressees()
+            recipients = [peers[p] for p in ids if p in peers]
         else:
             return
         if recipients:
