@@ -61,7 +61,9 @@ async def test_shutdown_runs_every_callback_and_respects_the_grace(
 
     told = {"description": "Room closed", "details": "shutdown"}
     assert await deferToThread(told_and_closed) == [(told, 1001), (told, 1001)]
-    assert 0.9 <= took < 2.5, took
+    # The hung on_terminate would hold the stop forever; the grace ends it.
+    # (Generous bound: this is not a timing test, the machine may be busy.)
+    assert 0.9 <= took < 6, took
     assert calls.count("peer.on_terminate") == 2
     assert calls.count("on_leave") == 2
     assert calls.count("room.on_terminate") == 1
