@@ -1024,7 +1024,7 @@ async def test_idle_timeout(make_server: MakeServer) -> None:
     chatty_done = deferToThread(chatty)
     elapsed = await silent_done
     await chatty_done
-    assert 0.4 <= elapsed < 2.0
+    assert 0.4 <= elapsed < 4.0
 
 
 # SPEC 1.2: one total order per room.

@@ -387,7 +387,7 @@ async def test_a_held_peer_leaves_when_the_window_passes(make_server: MakeServer
         return elapsed
 
     elapsed = await deferToThread(scenario)
-    assert window - 0.1 <= elapsed < window + 0.8, elapsed
+    assert window - 0.1 <= elapsed < window + 2.8, elapsed
 
 
 # Tokens that do not resume.
@@ -517,7 +517,7 @@ async def test_connections_the_server_closes_are_not_held(
         return elapsed
 
     elapsed = await deferToThread(scenario)
-    assert elapsed < idle_timeout + 1.0, elapsed
+    assert elapsed < idle_timeout + 3.0, elapsed
 
 
 @pytest_twisted.ensureDeferred
@@ -614,7 +614,7 @@ async def test_server_shutdown_ends_holds(make_server: MakeServer) -> None:
     await deferToThread(lose_and_wait, server, a)
     started = time.monotonic()
     await server.service.stopService()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 4.0  # well under the 5 s window
     assert held(server) == 0
 
     def scenario() -> None:
