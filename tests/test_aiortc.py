@@ -51,7 +51,7 @@ from .test_browser import CHROMIUM_ARGS
 
 TWISTD = Path(sys.executable).with_name("twistd")
 CHROMIUM = "/usr/bin/chromium"
-ROOM_JS = Path(__file__).parent.parent / "twisted_signal" / "static" / "room.js"
+ROOM_JS = Path(__file__).parent.parent / "static" / "room.js"
 START_TIMEOUT = 15.0
 TIMEOUT = 15.0
 

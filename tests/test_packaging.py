@@ -124,7 +124,7 @@ def test_package_is_imported_from_the_virtualenv_with_its_pages(installed: Insta
     assert (pages / "room.html").is_file()
     assert (package / "py.typed").is_file()
     # Every page and asset of the source tree is shipped, unchanged.
-    source_pages = ROOT / "twisted_signal" / "static"
+    source_pages = ROOT / "static"
     for path in source_pages.rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts:
             shipped = pages / path.relative_to(source_pages)
@@ -175,9 +175,7 @@ def test_installed_server_serves_the_packaged_pages(installed: Installed) -> Non
                     body = answer.read()
             except OSError:
                 time.sleep(0.05)
-        assert body == (ROOT / "twisted_signal" / "static" / "index.html").read_bytes(), (
-            log.read_text()
-        )
+        assert body == (ROOT / "static" / "index.html").read_bytes(), log.read_text()
     finally:
         process.kill()
         process.wait()

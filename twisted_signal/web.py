@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
@@ -27,7 +28,17 @@ if TYPE_CHECKING:
 
 __all__ = ["PACKAGED_PAGES", "SignalingResource", "access_log_formatter", "redact"]
 
-PACKAGED_PAGES = str(files("twisted_signal") / "static")
+
+def _packaged_pages() -> str:
+    # An installed wheel holds the top-level static/ folder as
+    # twisted_signal/static; a source checkout has it beside the package.
+    installed = files("twisted_signal") / "static"
+    if installed.is_dir():
+        return str(installed)
+    return str(Path(__file__).resolve().parent.parent / "static")
+
+
+PACKAGED_PAGES = _packaged_pages()
 """The folder of the pages that ship with the package."""
 
 _NOT_FOUND = notFound()

@@ -2,7 +2,7 @@
 A WebRTC bot that joins a room and answers calls, built on the asyncio
 client (`twisted_signal.client.aio_connect`) and aiortc.
 
-It speaks the room page's signaling (twisted_signal/static/room.js and
+It speaks the room page's signaling (static/room.js and
 call.js): ``offer``/``answer`` carry ``{type, sdp}``, ``candidate`` an
 RTCIceCandidateInit, ``media`` ``{audio, video}``; the newcomer makes the
 offers.  To every peer it sends a moving test pattern, it decodes (counts)
