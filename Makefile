@@ -9,7 +9,7 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench soak install system-packages clean
+.PHONY: run test lint unit bench soak install system-packages sslyze clean
 
 # The browser tests drive Debian's Chromium (never a downloaded build); the
 # TURN test runs a real coturn on loopback.
@@ -25,6 +25,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# sslyze (the TLS scanner the tests run against an ssl: endpoint) pins an
+# older cryptography than the project's pyOpenSSL needs, so it gets a
+# virtualenv of its own.
+SSLYZE := .venv-sslyze/bin/sslyze
+$(SSLYZE):
+	$(PYTHON) -m venv .venv-sslyze
+	.venv-sslyze/bin/pip install --quiet "sslyze>=6.3,<7"
+
+sslyze: $(SSLYZE)
 
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -42,7 +52,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-unit: install system-packages
+unit: install system-packages $(SSLYZE)
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
@@ -59,4 +69,4 @@ soak: install
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) .venv-sslyze build *.egg-info twisted/plugins/dropin.cache

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
@@ -19,6 +20,7 @@ from twisted.web.server import Request, Site
 from .peer import Peer
 from .rooms import Rooms
 from .settings import Settings
+from .tls import TlsProfile, harden_endpoint
 from .web import SignalingResource, access_log_formatter
 
 if TYPE_CHECKING:
@@ -30,7 +32,8 @@ __all__ = ["SignalingService", "SignalingSite"]
 class SignalingService(MultiService):
     """
     Rooms, plus a `SignalingSite` serving `resource` on each of `endpoints`
-    (Twisted server endpoint strings).
+    (Twisted server endpoint strings; ``ssl:`` ones serve the TLS of
+    `tls_profile`, a name of `twisted_signal.tls.PROFILES`).
 
     To mount the server in a site of your own, give no endpoints, add this
     service to your application and put `resource` where you want it::
@@ -56,6 +59,7 @@ class SignalingService(MultiService):
         settings: Settings | None = None,
         pages: str | None = None,
         shutdown_grace: float = 10.0,
+        tls_profile: str | TlsProfile = "intermediate",
         reactor: Any = None,
     ) -> None:
         super().__init__()
@@ -72,7 +76,11 @@ class SignalingService(MultiService):
             self.resource, handshake_timeout=settings.handshake_timeout, clock=reactor
         )
         for description in endpoints:
-            strports.service(description, self.site, reactor=reactor).setServiceParent(self)
+            endpoint = harden_endpoint(serverFromString(reactor, description), tls_profile)
+            listener = StreamServerEndpointService(endpoint, self.site)
+            # As strports.service does: a port that cannot be had fails startup.
+            listener._raiseSynchronously = True
+            listener.setServiceParent(self)
         self._clock: IReactorTime = reactor
 
     def stopService(self) -> Deferred[None]:

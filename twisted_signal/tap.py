@@ -23,6 +23,7 @@ from .room import Room
 from .rooms import Rooms, is_room_name
 from .service import SignalingService
 from .settings import Settings
+from .tls import PROFILES
 
 __all__ = ["DEFAULT_ENDPOINT", "Options", "makeService"]
 
@@ -107,6 +108,16 @@ def _rate(value: str) -> tuple[float, float]:
 
 
 _rate.coerceDoc = "N/S: N messages per S seconds."  # type: ignore[attr-defined]
+
+
+def _tls_profile(value: str) -> str:
+    if value not in PROFILES:
+        names = " or ".join(PROFILES)
+        raise usage.UsageError(f"--tls-profile: expected {names}, got {value!r}")
+    return value
+
+
+_tls_profile.coerceDoc = "intermediate (TLS 1.2 and 1.3) or modern (TLS 1.3 only)."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -216,6 +227,13 @@ class Options(usage.Options):
             10.0,
             "On SIGTERM: stop accepting, notify peers, wait at most this long.",
             _seconds("shutdown-grace"),
+        ],
+        [
+            "tls-profile",
+            None,
+            "intermediate",
+            "Mozilla's server-side TLS profile for every ssl: endpoint.",
+            _tls_profile,
         ],
     ]
 
@@ -425,4 +443,5 @@ def makeService(options: Options) -> IService:
         settings=options["settings"],
         pages=options["static"],
         shutdown_grace=options["shutdown-grace"],
+        tls_profile=options["tls-profile"],
     )
