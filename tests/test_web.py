@@ -198,3 +198,148 @@ def test_pages_reference_nothing_outside_the_server() -> None:
         assert not re.search(r"""(?i)(?:src|href)\s*=\s*["']?(?://|/)""", text), path.name
         assert not re.search(r"""(?i)url\(\s*["']?(?://|/|[a-z]+:)""", text), path.name
         assert not re.search(r"""(?i)@import""", text), path.name
+
+
+# Security headers (SPEC section 2): tokens may be in a page's URL.
+
+HTML_PATHS = ["/", "/standup", "/nope/deeper", "/static/missing.js"]
+ASSET_PATHS = ["/static/room.js", "/static/style.css", "/static/signaling.js"]
+EVERY_PATH = [*HTML_PATHS, *ASSET_PATHS, "/healthz", "/socket/standup/extra/"]
+
+
+def assert_common_headers(headers: dict[str, str]) -> None:
+    assert headers.get("referrer-policy") == "no-referrer", headers
+    assert headers.get("x-content-type-options") == "nosniff", headers
+    assert headers.get("server") == "rtcsignal", headers
+
+
+def directives(policy: str) -> dict[str, list[str]]:
+    parts = (d.split() for d in policy.split(";") if d.strip())
+    return {name: values for name, *values in parts}
+
+
+def assert_page_policy(headers: dict[str, str], host: str = "signal.example") -> None:
+    policy = directives(headers["content-security-policy"])
+    assert policy["default-src"] == ["'none'"]
+    assert policy["script-src"] == ["'self'"]
+    assert policy["style-src"] == ["'self'"]
+    assert policy["connect-src"] == ["'self'", f"ws://{host}", f"wss://{host}"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert policy["base-uri"] == ["'none'"]
+    assert policy["object-src"] == ["'none'"]
+    # No inline script, no eval, anywhere.
+    assert "'unsafe-inline'" not in headers["content-security-policy"]
+    assert "'unsafe-eval'" not in headers["content-security-policy"]
+
+
+@pytest.mark.parametrize("path", EVERY_PATH)
+@pytest_twisted.ensureDeferred
+async def test_every_answer_has_the_common_security_headers(get: Get, path: str) -> None:
+    assert_common_headers((await get(path)).headers)
+
+
+@pytest.mark.parametrize("path", HTML_PATHS)
+@pytest_twisted.ensureDeferred
+async def test_html_has_a_policy_utf8_and_is_never_stored(get: Get, path: str) -> None:
+    answer = await get(path)
+    assert answer.content_type.replace(" ", "").lower() == "text/html;charset=utf-8"
+    assert_page_policy(answer.headers)
+    assert answer.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("path", ASSET_PATHS)
+@pytest_twisted.ensureDeferred
+async def test_assets_are_revalidated_and_typed_as_utf8(get: Get, path: str) -> None:
+    answer = await get(path)
+    assert answer.status == 200
+    assert answer.headers["cache-control"] == "no-cache"
+    assert "last-modified" in answer.headers
+    kind = "text/javascript" if path.endswith(".js") else "text/css"
+    assert answer.content_type.replace(" ", "") == f"{kind};charset=utf-8"
+    assert "content-security-policy" not in answer.headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_is_never_stored(get: Get) -> None:
+    assert (await get("/healthz")).headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        b"evil.example; script-src *",
+        b"a b",
+        b"x'y",
+        b"[::1]:80:80",
+        b"",
+    ],
+)
+def test_a_malformed_host_is_never_echoed_into_the_policy(host: bytes) -> None:
+    from twisted_signal.headers import content_security_policy
+
+    policy = directives(content_security_policy(host).decode("ascii"))
+    assert policy["connect-src"] == ["'self'"]
+    assert policy["script-src"] == ["'self'"]
+    assert content_security_policy(None) == content_security_policy(host)
+
+
+@pytest.mark.parametrize("host", [b"meet.example.org:8443", b"127.0.0.1:8080", b"[::1]:8443"])
+def test_a_host_with_a_port_or_an_ipv6_address_is_allowed(host: bytes) -> None:
+    from twisted_signal.headers import content_security_policy
+
+    policy = directives(content_security_policy(host).decode("ascii"))
+    name = host.decode()
+    assert policy["connect-src"] == ["'self'", f"ws://{name}", f"wss://{name}"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pages_of_a_static_folder_get_the_same_headers(tmp_path: Path) -> None:
+    for name in ("index.html", "room.html"):
+        (tmp_path / name).write_text("<!doctype html><title>mine</title>")
+    (tmp_path / "app.js").write_text("export {};")
+    (tmp_path / "help.html").write_text("<!doctype html><title>help</title>")
+    rooms = Rooms(lambda name: Room(name, clock=Clock()), clock=Clock())
+    stub = StubTreq(SignalingResource(rooms, pages=str(tmp_path), clock=Clock()))
+    client: Any = cast(Any, stub)
+
+    async def fetch(path: str) -> dict[str, str]:
+        response = await _pumped(stub, client.get(BASE + path))
+        await _pumped(stub, treq.content(response))
+        assert response.code == 200, path
+        return {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
+
+    for path in ("/", "/standup", "/static/help.html"):
+        headers = await fetch(path)
+        assert_common_headers(headers)
+        assert_page_policy(headers)
+        assert headers["cache-control"] == "no-store"
+    headers = await fetch("/static/app.js")
+    assert_common_headers(headers)
+    assert headers["cache-control"] == "no-cache"
+    assert headers["content-type"] == "text/javascript; charset=utf-8"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"), [("/socket/bad%20name/", 400), ("/socket/closed/", 404)]
+)
+@pytest_twisted.ensureDeferred
+async def test_upgrade_refusals_get_the_security_headers(
+    make_server: Callable[..., Awaitable[Any]], path: str, status: int
+) -> None:
+    from twisted.internet.threads import deferToThread
+    from websockets.exceptions import InvalidStatus
+
+    from .support import open_socket
+
+    server = await make_server(auto_rooms=False)
+
+    def refused() -> dict[str, str]:
+        with pytest.raises(InvalidStatus) as info:
+            open_socket(f"ws://{server.base}{path}")
+        response = info.value.response
+        assert response.status_code == status
+        return {name.lower(): value for name, value in response.headers.raw_items()}
+
+    headers = await deferToThread(refused)
+    assert_common_headers(headers)
+    assert headers["cache-control"] == "no-store"

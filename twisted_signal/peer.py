@@ -25,6 +25,7 @@ from . import message as wire
 from .auth import token_from_request
 from .context import AuthData, PeerContext
 from .errors import BadRequest, Unauthorized
+from .headers import COMMON_HEADERS
 from .hooks import SerialQueue, call, call_logged, then
 from .limits import RateLimiter, Verdict
 from .message import InvalidMessage, Message
@@ -42,6 +43,10 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 _PONG = b"pong"
 _PING = b"ping"
 _LOGGED_ERRORS = 10
+_REFUSAL_HEADERS = [
+    (name.decode("ascii"), value.decode("ascii"))
+    for name, value in (*COMMON_HEADERS, (b"Cache-Control", b"no-store"))
+]
 
 
 async def _resolve(result: Any) -> Any:
@@ -253,6 +258,12 @@ class Peer(WebSocketServerProtocol):
             why=f" ({why})" if why else "",
         )
         raise ConnectionDeny(status, reason)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        # Autobahn writes its refusals itself, past twisted.web: give them
+        # the headers of every other answer.
+        headers = [*(responseHeaders or ()), *_REFUSAL_HEADERS]
+        super().failHandshake(reason, code, headers)
 
     # The open connection (SPEC 1.4 steps 3 to 6).
 

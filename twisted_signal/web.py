@@ -18,6 +18,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
 from twisted.web.util import redirectTo
 
+from .headers import secure_asset, secure_page, secure_response
 from .peer import Peer, PeerFactory
 from .rooms import Rooms, is_room_name
 from .settings import Settings
@@ -41,7 +42,24 @@ def _packaged_pages() -> str:
 PACKAGED_PAGES = _packaged_pages()
 """The folder of the pages that ship with the package."""
 
-_NOT_FOUND = notFound()
+
+class _NotFound(Resource):
+    """
+    The 404 page, an HTML answer like the others.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._page = notFound()
+
+    def render(self, request: Request) -> bytes:
+        secure_page(request)
+        return cast(bytes, self._page.render(request))
+
+
+_NOT_FOUND = _NotFound()
 _SECRET_PARAMS = re.compile(rb"((?:^|[?&;])(?:token|resume)=)[^&;#]*")
 
 
@@ -94,7 +112,8 @@ class SignalingResource(Resource):
     - ``/healthz`` JSON health;
     - ``/socket/<room>/`` the WebSocket endpoint.
 
-    `pages` replaces the packaged pages folder.
+    `pages` replaces the packaged pages folder.  Every answer carries the
+    security headers of `twisted_signal.headers`.
     """
 
     def __init__(
@@ -128,7 +147,13 @@ class SignalingResource(Resource):
     def accepting(self, value: bool) -> None:
         self.factory.accepting = value
 
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        # Every request below this resource passes here first.
+        secure_response(request)
+        return cast(IResource, super().getChildWithDefault(path, request))
+
     def render_GET(self, request: Request) -> bytes:
+        secure_response(request)
         # Mounted at /rtc, a request for /rtc lands here: the pages link
         # relatively, so send it to /rtc/.
         return redirectTo(request.prePathURL() + b"/", request)
@@ -143,19 +168,58 @@ class SignalingResource(Resource):
         return _NOT_FOUND
 
 
+# Text is UTF-8, and says so; scripts are served as JavaScript whatever the
+# machine's mime.types says (nosniff makes a wrong type fatal).
+_CONTENT_TYPES = {
+    **File.contentTypes,
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+class _Page(File):
+    """
+    An HTML page: its policy, and never cached.
+    """
+
+    isLeaf = True
+    contentTypes = _CONTENT_TYPES
+
+    def render(self, request: Request) -> bytes | int:
+        secure_page(request)
+        return cast("bytes | int", super().render(request))
+
+
 def _page(path: FilePath[str]) -> IResource:
-    page = File(path.path, defaultType="text/html; charset=utf-8")
-    page.isLeaf = True
-    return page
+    return _Page(path.path, defaultType="text/html; charset=utf-8")
 
 
 class _StaticFiles(File):
     """
     Static files without directory listings (or index pages standing in
-    for them).
+    for them), revalidated by caches.
     """
 
     indexNames: list[str] = []  # noqa: RUF012 (File's own attribute)
+    contentTypes = _CONTENT_TYPES
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        child = super().getChild(path, request)
+        return _NOT_FOUND if child is self.childNotFound else cast(IResource, child)
+
+    def render(self, request: Request) -> bytes | int:
+        if not self.exists():
+            return _NOT_FOUND.render(request)
+        if self.isfile() and self.splitext()[1].lower() in (".html", ".htm"):
+            secure_page(request)
+        else:
+            secure_asset(request)
+        return cast("bytes | int", super().render(request))
 
     def directoryListing(self) -> IResource:
         return _NOT_FOUND
@@ -177,7 +241,7 @@ class _Sockets(Resource):
         return _NOT_FOUND
 
     def render(self, request: Request) -> bytes:
-        return cast(bytes, _NOT_FOUND.render(request))
+        return _NOT_FOUND.render(request)
 
 
 class _Health(Resource):
@@ -189,7 +253,7 @@ class _Health(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         if request.postpath:
-            return cast(bytes, _NOT_FOUND.render(request))
+            return _NOT_FOUND.render(request)
         rooms = self._signaling.rooms
         accepting = self._signaling.accepting
         body = {
