@@ -1,0 +1,3 @@
+from twisted_signal.reuseport import ReusePortParser
+
+reuseport = ReusePortParser()
