@@ -97,6 +97,17 @@ SOCKET_URLS = """async () => {
 }"""
 
 
+# Every violation of the pages' Content-Security-Policy, to the console
+# (where Chromium also reports what the policy blocked).
+CSP_REPORTER = """document.addEventListener("securitypolicyviolation", (e) => {
+    console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI}`);
+});"""
+
+
+def csp_violations(console: Sequence[str]) -> list[str]:
+    return [m for m in console if "CSP violation" in m or "Content Security Policy" in m]
+
+
 class Network:
     """
     Where the server and the browser run: a private network namespace, held
@@ -318,6 +329,7 @@ class Peer:
             ignore_https_errors=True, viewport={"width": 1024, "height": 640}
         )
         self.context.set_default_timeout(TIMEOUT_MS)
+        self.context.add_init_script(CSP_REPORTER)
         if no_devices:
             self.context.add_init_script(NO_DEVICES)
         self.page: Page = self.context.new_page()
@@ -386,11 +398,21 @@ class Call:
         self.url = url
         self.shots = shots
         self.peers: list[Peer] = []
+        self.everyone: list[Peer] = []
 
     def join(self, name: str, *, no_devices: bool = False) -> Peer:
         peer = Peer(self.browser, self.url, name, no_devices=no_devices)
         self.peers.append(peer)
+        self.everyone.append(peer)
         return peer
+
+    def csp_violations(self) -> dict[str, list[str]]:
+        """
+        What the server's Content-Security-Policy blocked, per page that did
+        any harm to it: the page must need nothing the policy forbids.
+        """
+        found = {peer.name: csp_violations(peer.console) for peer in self.everyone}
+        return {name: violations for name, violations in found.items() if violations}
 
     def join_from_landing_page(self, name: str, home: str, room: str) -> Peer:
         """
@@ -399,6 +421,7 @@ class Call:
         """
         peer = Peer(self.browser, None, name)
         self.peers.append(peer)
+        self.everyone.append(peer)
         page = peer.page
         page.goto(home)
         field = page.get_by_label("Room name")
@@ -500,6 +523,22 @@ def test_video_call(server: Server, call: Call) -> None:
     bob.sees(alice)
     call.screenshot(alice, "after-restart")
     check_receive_only(call, alice, bob)
+    check_security_headers(alice)
+    assert call.csp_violations() == {}
+
+
+def check_security_headers(peer: Peer) -> None:
+    """
+    The page the browsers just used came with the policy they obeyed.
+    """
+    headers = peer.page.evaluate(
+        """async () => {
+            const answer = await fetch(location.href);
+            return Object.fromEntries(answer.headers.entries());
+        }"""
+    )
+    assert "script-src 'self'" in headers["content-security-policy"], headers
+    assert headers["referrer-policy"] == "no-referrer", headers
 
 
 def check_receive_only(call: Call, alice: Peer, bob: Peer) -> None:
