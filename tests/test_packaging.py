@@ -132,10 +132,11 @@ def test_package_is_imported_from_the_virtualenv_with_its_pages(installed: Insta
             assert shipped.read_bytes() == path.read_bytes(), shipped
 
 
-def test_only_the_dropin_is_shipped_under_twisted(installed: Installed) -> None:
+def test_only_the_dropins_are_shipped_under_twisted(installed: Installed) -> None:
     """
     ``twisted/`` and ``twisted/plugins/`` belong to Twisted: the package adds
-    its dropin and nothing else (an ``__init__.py`` there would replace
+    its dropins (the twistd plugin, the ``reuseport:`` endpoint parser) and
+    nothing else (an ``__init__.py`` there would replace
     Twisted's own; a ``dropin.cache`` would be stale).
     """
     files = json.loads(
@@ -145,7 +146,16 @@ def test_only_the_dropin_is_shipped_under_twisted(installed: Installed) -> None:
         )
     )
     under_twisted = {f for f in files if f.startswith("twisted/") and "__pycache__" not in f}
-    assert under_twisted == {"twisted/plugins/rtcsignal_plugin.py"}
+    assert under_twisted == {
+        "twisted/plugins/rtcsignal_plugin.py",
+        "twisted/plugins/rtcsignal_reuseport.py",
+    }
+    found = installed.python(
+        "from twisted.internet import reactor;"
+        "from twisted.internet.endpoints import serverFromString;"
+        "print(type(serverFromString(reactor, 'reuseport:0')).__name__)"
+    )
+    assert found.strip() == "ReusePortEndpoint"
     assert not [f for f in files if f.endswith("dropin.cache")]
     assert "twisted_signal/py.typed" in files
     assert "twisted_signal/static/index.html" in files
