@@ -128,3 +128,12 @@ def test_two_twistd_processes_on_one_port_both_get_connections(spawn: Spawn) -> 
     first.kill()
     for tag in range(100, 110):
         health_on(shared, tag)
+
+
+def test_under_twistd_a_bad_reuseport_string_is_one_line(spawn: Spawn) -> None:
+    twistd = spawn("--endpoint", "reuseport:8080:backlog=none", ready=False)
+    assert twistd.wait_exit() != 0, twistd.output
+    output = (twistd.stdout + twistd.stderr).strip()
+    assert len(output.splitlines()) == 1, output
+    assert "backlog must be a whole number" in output
+    assert "Traceback" not in output

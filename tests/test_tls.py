@@ -106,18 +106,10 @@ def test_profiles_name_mozillas_intermediate_and_modern_suites_and_curves() -> N
 
 
 def test_profiles_match_the_mozilla_configuration_bundled_with_sslyze() -> None:
-    sslyze = require_sslyze()
-    site = subprocess.run(
-        [
-            str(sslyze.parent / "python"),
-            "-c",
-            "import sslyze, os; print(os.path.dirname(sslyze.__file__))",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    profiles = json.loads((Path(site) / "mozilla_tls_profile" / "5.7.json").read_text())
+    venv = require_sslyze().parent.parent
+    bundled = sorted(venv.glob("lib/python*/site-packages/sslyze/mozilla_tls_profile/5.7.json"))
+    assert bundled, f"no Mozilla profile 5.7 in {venv}: the profiles need a review"
+    profiles = json.loads(bundled[0].read_text())
     for name, profile in PROFILES.items():
         mozilla = profiles["configurations"][name]
         assert set(profile.ciphers) == set(mozilla["ciphers"]["openssl"]), name
@@ -338,3 +330,13 @@ def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
         except OSError:
             time.sleep(0.05)
     pytest.fail(f"nothing listening on {port}")
+
+
+def test_under_twistd_a_bad_tls_profile_is_one_line_and_a_failure(spawn: Spawn) -> None:
+    twistd = spawn("--tls-profile", "old", ready=False)
+    assert twistd.wait_exit() != 0, twistd.output
+    output = (twistd.stdout + twistd.stderr).strip()
+    assert output.splitlines() == [
+        "twistd rtcsignal: --tls-profile: expected intermediate or modern, got 'old' "
+        "(see: twistd rtcsignal --help)"
+    ], output
