@@ -45,13 +45,25 @@ from aiortc.mediastreams import MediaStreamError
 from examples.aiortc_bot.bot import Bot, TestPattern
 from examples.aiortc_bot.bot import run as run_bot
 from twisted_signal import Message
-from twisted_signal.client import AsyncSignalingClient, aio_connect
+from twisted_signal.client import (
+    AsyncSignalingClient,
+    PeerVerification,
+    aio_connect,
+    verify_peer_connection,
+)
+from twisted_signal.verification import derive_code, fingerprint_from_sdp
 
 from .test_browser import CHROMIUM_ARGS
 
 TWISTD = Path(sys.executable).with_name("twistd")
 CHROMIUM = "/usr/bin/chromium"
 ROOM_JS = Path(__file__).parent.parent / "static" / "room.js"
+VERIFY_JS = Path(__file__).parent.parent / "static" / "verify.js"
+# The room page shows verification codes once static/verify.js is there;
+# the test comparing its code with the bot's waits for it, and only for it.
+needs_verify_js = pytest.mark.skipif(
+    not VERIFY_JS.exists(), reason="the room page has no verification yet (static/verify.js)"
+)
 START_TIMEOUT = 15.0
 TIMEOUT = 15.0
 
@@ -153,6 +165,7 @@ class BrowserRole:
     def __init__(self, client: AsyncSignalingClient) -> None:
         self.client = client
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.verification = verify_peer_connection(self.pc)
         self.frames: list[av.VideoFrame] = []
         self.echoes: asyncio.Queue[str] = asyncio.Queue()
         self.channel: RTCDataChannel | None = None
@@ -250,6 +263,45 @@ def luma_is_bars(frame: av.VideoFrame) -> bool:
     return len({value // 16 for value in row}) >= 4
 
 
+def sdp_fingerprint(pc: RTCPeerConnection) -> bytes:
+    """The sha-256 fingerprint `pc` put in its own description."""
+    for line in pc.localDescription.sdp.splitlines():
+        if line.startswith("a=fingerprint:sha-256 "):
+            return fingerprint_from_sdp(line.split(" ", 1)[1])
+    raise AssertionError("no a=fingerprint:sha-256 line")
+
+
+async def codes_agree(
+    a: PeerVerification, a_pc: RTCPeerConnection, b: PeerVerification, b_pc: RTCPeerConnection
+) -> str:
+    """
+    Both ends verified with the same code, which is the code computed here
+    from the two certificates' fingerprints and the two nonces.
+    """
+    async with asyncio.timeout(TIMEOUT):
+        code_a, code_b = await a.done, await b.done
+    assert (a.state, b.state) == ("verified", "verified"), (a.reason, b.reason)
+    assert code_a == code_b == a.code
+    assert a.verification is not None and b.verification is not None
+    committer, responder = (a, b) if a.verification.committer else (b, a)
+    assert committer.verification is not None and responder.verification is not None
+    assert not responder.verification.committer
+    # Each end got the other's real certificate from DTLS.
+    assert a.verification.local_fingerprint == sdp_fingerprint(a_pc)
+    assert a.verification.remote_fingerprint == sdp_fingerprint(b_pc)
+    assert b.verification.remote_fingerprint == sdp_fingerprint(a_pc)
+    expected = derive_code(
+        sdp_fingerprint(a_pc),
+        sdp_fingerprint(b_pc),
+        committer.verification.nonce,
+        responder.verification.nonce,
+    )
+    assert code_a == expected
+    assert responder.verification.remote_nonce == committer.verification.nonce
+    assert code_a is not None
+    return code_a
+
+
 # The tests.
 
 
@@ -274,6 +326,7 @@ def test_two_aiortc_peers_exchange_a_datachannel_message(server: Server) -> None
             got: asyncio.Queue[str] = asyncio.Queue()
 
             answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            answerer_verification = verify_peer_connection(answerer)
 
             @answerer.on("datachannel")
             def on_datachannel(channel: RTCDataChannel) -> None:
@@ -283,6 +336,7 @@ def test_two_aiortc_peers_exchange_a_datachannel_message(server: Server) -> None
                     channel.send(f"pong to {text(data)}")
 
             offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            offerer_verification = verify_peer_connection(offerer)
             channel = offerer.createDataChannel("chat")
 
             @channel.on("open")
@@ -309,6 +363,7 @@ def test_two_aiortc_peers_exchange_a_datachannel_message(server: Server) -> None
             async with asyncio.timeout(TIMEOUT):
                 assert await got.get() == "first got ping"
                 assert await got.get() == "second got pong to ping"
+            await codes_agree(offerer_verification, offerer, answerer_verification, answerer)
             await offerer.close()
             await answerer.close()
 
@@ -338,6 +393,11 @@ def test_bot_answers_a_browser_role_peer(server: Server) -> None:
                     assert await browser.echoes.get() == "hello bot"
                 # The bot says what it sends, like the room page does.
                 assert browser.media == {bot.client.peer_id: {"audio": False, "video": True}}
+                # The bot answered: it verified the call and shows the same code.
+                call = bot.calls[client.peer_id]
+                assert bot.verifications[client.peer_id] is call.verification
+                assert call.verification is not None
+                await codes_agree(call.verification, call.pc, browser.verification, browser.pc)
             finally:
                 follow.cancel()
                 await browser.close()
@@ -360,6 +420,10 @@ def test_bot_calls_the_peers_already_in_the_room(server: Server) -> None:
                     await eventually(
                         lambda: bot.frames_received[client.peer_id] >= 5, "the bot to decode"
                     )
+                    # The bot offered: it verified the call too.
+                    call = bot.calls[client.peer_id]
+                    assert call.verification is not None
+                    await codes_agree(call.verification, call.pc, browser.verification, browser.pc)
             finally:
                 follow.cancel()
                 await browser.close()
@@ -424,3 +488,82 @@ async def frames_decoded(page: Any, peer_id: str) -> int:
         peer_id,
     )
     return int(value)
+
+
+def test_a_peer_without_the_channel_is_not_verified_by_the_deadline() -> None:
+    """No signaling server needed: the two peer connections talk in process."""
+
+    async def scenario() -> None:
+        verified = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        other = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        results: list[PeerVerification] = []
+        verification = verify_peer_connection(verified, deadline=1.0, on_result=results.append)
+        try:
+            await verified.setLocalDescription(await verified.createOffer())
+            await other.setRemoteDescription(verified.localDescription)
+            await other.setLocalDescription(await other.createAnswer())
+            await verified.setRemoteDescription(other.localDescription)
+            async with asyncio.timeout(TIMEOUT):
+                assert await verification.done is None
+            assert verification.state == "failed" and verification.code is None
+            assert results == [verification]
+            # It did start: the channel opened over a real DTLS transport.
+            assert verification.verification is not None
+            assert verification.verification.remote_fingerprint == sdp_fingerprint(other)
+            assert "in time" in str(verification.reason)
+        finally:
+            await verified.close()
+            await other.close()
+
+    run(scenario)
+
+
+# The element of the remote peer's tile that shows its verification (SPEC 5.8).
+TILE_VERIFICATION = """(video) => {
+    for (let node = video.parentElement; node; node = node.parentElement) {
+        const shown = node.querySelector("[data-verification]");
+        if (shown) return shown;
+    }
+    return null;
+}"""
+
+
+@needs_verify_js
+def test_bot_and_chromium_show_the_same_verification_code(server: Server) -> None:
+    from playwright.async_api import async_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (make test installs it)"
+    url = server.socket_url("verify")
+
+    async def scenario() -> None:
+        async with bot_in(url) as bot, async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = await browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                await page.goto(server.page_url("verify"))
+                video = page.locator(f'video[data-peer-id="{bot.client.peer_id}"]')
+                await video.wait_for(state="attached", timeout=TIMEOUT * 1000)
+                tile = (await video.evaluate_handle(TILE_VERIFICATION)).as_element()
+                assert tile is not None, "no [data-verification] next to the bot's video"
+                await page.wait_for_function(
+                    "(shown) => shown.dataset.verification !== 'pending'",
+                    arg=tile,
+                    timeout=TIMEOUT * 1000,
+                )
+                assert await tile.get_attribute("data-verification") == "verified"
+                shown = await tile.get_attribute("data-verification-code")
+                browser_id = await page.evaluate("window.rtcsignal.peerId")
+                verification = bot.verifications[browser_id]
+                async with asyncio.timeout(TIMEOUT):
+                    code = await verification.done
+                assert code is not None and shown == code, (shown, code, verification.reason)
+                assert code in (await tile.inner_text())
+                assert errors == []
+            finally:
+                await browser.close()
+
+    run(scenario, seconds=50)

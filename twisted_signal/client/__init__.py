@@ -42,6 +42,7 @@ come back when it was closed by the server on purpose: its room was closed
 
 from __future__ import annotations
 
+from ._aiortc import PeerVerification, verify_peer_connection
 from ._asyncio import AsyncSignalingClient, aio_connect
 from ._core import (
     Backoff,
@@ -64,10 +65,12 @@ __all__ = [
     "HandshakeFailed",
     "JoinRefused",
     "NotConnected",
+    "PeerVerification",
     "SignalingClient",
     "Target",
     "aio_connect",
     "connect",
     "decode_server_message",
     "socket_url",
+    "verify_peer_connection",
 ]
