@@ -38,6 +38,11 @@ peer.  ``on_reconnected(client)`` is called each time.  The client does not
 come back when it was closed by the server on purpose: its room was closed
 (``"Room closed"`` other than ``"shutdown"``), it was kicked or rate-limited
 (close code 1008), or the server refuses the upgrade with 400, 401 or 403.
+
+Both faces are thin adapters over one sans-IO core (`_core.ClientCore`,
+which takes events and returns actions); they take the same options
+(`ClientOptions`).  For aiortc peers, `verify_peer_connection(pc)` computes
+the verification code the room page shows (docs/verification.md).
 """
 
 from __future__ import annotations
