@@ -567,3 +567,58 @@ def test_bot_and_chromium_show_the_same_verification_code(server: Server) -> Non
                 await browser.close()
 
     run(scenario, seconds=50)
+
+
+def test_a_relaying_man_in_the_middle_gets_different_codes() -> None:
+    """
+    Mallory terminates DTLS with Alice (as M1) and with Bob (as M2), and
+    relays the verification messages between them untouched: Alice and Bob
+    see different certificate pairs, so their codes cannot agree.
+    """
+
+    async def connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await offerer.setRemoteDescription(answerer.localDescription)
+
+    async def scenario() -> None:
+        pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(4)]
+        alice, m1, m2, bob = pcs
+        alice_verification = verify_peer_connection(alice, deadline=5.0)
+        bob_verification = verify_peer_connection(bob, deadline=5.0)
+        to_alice = m1.createDataChannel("rtcsignal-verify", negotiated=True, id=0)
+        to_bob = m2.createDataChannel("rtcsignal-verify", negotiated=True, id=0)
+        pending: dict[RTCDataChannel, list[str | bytes]] = {to_alice: [], to_bob: []}
+
+        def relay(source: RTCDataChannel, target: RTCDataChannel) -> None:
+            @source.on("message")
+            def forward(data: str | bytes) -> None:
+                if target.readyState == "open":
+                    target.send(data)
+                else:
+                    pending[target].append(data)
+
+            @target.on("open")
+            def flush() -> None:
+                for data in pending[target]:
+                    target.send(data)
+
+        relay(to_alice, to_bob)
+        relay(to_bob, to_alice)
+        try:
+            await connect(alice, m1)
+            await connect(m2, bob)
+            async with asyncio.timeout(TIMEOUT):
+                codes = (await alice_verification.done, await bob_verification.done)
+            assert alice_verification.verification is not None
+            assert bob_verification.verification is not None
+            # Each end got Mallory's certificate, not the other end's.
+            assert alice_verification.verification.remote_fingerprint == sdp_fingerprint(m1)
+            assert bob_verification.verification.remote_fingerprint == sdp_fingerprint(m2)
+            assert codes[0] is None or codes[1] is None or codes[0] != codes[1], codes
+        finally:
+            for pc in pcs:
+                await pc.close()
+
+    run(scenario)
