@@ -431,44 +431,49 @@ def test_bot_calls_the_peers_already_in_the_room(server: Server) -> None:
     run(scenario)
 
 
-def test_bot_in_a_call_with_chromium_on_the_room_page(server: Server) -> None:
+@contextlib.asynccontextmanager
+async def bot_and_chromium(server: Server, room: str) -> AsyncIterator[tuple[Bot, Any]]:
+    """The bot in `room`, then headless Chromium on the room page of `room`."""
     from playwright.async_api import async_playwright
 
     assert ROOM_JS.exists(), f"{ROOM_JS} is missing"
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (make test installs it)"
-    url = server.socket_url("chromium")
+    async with bot_in(server.socket_url(room)) as bot, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = await browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(server.page_url(room))
+            yield bot, page
+            assert errors == []
+        finally:
+            await browser.close()
 
+
+def test_bot_in_a_call_with_chromium_on_the_room_page(server: Server) -> None:
     async def scenario() -> None:
-        async with bot_in(url) as bot, async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        async with bot_and_chromium(server, "chromium") as (bot, page):
+            video = page.locator(f'video[data-peer-id="{bot.client.peer_id}"]')
+            await video.wait_for(state="attached", timeout=TIMEOUT * 1000)
+            await page.wait_for_function(
+                "(video) => video.videoWidth > 0",
+                arg=await video.element_handle(),
+                timeout=TIMEOUT * 1000,
             )
-            try:
-                page = await browser.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda error: errors.append(str(error)))
-                await page.goto(server.page_url("chromium"))
-                video = page.locator(f'video[data-peer-id="{bot.client.peer_id}"]')
-                await video.wait_for(state="attached", timeout=TIMEOUT * 1000)
-                await page.wait_for_function(
-                    "(video) => video.videoWidth > 0",
-                    arg=await video.element_handle(),
-                    timeout=TIMEOUT * 1000,
-                )
-                width = await video.evaluate("(video) => video.videoWidth")
-                assert width == 320
-                first = await frames_decoded(page, bot.client.peer_id)
-                await asyncio.sleep(1.0)
-                later = await frames_decoded(page, bot.client.peer_id)
-                assert later > first > 0, (first, later)
-                browser_id = await page.evaluate("window.rtcsignal.peerId")
-                await eventually(
-                    lambda: bot.frames_received[browser_id] >= 5,
-                    "the bot to decode the browser's camera",
-                )
-                assert errors == []
-            finally:
-                await browser.close()
+            width = await video.evaluate("(video) => video.videoWidth")
+            assert width == 320
+            first = await frames_decoded(page, bot.client.peer_id)
+            await asyncio.sleep(1.0)
+            later = await frames_decoded(page, bot.client.peer_id)
+            assert later > first > 0, (first, later)
+            browser_id = await page.evaluate("window.rtcsignal.peerId")
+            await eventually(
+                lambda: bot.frames_received[browser_id] >= 5,
+                "the bot to decode the browser's camera",
+            )
 
     run(scenario, seconds=50)
 
@@ -530,41 +535,25 @@ TILE_VERIFICATION = """(video) => {
 
 @needs_verify_js
 def test_bot_and_chromium_show_the_same_verification_code(server: Server) -> None:
-    from playwright.async_api import async_playwright
-
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (make test installs it)"
-    url = server.socket_url("verify")
-
     async def scenario() -> None:
-        async with bot_in(url) as bot, async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        async with bot_and_chromium(server, "verify") as (bot, page):
+            video = page.locator(f'video[data-peer-id="{bot.client.peer_id}"]')
+            await video.wait_for(state="attached", timeout=TIMEOUT * 1000)
+            tile = (await video.evaluate_handle(TILE_VERIFICATION)).as_element()
+            assert tile is not None, "no [data-verification] next to the bot's video"
+            await page.wait_for_function(
+                "(shown) => shown.dataset.verification !== 'pending'",
+                arg=tile,
+                timeout=TIMEOUT * 1000,
             )
-            try:
-                page = await browser.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda error: errors.append(str(error)))
-                await page.goto(server.page_url("verify"))
-                video = page.locator(f'video[data-peer-id="{bot.client.peer_id}"]')
-                await video.wait_for(state="attached", timeout=TIMEOUT * 1000)
-                tile = (await video.evaluate_handle(TILE_VERIFICATION)).as_element()
-                assert tile is not None, "no [data-verification] next to the bot's video"
-                await page.wait_for_function(
-                    "(shown) => shown.dataset.verification !== 'pending'",
-                    arg=tile,
-                    timeout=TIMEOUT * 1000,
-                )
-                assert await tile.get_attribute("data-verification") == "verified"
-                shown = await tile.get_attribute("data-verification-code")
-                browser_id = await page.evaluate("window.rtcsignal.peerId")
-                verification = bot.verifications[browser_id]
-                async with asyncio.timeout(TIMEOUT):
-                    code = await verification.done
-                assert code is not None and shown == code, (shown, code, verification.reason)
-                assert code in (await tile.inner_text())
-                assert errors == []
-            finally:
-                await browser.close()
+            assert await tile.get_attribute("data-verification") == "verified"
+            shown = await tile.get_attribute("data-verification-code")
+            browser_id = await page.evaluate("window.rtcsignal.peerId")
+            verification = bot.verifications[browser_id]
+            async with asyncio.timeout(TIMEOUT):
+                code = await verification.done
+            assert code is not None and shown == code, (shown, code, verification.reason)
+            assert code in (await tile.inner_text())
 
     run(scenario, seconds=50)
 
