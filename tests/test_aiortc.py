@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aioice.ice
 import av
@@ -51,7 +51,12 @@ from twisted_signal.client import (
     aio_connect,
     verify_peer_connection,
 )
-from twisted_signal.verification import derive_code, fingerprint_from_sdp
+from twisted_signal.verification import (
+    derive_code,
+    fingerprint_from_der,
+    fingerprint_from_sdp,
+    fingerprint_to_sdp,
+)
 
 from .test_browser import CHROMIUM_ARGS
 
@@ -609,5 +614,102 @@ def test_a_relaying_man_in_the_middle_gets_different_codes() -> None:
         finally:
             for pc in pcs:
                 await pc.close()
+
+    run(scenario)
+
+
+# The verification adapter over in-memory stand-ins for aiortc's objects.
+
+
+class FakeChannel:
+    """Just what `PeerVerification` uses of an RTCDataChannel."""
+
+    def __init__(self, local: bytes, remote_der: bytes) -> None:
+        self.readyState = "connecting"
+        self.sent: list[str | bytes] = []
+        self.handlers: dict[str, Callable[..., None]] = {}
+        certificate = type("Cert", (), {"public_bytes": lambda self, encoding: remote_der})()
+        ssl = type("SSL", (), {"get_peer_certificate": lambda self, **_: certificate})()
+        fingerprint = type("FP", (), {"algorithm": "sha-256", "value": fingerprint_to_sdp(local)})
+        parameters = type("Params", (), {"fingerprints": [fingerprint]})()
+        dtls = type("Dtls", (), {"_ssl": ssl, "getLocalParameters": lambda self: parameters})()
+        self.transport = type("Sctp", (), {"transport": dtls})()
+
+    def on(self, event: str, handler: Callable[..., None]) -> None:
+        self.handlers[event] = handler
+
+    def send(self, data: str | bytes) -> None:
+        self.sent.append(data)
+
+    def emit(self, event: str, *args: Any) -> None:
+        if event == "open":
+            self.readyState = "open"
+        self.handlers[event](*args)
+
+
+class FakePeerConnection:
+    def __init__(self, channel: FakeChannel) -> None:
+        self.channel = channel
+
+    def createDataChannel(self, label: str, *, negotiated: bool, id: int) -> FakeChannel:
+        assert (label, negotiated, id) == ("rtcsignal-verify", True, 0)
+        return self.channel
+
+
+def fake_pair() -> tuple[PeerVerification, FakeChannel, PeerVerification, FakeChannel]:
+    """Two verifications whose channels are not yet connected to each other."""
+    der_a, der_b = b"certificate of a", b"certificate of b"
+    a = FakeChannel(fingerprint_from_der(der_a), der_b)
+    b = FakeChannel(fingerprint_from_der(der_b), der_a)
+    return (
+        verify_peer_connection(cast(Any, FakePeerConnection(a))),
+        a,
+        verify_peer_connection(cast(Any, FakePeerConnection(b))),
+        b,
+    )
+
+
+def pump(*channels: FakeChannel) -> None:
+    """Deliver what each channel sent to the other, until nothing moves."""
+    first, second = channels
+    while first.sent or second.sent:
+        for source, target in ((first, second), (second, first)):
+            sent, source.sent = source.sent, []
+            for data in sent:
+                target.emit("message", data)
+
+
+def test_verification_over_stand_in_channels() -> None:
+    async def scenario() -> None:
+        a, a_channel, b, b_channel = fake_pair()
+        b_channel.emit("open")
+        # A message may overtake the open event: it starts the exchange too.
+        pump(a_channel, b_channel)
+        if a.state == "pending":
+            a_channel.emit("open")
+            pump(a_channel, b_channel)
+        assert (a.state, b.state) == ("verified", "verified")
+        assert a.code == b.code == await a.done == await b.done
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "trouble",
+    ["binary", "garbage", "close"],
+)
+def test_stand_in_verification_fails_for_good(trouble: str) -> None:
+    async def scenario() -> None:
+        a, a_channel, _, b_channel = fake_pair()
+        for channel in (a_channel, b_channel):
+            channel.emit("open")
+        if trouble == "close":
+            a_channel.emit("close")
+        else:
+            a_channel.emit("message", b"\x00" if trouble == "binary" else '{"v":1}')
+        assert a.state == "failed" and a.code is None and a.reason
+        assert await a.done is None
+        pump(a_channel, b_channel)  # what follows changes nothing
+        assert a.state == "failed"
 
     run(scenario)
