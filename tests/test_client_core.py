@@ -178,3 +178,41 @@ def test_options_are_checked_early() -> None:
         ClientCore(URL, None, {"buffer_size": 0})
     core: ClientCore[None] = ClientCore(URL, None, {})
     assert (core.timeout, core.ping_interval, core.reconnect) == (10.0, 20.0, False)
+
+
+def test_the_public_names_stay_put() -> None:
+    from twisted_signal import client
+
+    assert sorted(client.__all__) == [
+        "AsyncSignalingClient",
+        "Backoff",
+        "ClientClosed",
+        "ClientOptions",
+        "HandshakeFailed",
+        "JoinRefused",
+        "NotConnected",
+        "PeerVerification",
+        "SignalingClient",
+        "Target",
+        "aio_connect",
+        "connect",
+        "decode_server_message",
+        "socket_url",
+        "verify_peer_connection",
+    ]
+    for name in client.__all__:
+        assert getattr(client, name) is not None
+
+
+def test_importing_the_client_needs_neither_aiortc_nor_websockets() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, twisted_signal.client; "
+        "print(sorted({'aiortc', 'websockets'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
