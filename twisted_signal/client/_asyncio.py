@@ -1,6 +1,6 @@
 """
 The asyncio face of the client: the `websockets` package driving a
-`_core.ClientCore`, with no Twisted reactor.
+`ClientCore` (the sans-IO core), with no Twisted reactor.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from inspect import isawaitable
 from typing import TYPE_CHECKING, Any, Unpack, cast
 
 from ..message import ALL, Message
-from . import _core
+from . import _core as sansio
 from ._core import ClientClosed, ClientOptions, LogLevel, Target
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ _log = logging.getLogger("twisted_signal.client")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
 
 
-class AsyncSignalingClient(_core.ClientState):
+class AsyncSignalingClient(sansio.ClientState):
     """
     A connection to a room, for asyncio programs; made by `aio_connect`.
     It needs the `websockets` package.
@@ -44,7 +44,7 @@ class AsyncSignalingClient(_core.ClientState):
         ssl: ssl.SSLContext | None = None,
         **options: Unpack[ClientOptions[AsyncSignalingClient]],
     ) -> None:
-        self._core = _core.ClientCore(url, self, options)
+        self._core = sansio.ClientCore(url, self, options)
         self._ssl = ssl
         self._ws: ClientConnection | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -65,17 +65,17 @@ class AsyncSignalingClient(_core.ClientState):
         Send a message: `to` is ``"all"`` (every other peer), a peer id, or
         a list of peer ids.
 
-        @raise _core.NotConnected: there is no open connection right now.
+        @raise NotConnected: there is no open connection right now.
         """
         from websockets.exceptions import ConnectionClosed
 
         ws = self._ws
         if ws is None:
-            raise _core.NotConnected("not connected to the signaling server")
+            raise sansio.NotConnected("not connected to the signaling server")
         try:
-            await ws.send(_core.encode(event, data, to))
+            await ws.send(sansio.encode(event, data, to))
         except ConnectionClosed:
-            raise _core.NotConnected("the connection to the signaling server was lost") from None
+            raise sansio.NotConnected("the connection to the signaling server was lost") from None
 
     async def recv(self, event: str | None = None, *, timeout: float | None = None) -> Message:
         """
@@ -115,7 +115,7 @@ class AsyncSignalingClient(_core.ClientState):
         except ClientClosed:
             raise StopAsyncIteration from None
 
-    async def close(self, code: int = _core.CLOSE_NORMAL) -> ClientClosed:
+    async def close(self, code: int = sansio.CLOSE_NORMAL) -> ClientClosed:
         """
         Leave the room (close code `code`) and stop reconnecting; returns
         once the connection has closed.
@@ -147,7 +147,7 @@ class AsyncSignalingClient(_core.ClientState):
         try:
             ws = await self._open()
         except BaseException as e:
-            _core.perform(self._core.gave_up(e), self)
+            sansio.perform(self._core.gave_up(e), self)
             raise
         self._ws = ws
         self._supervisor = asyncio.create_task(self._supervise(ws))
@@ -187,18 +187,18 @@ class AsyncSignalingClient(_core.ClientState):
                 try:
                     while not core.joined:
                         frame = await ws.recv()
-                        _core.perform(core.received(frame, isinstance(frame, bytes)), self)
+                        sansio.perform(core.received(frame, isinstance(frame, bytes)), self)
                     return ws
                 except BaseException:
                     await _abort(ws)
                     raise
         except InvalidStatus as e:
             status = e.response.status_code
-            raise _core.HandshakeFailed(status, e.response.reason_phrase) from None
+            raise sansio.HandshakeFailed(status, e.response.reason_phrase) from None
         except (InvalidHandshake, ssl.SSLError) as e:
-            raise _core.HandshakeFailed(None, str(e)) from e
+            raise sansio.HandshakeFailed(None, str(e)) from e
         except ConnectionClosed as e:
-            code = e.rcvd.code if e.rcvd is not None else _core.ABNORMAL
+            code = e.rcvd.code if e.rcvd is not None else sansio.ABNORMAL
             reason = e.rcvd.reason if e.rcvd is not None else "connection lost"
             raise core.ended_before_joining(code, reason) from None
 
@@ -208,11 +208,11 @@ class AsyncSignalingClient(_core.ClientState):
                 self._ws = ws
                 code, text = await self._read(ws)
                 self._ws = None
-                _core.perform(self._core.lost(code, text), self)
+                sansio.perform(self._core.lost(code, text), self)
                 ws = await self._reopen()
         except Exception as e:
             _log.exception("the signaling connection failed")
-            _core.perform(self._core.gave_up(e), self)
+            sansio.perform(self._core.gave_up(e), self)
         finally:
             self._ws = None
             if self._core.closing:
@@ -223,10 +223,10 @@ class AsyncSignalingClient(_core.ClientState):
 
         try:
             async for frame in ws:
-                _core.perform(self._core.received(frame, isinstance(frame, bytes)), self)
+                sansio.perform(self._core.received(frame, isinstance(frame, bytes)), self)
         except ConnectionClosed:
             pass
-        return ws.close_code or _core.ABNORMAL, ws.close_reason or ""
+        return ws.close_code or sansio.ABNORMAL, ws.close_reason or ""
 
     async def _reopen(self) -> ClientConnection | None:
         """Attempts after the delays the core asks for; None when it gives up."""
@@ -236,9 +236,9 @@ class AsyncSignalingClient(_core.ClientState):
             try:
                 ws = await self._open()
             except OSError as e:  # our errors, timeouts and the network's
-                _core.perform(self._core.attempt_failed(e), self)
+                sansio.perform(self._core.attempt_failed(e), self)
                 continue
-            _core.perform(self._core.reconnected(), self)
+            sansio.perform(self._core.reconnected(), self)
             return ws
         return None
 
@@ -317,7 +317,7 @@ def aio_connect(
     Use it as ``async with aio_connect(url) as client:`` (the client is
     closed on the way out) or ``client = await aio_connect(url)`` (then
     ``await client.close()``).  It returns once the server sent
-    ``authenticated``, or raises `_core.HandshakeFailed`, `JoinRefused`,
+    ``authenticated``, or raises `HandshakeFailed`, `JoinRefused`,
     `ClientClosed`, `OSError` or `TimeoutError` (after `timeout` seconds);
     the first attempt is never retried.  `ssl` is the `ssl.SSLContext` for
     ``wss://``; the other options are those of `connect` (`ClientOptions`).
