@@ -160,7 +160,7 @@ class Metrics(Events):
         self.rejections.add(str(status))
 
     def closed(self, code: int | None) -> None:
-        self.closes.add("none" if code is None else str(code))
+        self.closes.add("1006" if code is None else str(code))
 
     def rate_limited(self) -> None:
         self.rate_limited_count += 1
