@@ -310,3 +310,40 @@ async def test_live_churn_against_a_dead_receiver_stays_bounded() -> None:
     finally:
         await server.stop()
         abandon(hooks)
+
+
+class ShutdownTests(SynchronousTestCase):
+    def service(self, post: FakePost) -> tuple[Any, Webhooks, Clock]:
+        from twisted_signal import SignalingService
+
+        clock = Clock()
+        hooks = Webhooks("http://x/", SECRET, clock=clock, post=post, jitter=lambda: 1.0)
+        rooms = Rooms(None, clock=clock)
+        rooms.start_room("r")
+        signaling = SignalingService(rooms, webhooks=hooks, reactor=clock, shutdown_grace=10)
+        signaling.startService()
+        return signaling, hooks, clock
+
+    def test_the_last_events_go_out_on_shutdown(self) -> None:
+        post = FakePost()
+        signaling, _, _ = self.service(post)
+        room = signaling.rooms.get("r")
+        connection = FakeConnection("p1", room, leave_on_close=True)
+        room.join(connection.handle())
+        self.successResultOf(signaling.stopService())
+        assert post.events() == [
+            ("room_started", "r", None),
+            ("peer_joined", "r", "p1"),
+            ("peer_left", "r", "p1"),
+            ("room_finished", "r", None),
+        ]
+
+    def test_a_hanging_receiver_holds_shutdown_only_for_the_grace(self) -> None:
+        post = FakePost("hang", default="hang")
+        signaling, hooks, clock = self.service(post)
+        stopped = signaling.stopService()
+        self.assertNoResult(stopped)
+        assert hooks.queued == 2
+        clock.advance(10)
+        self.successResultOf(stopped)
+        assert hooks.queued == 0

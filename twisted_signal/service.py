@@ -113,8 +113,12 @@ class SignalingService(MultiService):
         webhooks = self.webhooks
         if webhooks is not None:
             # The rooms' last events (peer_left, room_finished) go out too,
-            # within the grace.
-            stopped.addCallback(lambda _: webhooks.flush())
+            # within the grace.  (Cancelling the DeferredList would not
+            # reach the flush, so the flush has its own deadline.)
+            clock, deadline = self._clock, self._clock.seconds() + self.shutdown_grace
+            stopped.addCallback(
+                lambda _: webhooks.flush().addTimeout(max(0.0, deadline - clock.seconds()), clock)
+            )
         stopped.addTimeout(self.shutdown_grace, self._clock)
         return stopped.addErrback(self._grace_over)
 

@@ -248,7 +248,7 @@ class Options(usage.Options):
             None,
             None,
             "Serve Prometheus metrics at /metrics on this endpoint string, "
-            "e.g. tcp:9100:interface=127.0.0.1 (default: off).",
+            "e.g. tcp:9100:interface=127.0.0.1 (default: off)",
             _metrics_endpoint,
         ],
         [
@@ -256,7 +256,7 @@ class Options(usage.Options):
             None,
             None,
             "POST room_started, room_finished, peer_joined and peer_left events "
-            "to this http(s) URL, signed with --webhook-secret (default: off).",
+            "to this http(s) URL, signed with --webhook-secret (default: off)",
             _webhook_url,
         ],
         ["webhook-secret", None, None, "The secret that signs webhook deliveries (HMAC-SHA256)."],
