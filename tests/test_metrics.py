@@ -5,6 +5,8 @@ them on; the metrics resource of an embedded service.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 import pytest
@@ -200,10 +202,11 @@ class OptionTests(SynchronousTestCase):
         assert service.webhooks.url == "https://hooks.example/rtc"  # type: ignore[attr-defined]
 
     def test_the_webhook_secret_may_come_from_a_file(self) -> None:
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write("from a file\n")
-        options = parse("--webhook", "http://127.0.0.1/h", "--webhook-secret-file", path)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "secret")
+            with open(path, "w") as f:
+                f.write("from a file\n")
+            options = parse("--webhook", "http://127.0.0.1/h", "--webhook-secret-file", path)
         assert options["webhook-secret"] == "from a file"
 
     def test_bad_values_are_usage_errors(self) -> None:
