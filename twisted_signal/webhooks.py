@@ -243,7 +243,7 @@ class Webhooks(Events):
     def _not_delivered(self, failure: Failure, room: str, event: _Event) -> None:
         if self._in_flight.pop(room, None) is None:
             return  # abandoned
-        why = failure.getErrorMessage() or repr(failure.value)
+        why = _why(failure, self.timeout)
         if not self._failing:
             self._failing = True
             self._log.warn(
@@ -286,6 +286,23 @@ class Webhooks(Events):
             for d in idle:
                 d.callback(None)
         self._pump()
+
+
+def _why(failure: Failure, timeout: float) -> str:
+    """
+    A short reason for a log line: a timeout (which treq reports as a
+    cancelled request) says so.
+    """
+    from twisted.internet.defer import CancelledError, TimeoutError
+    from twisted.web.client import ResponseNeverReceived
+
+    cancelled = failure.check(TimeoutError, CancelledError) is not None
+    if failure.check(ResponseNeverReceived):
+        reasons: list[Failure] = getattr(failure.value, "reasons", [])
+        cancelled = any(r.check(CancelledError) for r in reasons)
+    if cancelled:
+        return f"no answer within {timeout}s"
+    return failure.getErrorMessage() or repr(failure.value)
 
 
 class _Status(Exception):
