@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -238,3 +239,22 @@ def test_scrape_graph_and_subscribe(
     assert len(joined) == 3 and sorted(joined) == sorted(left)
     assert ("room_started", None) in events_of("full")
     assert len(set(receiver.deliveries)) == len(receiver.deliveries)
+
+
+def test_a_busy_metrics_port_is_one_line_and_a_failure(tmp_path: Path) -> None:
+    processes: list[Twistd] = []
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        try:
+            twistd = spawn_in(tmp_path, processes)(
+                "--metrics-endpoint", f"tcp:{port}:interface=127.0.0.1", ready=False
+            )
+            assert twistd.wait_exit() != 0, twistd.output
+            output = twistd.stdout + twistd.stderr
+            assert f"cannot listen on 127.0.0.1:{port}" in output
+            assert "Traceback" not in output
+        finally:
+            for process in processes:
+                process.kill()
