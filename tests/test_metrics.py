@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -23,6 +27,7 @@ from twisted_signal.metrics import MAX_LABELS, Metrics
 from twisted_signal.room import Room
 from twisted_signal.tap import Options, makeService
 
+from .support import LiveServer, sleep
 from .test_room import FakeConnection
 
 
@@ -125,6 +130,32 @@ class MetricsTests(SynchronousTestCase):
         assert found["rtcsignal_forward_seconds_bucket{le=0.005}"] == 1
         assert found["rtcsignal_forward_seconds_bucket{le=+Inf}"] == 1
         assert found["rtcsignal_errors_total{description=No such peer}"] == 1
+
+    def test_the_latency_includes_a_slow_on_forward_and_the_wait_behind_it(self) -> None:
+        from twisted.internet.task import deferLater
+
+        clock = self.clock
+
+        class Slow(Room):
+            def on_forward(self, message: Message) -> Any:
+                if message.event != "slow":
+                    return message
+                return deferLater(clock, 0.2, lambda: message)
+
+        room = Slow("slow", clock=clock)
+        self.rooms._add(room)
+        room.join(FakeConnection("p1").handle())
+        room.join(FakeConnection("p2").handle())
+        now = clock.seconds()
+        room.submit(Message("slow", None, "p1", "all"), received=now)
+        room.submit(Message("fast", None, "p1", "all"), received=now)
+        assert samples(self.metrics)["rtcsignal_forward_seconds_count"] == 0
+        clock.advance(0.2)
+        found = samples(self.metrics)
+        assert found["rtcsignal_forward_seconds_count"] == 2
+        assert found["rtcsignal_forward_seconds_sum"] == pytest.approx(0.4)
+        assert found["rtcsignal_forward_seconds_bucket{le=0.1}"] == 0
+        assert found["rtcsignal_forward_seconds_bucket{le=0.25}"] == 2
 
     def test_labelled_counters_start_at_zero_and_are_capped(self) -> None:
         found = samples(self.metrics)
@@ -232,3 +263,39 @@ class OptionTests(SynchronousTestCase):
             "--webhook-secret-file",
         ):
             assert option in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_resumes_and_closes_are_counted_live(
+    make_server: Callable[..., Awaitable[LiveServer]],
+) -> None:
+    from twisted.internet import reactor
+
+    from twisted_signal import Settings
+
+    from .test_resume import join_quietly, lose_and_wait, resume, token_of
+
+    server = await make_server(settings=Settings(resume_window=0.5))
+    metrics = Metrics(server.rooms, clock=reactor, process_metrics=False)
+    server.rooms.events = metrics
+    server.service.resource.factory.events = metrics
+
+    def scenario() -> None:
+        a, b = join_quietly(server, "r", 2)
+        a_id = a.peer_id
+        lose_and_wait(server, a)
+        a2 = resume(server, "r", token_of(a))
+        assert a2.peer_id == a_id
+        lose_and_wait(server, a2)
+        time.sleep(1.0)  # the window passes
+        b.close()
+
+    await deferToThread(scenario)
+    await sleep(0.3)
+    found = samples(metrics)
+    assert found["rtcsignal_resumes_total{outcome=held}"] == 2
+    assert found["rtcsignal_resumes_total{outcome=resumed}"] == 1
+    assert found["rtcsignal_resumes_total{outcome=expired}"] == 1
+    assert found["rtcsignal_connections_total"] == 3
+    assert found["rtcsignal_closes_total{code=1006}"] == 2
+    assert found["rtcsignal_peers"] == 0
