@@ -12,8 +12,8 @@ ARGS ?=
 .PHONY: run test lint unit bench soak install system-packages sslyze clean
 
 # The browser tests drive Debian's Chromium (never a downloaded build); the
-# TURN test runs a real coturn on loopback.
-SYSTEM_PACKAGES := chromium coturn
+# TURN test runs a real coturn on loopback; the metrics test a real Prometheus.
+SYSTEM_PACKAGES := chromium coturn prometheus
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

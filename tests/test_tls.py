@@ -340,3 +340,33 @@ def test_under_twistd_a_bad_tls_profile_is_one_line_and_a_failure(spawn: Spawn) 
         "twistd rtcsignal: --tls-profile: expected intermediate or modern, got 'old' "
         "(see: twistd rtcsignal --help)"
     ], output
+
+
+@pytest.mark.parametrize("profile", ["intermediate", "modern"])
+def test_every_ssl_listener_of_the_service_is_hardened(
+    certs: tuple[Path, Path], profile: str
+) -> None:
+    from twisted.application.internet import StreamServerEndpointService
+
+    from twisted_signal import SignalingService
+
+    service = SignalingService(
+        endpoints=[ssl_string(certs), "tcp:0:interface=127.0.0.1"],
+        metrics_endpoints=[ssl_string(certs)],
+        tls_profile=profile,
+    )
+    listeners = [s for s in service if isinstance(s, StreamServerEndpointService)]
+    contexts = [
+        s.endpoint._sslContextFactory.getContext()
+        for s in listeners
+        if isinstance(s.endpoint, SSL4ServerEndpoint)
+    ]
+    assert len(listeners) == 3
+    assert len(contexts) == 2
+    for context in contexts:
+        if profile == "modern":
+            assert handshake(context, SSL.TLS1_2_VERSION) is None
+        else:
+            assert tls12_ciphers(context) == set(PROFILES["intermediate"].ciphers)
+            assert handshake(context, SSL.TLS1_2_VERSION) == "TLSv1.2"
+        assert handshake(context, SSL.TLS1_3_VERSION) == "TLSv1.3"
