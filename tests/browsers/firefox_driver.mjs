@@ -80,7 +80,8 @@ let nextPage = 1;
 
 async function open({ init = [] }) {
   const context = await browser.createBrowserContext();
-  const page = await context.newPage();
+  // A window of its own: Firefox paints no video in a background tab.
+  const page = await context.newPage({ type: "window" });
   const id = nextPage++;
   pages.set(id, { page, context });
   page.on("console", (m) => out({ event: "console", page: id, type: m.type(), text: m.text() }));
