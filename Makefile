@@ -9,7 +9,7 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench soak install system-packages browser-drivers clean
+.PHONY: run test lint unit bench soak install system-packages browser-drivers test-outage clean
 
 # The browser tests drive Debian's Chromium and Firefox ESR (never a
 # downloaded build; Firefox through puppeteer-core on node) and cut the
@@ -60,6 +60,13 @@ unit: install system-packages browser-drivers
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint unit
+
+# The UDP-outage browser test (2 runs in `make test`) RUNS times in a row,
+# to see how reliably calls come back: make test-outage RUNS=10
+RUNS ?= 10
+test-outage: install system-packages browser-drivers
+	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
+	RTCSIGNAL_OUTAGE_RUNS=$(RUNS) $(BIN)/pytest -q -s tests/test_browser_outage.py $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null

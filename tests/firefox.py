@@ -95,8 +95,12 @@ class Firefox:
         self._next_id = 0
         self._stderr: list[str] = []
         self.version = ""
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
         try:
             ready = self._answers.get(timeout=START_TIMEOUT_S)
         except queue.Empty:
@@ -127,6 +131,10 @@ class Firefox:
         page.number = number
         self._pages[number] = page
         return page
+
+    @property
+    def running(self) -> bool:
+        return self._process.poll() is None
 
     def request(self, op: str, **fields: Any) -> Any:
         """
@@ -162,6 +170,8 @@ class Firefox:
             except subprocess.TimeoutExpired:
                 process.kill()
         process.wait()
+        for reader in self._readers:
+            reader.join(timeout=5)
         for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
@@ -233,9 +243,12 @@ class FirefoxPage:
             time.sleep(0.1)
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
+        """
+        Close the page (nothing to do once its Firefox is closed).
+        """
+        if not self.closed and self._firefox.running:
             self._firefox.request("close", page=self.number)
+        self.closed = True
 
     def _said(self, event: str, message: dict[str, Any]) -> None:
         if event == "pageerror":

@@ -96,16 +96,29 @@ def test_calls_come_back_after_a_udp_outage(
         for run in range(RUNS):
             results.append(outage(network, pairs))
             print(f"run {run + 1}: seconds to recover: {results[-1]}")
-            if None in results[-1].values():
-                break  # a call that did not come back cannot be tested again
-        print(f"seconds to recover after each {OUTAGE_S} s outage: {results}")
-        assert all(s is not None for run in results for s in run.values()), results
+            if None in results[-1].values() and not back_later(everyone):
+                break  # a call that did not come back at all cannot be tested again
+        good = sum(None not in run.values() for run in results)
+        print(f"{good} of {RUNS} runs: every call back within {RECOVERY_S} s: {results}")
+        assert good == RUNS, results
     finally:
         if table_exists(network):
             nft(network, "delete", "table", "inet", TABLE)
         for peer in everyone:
             print(repr(peer))  # the pages' consoles: pytest shows them if the test failed
             peer.close()
+
+
+def back_later(everyone: list[Peer[Any]], timeout: float = 30) -> bool:
+    """
+    After a run that failed: whether every call comes back within `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flows = flowing(everyone)
+        if len(flows) == len(everyone) and all(flows.values()):
+            return True
+    return False
 
 
 def table_exists(network: Network) -> bool:
