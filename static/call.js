@@ -5,8 +5,8 @@
 // Who is polite: the peer that was already in the room.  The newcomer (the one
 // that got the other's id in `authenticated.data.peers`) is impolite and starts
 // the negotiation; the peer already there (that got `joined`) is polite: it
-// waits for the newcomer's offer and, should both offer at once (say both
-// restart ICE), it rolls its own offer back and answers.  Both sides derive
+// waits for the newcomer's offer and, should both offer at once (say the
+// polite side tired of waiting), it rolls its own offer back and answers.  Both sides derive
 // their role from the server's total order of joins, so they always agree.
 //
 // Coming back after a network outage: ICE restarts do not work between every
