@@ -4,7 +4,7 @@ What the browser tests share: a private loopback-only network namespace,
 Chromium (Debian's, driven by Playwright) and Firefox ESR (Debian's, driven
 by ``tests/firefox.py``) in it, and `Peer`, a person in a call on either.
 
-Made available to every test by ``conftest.py``: the fixtures ``network``,
+``conftest.py`` makes fixtures of them for every test: ``network``,
 ``server``, ``browser`` (Chromium) and ``firefox``.
 
 The namespace has only a loopback interface when the tests can make one
@@ -239,13 +239,6 @@ class Server:
             self._stderr.close()
 
 
-@pytest.fixture
-def network() -> Iterator[Network]:
-    network = private_network()
-    yield network
-    network.close()
-
-
 def make_certs(certs: Path) -> tuple[Path, Path]:
     """
     A key and a certificate for 127.0.0.1 in `certs`, made as the README says.
@@ -262,15 +255,6 @@ def make_certs(certs: Path) -> tuple[Path, Path]:
     key, cert = certs / "key.pem", certs / "cert.pem"
     assert key.stat().st_mode & 0o077 == 0, "the private key is readable by others"
     return key, cert
-
-
-@pytest.fixture
-def server(network: Network, tmp_path: Path) -> Iterator[Server]:
-    key, cert = make_certs(tmp_path / "certs")
-    server = Server(network, tmp_path, key, cert)
-    server.start()
-    yield server
-    server.close()
 
 
 @contextmanager
@@ -314,23 +298,6 @@ def firefox(network: Network, folder: Path) -> Iterator[Firefox]:
     except FirefoxError as e:
         unavailable(f"Firefox cannot start: {e}")
     with browser:
-        yield browser
-
-
-@pytest.fixture
-def browser(network: Network, tmp_path: Path) -> Iterator[Browser]:
-    """
-    Chromium.
-    """
-    with chromium(network, tmp_path) as browser:
-        yield browser
-
-
-@pytest.fixture(name="firefox")
-def firefox_fixture(network: Network, tmp_path: Path) -> Iterator[Firefox]:
-    folder = tmp_path / "firefox"
-    folder.mkdir()
-    with firefox(network, folder) as browser:
         yield browser
 
 
