@@ -83,9 +83,15 @@ def test_chromium_and_firefox_call_in_both_orders(
             second.joined()
             first.sees(second)
             second.sees(first)
-            # The one who came second leaves; then the first.
+            # The one who came second leaves; then the first, by going to
+            # another page: its pagehide says goodbye, and it leaves at once.
             leaves_cleanly(server, second, first)
+            first_id = first.peer_id
             first.page.goto("about:blank")
+            line = wait_for_log(server, rf"peer {first_id} disconnected from room")
+            # (The browser may have closed the socket itself first, with 1001.)
+            assert re.search(r"code 100[01], clean, closed by the client", line), line
+            wait_for_log(server, rf"peer {first_id} left room {ROOM}")
             for peer in (first, second):
                 assert peer.errors() == [], peer
     finally:
