@@ -9,11 +9,15 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench soak install system-packages sslyze clean
+.PHONY: run test lint unit bench soak install system-packages sslyze browser-drivers test-outage clean
 
-# The browser tests drive Debian's Chromium (never a downloaded build); the
-# TURN test runs a real coturn on loopback; the metrics test a real Prometheus.
-SYSTEM_PACKAGES := chromium coturn prometheus
+# The browser tests drive Debian's Chromium and Firefox ESR (never a
+# downloaded build; Firefox through puppeteer-core on node) and cut the
+# network with nftables; the TURN test runs a real coturn on loopback; the
+# metrics test a real Prometheus.
+SYSTEM_PACKAGES := chromium coturn firefox-esr nodejs nftables prometheus
+# puppeteer-core for Firefox, pinned by tests/browsers/package-lock.json.
+BROWSER_DRIVERS := tests/browsers/node_modules/.package-lock.json
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +48,16 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# npm comes with some builds of nodejs, and is a package of its own in Debian's.
+$(BROWSER_DRIVERS): tests/browsers/package.json tests/browsers/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+	cd tests/browsers && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+browser-drivers: system-packages $(BROWSER_DRIVERS)
+
 run: install
 	$(BIN)/twistd --pidfile= -n rtcsignal --endpoint $(ENDPOINT) $(ARGS)
 
@@ -52,11 +66,18 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-unit: install system-packages $(SSLYZE)
+unit: install system-packages browser-drivers $(SSLYZE)
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint unit
+
+# The UDP-outage browser test (2 runs in `make test`) RUNS times in a row,
+# to see how reliably calls come back: make test-outage RUNS=10
+RUNS ?= 10
+test-outage: install system-packages browser-drivers
+	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
+	RTCSIGNAL_OUTAGE_RUNS=$(RUNS) $(BIN)/pytest -q -s tests/test_browser_outage.py $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
@@ -69,4 +90,4 @@ soak: install
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-sslyze build *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) .venv-sslyze build *.egg-info twisted/plugins/dropin.cache tests/browsers/node_modules

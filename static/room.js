@@ -4,8 +4,10 @@
 // Wire protocol (docs/protocol.md): JSON {event, data, to}; the server stamps
 // `from`.  Between peers this page sends "offer" / "answer" (data: {type,
 // sdp}), "candidate" (data: RTCIceCandidateInit) and "media" (data: {audio,
-// video}: whether the sender's microphone and camera are on); it also
-// understands "description" carrying either kind of session description.
+// video}: whether the sender's microphone and camera are on) and "reset"
+// (data: {epoch}: the sender rebuilt its connection to us after an outage;
+// see call.js); it also understands "description" carrying either kind of
+// session description.
 //
 // document.body.dataset.state is "connecting", "joined", "error" or "closed";
 // window.rtcsignal is a read-only handle for debugging and tests.
@@ -136,6 +138,7 @@ function onMessage(message) {
     case "answer":
     case "description":
     case "candidate":
+    case "reset":
       return onPeerSignal(event, data, from);
     case "media":
       return onPeerMedia(from, data);
@@ -212,7 +215,7 @@ function onPeerSignal(event, data, from) {
     call = ensureCall(from, { polite: true });
     render();
   }
-  call.receive(event === "candidate" ? "candidate" : "description", data);
+  call.receive(event === "candidate" || event === "reset" ? event : "description", data);
 }
 
 const OUTBOX_LIMIT = 256;
@@ -395,6 +398,8 @@ function sendMediaState(to) {
 }
 
 function onPeerMedia(peerId, data) {
+  const call = calls.get(peerId);
+  if (call && data) call.remoteMedia = { audio: data.audio !== false, video: data.video !== false };
   const tile = tileOf(peerId);
   if (!tile || !data) return;
   tile.dataset.audio = data.audio === false ? "off" : "on";
@@ -560,7 +565,15 @@ ui.leave.addEventListener("click", () => {
   finish("closed", "You left the room", "Your camera and microphone are off.");
   ui.rejoin.focus();
 });
-window.addEventListener("pagehide", () => signaling.stop(1001));
+// Leaving the page (closing the tab, following a link): say goodbye, so the
+// server lets the others know at once instead of holding us for a resume.
+// Scripts may close a WebSocket only with 1000 or 3000-4999 (the browser's
+// own "going away", 1001, is not allowed to them): 1000 is the clean leave.
+window.addEventListener("pagehide", () => signaling.stop(1000, "page closed"));
+// Back from the back-forward cache, the socket and the calls are gone: start anew.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) window.location.reload();
+});
 
 async function copyLink() {
   // The room's address without the query: a token in it is personal.

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
+from playwright.sync_api import Browser
 
+from . import browser_support
+from .browser_support import Network, Server
+from .firefox import Firefox
 from .support import LiveServer, start_server
 
 
@@ -24,3 +30,39 @@ async def make_server() -> AsyncIterator[Callable[..., Awaitable[LiveServer]]]:
     yield make
     for server in servers:
         await server.stop()
+
+
+# The browser tests' (see browser_support).
+
+
+@pytest.fixture
+def network() -> Iterator[Network]:
+    network = browser_support.private_network()
+    yield network
+    network.close()
+
+
+@pytest.fixture
+def server(network: Network, tmp_path: Path) -> Iterator[Server]:
+    key, cert = browser_support.make_certs(tmp_path / "certs")
+    server = Server(network, tmp_path, key, cert)
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def browser(network: Network, tmp_path: Path) -> Iterator[Browser]:
+    """
+    Chromium.
+    """
+    with browser_support.chromium(network, tmp_path) as browser:
+        yield browser
+
+
+@pytest.fixture(name="firefox")
+def firefox_fixture(network: Network, tmp_path: Path) -> Iterator[Firefox]:
+    folder = tmp_path / "firefox"
+    folder.mkdir()
+    with browser_support.firefox(network, folder) as browser:
+        yield browser

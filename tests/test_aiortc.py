@@ -59,7 +59,7 @@ from twisted_signal.verification import (
     fingerprint_to_sdp,
 )
 
-from .test_browser import CHROMIUM_ARGS
+from .browser_support import CHROMIUM_ARGS
 
 TWISTD = Path(sys.executable).with_name("twistd")
 CHROMIUM = "/usr/bin/chromium"
@@ -411,6 +411,40 @@ def test_bot_answers_a_browser_role_peer(server: Server, caplog: pytest.LogCaptu
             finally:
                 follow.cancel()
                 await browser.close()
+
+    run(scenario)
+
+
+def test_bot_starts_afresh_on_reset(server: Server) -> None:
+    """
+    The room page rebuilds a call after an outage and says "reset"
+    (docs/room-page.md): the bot drops its connection and answers the new
+    offer with a new one.
+    """
+    url = server.socket_url("reset")
+
+    async def scenario() -> None:
+        async with bot_in(url) as bot, aio_connect(url) as client:
+            bot_id = bot.client.peer_id
+            first = BrowserRole(client)
+            follow = asyncio.create_task(first.follow())
+            await first.offer(bot_id)
+            await eventually(lambda: len(first.frames) >= 5, "the bot's test pattern")
+            old_pc = bot.calls[client.peer_id].pc
+            follow.cancel()
+            # The first connection stays up, as on a page whose media stalled.
+            again = BrowserRole(client)
+            follow = asyncio.create_task(again.follow())
+            try:
+                await client.send("reset", {"epoch": 1}, to=[bot_id])
+                await again.offer(bot_id)
+                await eventually(lambda: len(again.frames) >= 5, "the test pattern, again")
+                assert bot.calls[client.peer_id].pc is not old_pc
+                assert old_pc.connectionState == "closed"
+            finally:
+                follow.cancel()
+                await again.close()
+                await first.close()
 
     run(scenario)
 

@@ -34,9 +34,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser
 
-from .test_browser import ROOM, Network, Peer, Server, chromium, make_certs, private_network
+from .browser_support import ROOM, Network, Peer, Server, make_certs, open_chromium, open_firefox
 
 PROXY = Path(__file__).with_name("blip_proxy.py")
 # How long the network stays down for a page after its connections are reset.
@@ -168,19 +168,6 @@ class Proxy:
 
 
 @pytest.fixture
-def network() -> Iterator[Network]:
-    network = private_network()
-    yield network
-    network.close()
-
-
-@pytest.fixture
-def browser(network: Network, tmp_path: Path) -> Iterator[Browser]:
-    with chromium(network, tmp_path) as browser:
-        yield browser
-
-
-@pytest.fixture
 def start_server(network: Network, tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """
     ``start_server(*args)``: the server of ``test_browser`` with more options.
@@ -213,18 +200,28 @@ def start_proxy(network: Network) -> Iterator[Callable[[Server], Proxy]]:
         proxy.close()
 
 
-@pytest.fixture
-def people(browser: Browser) -> Iterator[Callable[[str, str], Peer]]:
-    """
-    ``people(name, url)``: a page with the recorder, at `url`.
-    """
-    peers: list[Peer] = []
+# Who is in the mixed calls: Alice (the one whose network blips) in Firefox,
+# the others in Chromium.
+MIXED = pytest.mark.parametrize("alice_in", ["chromium", "firefox"])
 
-    def join(name: str, url: str) -> Peer:
-        peer = Peer(browser, None, name)
+
+@pytest.fixture
+def people(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Callable[..., Peer[Any]]]:
+    """
+    ``people(name, url, in_browser="chromium")``: a page with the recorder,
+    at `url`, in Chromium or Firefox (started when first asked for).
+    """
+    peers: list[Peer[Any]] = []
+
+    def join(name: str, url: str, in_browser: str = "chromium") -> Peer[Any]:
+        peer: Peer[Any]
+        if in_browser == "firefox":
+            peer = open_firefox(
+                request.getfixturevalue("firefox"), url, name, init_scripts=[RECORDER]
+            )
+        else:
+            peer = open_chromium(browser, url, name, init_scripts=[RECORDER])
         peers.append(peer)
-        peer.page.add_init_script(RECORDER)
-        peer.page.goto(url)
         return peer
 
     yield join
@@ -233,22 +230,22 @@ def people(browser: Browser) -> Iterator[Callable[[str, str], Peer]]:
         peer.close()
 
 
-def received(peer: Peer, *events: str) -> list[dict[str, Any]]:
+def received(peer: Peer[Any], *events: str) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = peer.page.evaluate(RECEIVED, list(events))
     return messages
 
 
-def socket_urls(peer: Peer) -> list[str]:
+def socket_urls(peer: Peer[Any]) -> list[str]:
     urls: list[str] = peer.page.evaluate("window.__signaling.urls")
     return urls
 
 
-def resume_token(peer: Peer) -> str | None:
+def resume_token(peer: Peer[Any]) -> str | None:
     token: str | None = peer.page.evaluate("window.rtcsignal.resumeToken")
     return token
 
 
-def authenticated_peers(peer: Peer) -> list[list[str]]:
+def authenticated_peers(peer: Peer[Any]) -> list[list[str]]:
     """
     `peers` of each `authenticated` the page got, sorted.
     """
@@ -266,13 +263,17 @@ def wait_for_log(server: Server, pattern: str, count: int = 1, timeout: float = 
 
 
 def in_call(
-    start_proxy: Callable[[Server], Proxy], people: Callable[[str, str], Peer], server: Server
-) -> tuple[Proxy, Peer, Peer]:
+    start_proxy: Callable[[Server], Proxy],
+    people: Callable[..., Peer[Any]],
+    server: Server,
+    alice_in: str = "chromium",
+) -> tuple[Proxy, Peer[Any], Peer[Any]]:
     """
-    Alice, then Bob, each through their own port of a proxy, in a call.
+    Alice (in `alice_in`), then Bob, each through their own port of a
+    proxy, in a call.
     """
     proxy = start_proxy(server)
-    alice = people("alice", proxy.url("alice"))
+    alice = people("alice", proxy.url("alice"), alice_in)
     alice.joined()
     bob = people("bob", proxy.url("bob"))
     bob.joined()
@@ -284,21 +285,23 @@ def in_call(
     return proxy, alice, bob
 
 
+@MIXED
 def test_blip_resumes_the_same_peer(
     start_server: Callable[..., Server],
     start_proxy: Callable[[Server], Proxy],
-    people: Callable[[str, str], Peer],
+    people: Callable[..., Peer[Any]],
+    alice_in: str,
 ) -> None:
     # A window far longer than the test needs, so that a slow machine does
     # not let a held peer go (the default, 15 s, is the other tests').
     server = start_server("--resume-window", "60")
-    proxy, alice, bob = in_call(start_proxy, people, server)
+    proxy, alice, bob = in_call(start_proxy, people, server, alice_in)
     check_one_blip(server, proxy, alice, bob)
     check_both_blip(proxy, alice, bob)
     check_newcomer_while_away(server, proxy, alice, bob, people)
 
 
-def check_one_blip(server: Server, proxy: Proxy, alice: Peer, bob: Peer) -> None:
+def check_one_blip(server: Server, proxy: Proxy, alice: Peer[Any], bob: Peer[Any]) -> None:
     """
     Alice's connection is reset, and the network is down for a moment.
     """
@@ -313,7 +316,7 @@ def check_one_blip(server: Server, proxy: Proxy, alice: Peer, bob: Peer) -> None
     # The server holds her (the others see nothing) ...
     wait_for_log(server, rf"peer {alice_id} held for 60(\.0)?s to resume")
     # ... and queues what is sent to her meanwhile: Bob mutes.
-    bob.page.get_by_role("button", name="Mute", exact=True).click()
+    bob.click("#mic")
     assert received(bob, "joined", "left") == []
 
     # She comes back by herself, with her token, as herself.
@@ -330,8 +333,10 @@ def check_one_blip(server: Server, proxy: Proxy, alice: Peer, bob: Peer) -> None
     new_token = resume_token(alice)
     assert new_token and new_token != token
     # What Bob sent while she was away reached her.
-    bob_on_alice = alice.page.locator(f'figure[data-peer-tile="{bob_id}"]')
-    expect(bob_on_alice).to_have_attribute("data-audio", "off")
+    alice.wait_for(
+        "(id) => document.querySelector(`figure[data-peer-tile='${id}']`)?.dataset.audio === 'off'",
+        bob_id,
+    )
 
     # Bob never saw her leave: no left or joined, the same tile and the same
     # RTCPeerConnection all along, and her video still plays there.
@@ -342,7 +347,7 @@ def check_one_blip(server: Server, proxy: Proxy, alice: Peer, bob: Peer) -> None
     assert bob.state == "joined"
 
 
-def check_both_blip(proxy: Proxy, alice: Peer, bob: Peer) -> None:
+def check_both_blip(proxy: Proxy, alice: Peer[Any], bob: Peer[Any]) -> None:
     """
     Both drop at once: both are held, both come back (Alice with the token
     her resume gave her), and the call goes on.
@@ -364,7 +369,11 @@ def check_both_blip(proxy: Proxy, alice: Peer, bob: Peer) -> None:
 
 
 def check_newcomer_while_away(
-    server: Server, proxy: Proxy, alice: Peer, bob: Peer, people: Callable[[str, str], Peer]
+    server: Server,
+    proxy: Proxy,
+    alice: Peer[Any],
+    bob: Peer[Any],
+    people: Callable[..., Peer[Any]],
 ) -> None:
     """
     Carol joins while Alice is away: she is told Alice is here and offers to
@@ -400,13 +409,15 @@ def check_newcomer_while_away(
     assert " left room " not in log
 
 
+@MIXED
 def test_blip_without_resume_rebuilds_the_call(
     start_server: Callable[..., Server],
     start_proxy: Callable[[Server], Proxy],
-    people: Callable[[str, str], Peer],
+    people: Callable[..., Peer[Any]],
+    alice_in: str,
 ) -> None:
     server = start_server("--resume-window", "0")
-    proxy, alice, bob = in_call(start_proxy, people, server)
+    proxy, alice, bob = in_call(start_proxy, people, server, alice_in)
     old_id, bob_id = alice.peer_id, bob.peer_id
     assert resume_token(alice) is None  # resume is off: no token
     assert alice.page.evaluate(KEEP, bob_id)
@@ -438,7 +449,7 @@ def test_blip_without_resume_rebuilds_the_call(
 def test_blip_noticed_by_the_page_first_resumes(
     start_server: Callable[..., Server],
     start_proxy: Callable[[Server], Proxy],
-    people: Callable[[str, str], Peer],
+    people: Callable[..., Peer[Any]],
 ) -> None:
     """
     The usual blip on a phone: the page learns at once that its connection
@@ -476,7 +487,7 @@ def turn_username_ok(server: dict[str, Any], peer_id: str, at: float) -> int:
 
 
 def test_turn_credentials_refreshed_and_fast_keepalive(
-    start_server: Callable[..., Server], people: Callable[[str, str], Peer]
+    start_server: Callable[..., Server], people: Callable[..., Peer[Any]]
 ) -> None:
     server = start_server(
         *("--turn-uri", "turn:127.0.0.1:3478", "--turn-secret", TURN_SECRET),

@@ -362,6 +362,16 @@ class Bot:
                     return
                 existing = self.calls[sender] = Call(self, sender, polite=True)
             await existing.description(data)
+        elif event == "reset" and sender and sender in self.calls:
+            # The room page rebuilt its connection to us after an outage
+            # (docs/room-page.md): start afresh too, in the same roles.
+            polite = self.calls[sender].polite
+            await self.hang_up(sender)
+            call = self.calls[sender] = Call(self, sender, polite=polite)
+            if polite:
+                call.wait_for_offer(self.offer_wait)
+            else:
+                await call.offer()
         elif event == "candidate" and sender and sender in self.calls:
             await self.calls[sender].candidate(data)
         elif event == "media" and sender:
