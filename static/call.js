@@ -9,6 +9,8 @@
 // restart ICE), it rolls its own offer back and answers.  Both sides derive
 // their role from the server's total order of joins, so they always agree.
 
+import { VerifiedChannel } from "./verify.js";
+
 const KINDS = ["audio", "video"];
 // If the newcomer's offer has not come by then, the polite side offers itself
 // (a newcomer that does not follow this page's protocol, a lost message...).
@@ -20,13 +22,18 @@ export class Call {
    * `send(event, data)` sends a signaling message to this peer;
    * `media` is the local media ({stream, tracks: {audio, video}, sending:
    * {audio, video}}); `onChange()` is called whenever the connection state
-   * or the remote stream changes.
+   * or the remote stream changes.  `certificate` is this page's own
+   * RTCCertificate: the connection uses it, and the verification code
+   * (verify.js) is derived from it and the other side's.
    */
-  constructor({ peerId, polite, iceServers, media, send, onChange }) {
+  constructor({ peerId, polite, iceServers, certificate, media, send, onChange }) {
     this.peerId = peerId;
     this.polite = polite;
     this.remoteStream = new MediaStream();
-    this.pc = new RTCPeerConnection({ iceServers });
+    this.pc = new RTCPeerConnection({ iceServers, ...(certificate && { certificates: [certificate] }) });
+    // Its channel is made with the media (attachMedia), so the first offer
+    // or answer carries it.
+    this.verification = new VerifiedChannel(this.pc, certificate, () => this._onChange());
     this.closed = false;
     this._send = send;
     this._media = media;
@@ -75,6 +82,7 @@ export class Call {
     if (this.closed) return;
     clearTimeout(this._offerTimer);
     this._attached = true;
+    this.verification.createChannel();
     for (const kind of KINDS) {
       const direction = this._media.sending[kind] ? "sendrecv" : "recvonly";
       const track = this._media.tracks[kind];
@@ -119,6 +127,7 @@ export class Call {
     clearTimeout(this._disconnectedTimer);
     this.pc.onnegotiationneeded = this.pc.onicecandidate = this.pc.ontrack = null;
     this.pc.onconnectionstatechange = null;
+    this.verification.close();
     this.pc.close();
     for (const track of this.remoteStream.getTracks()) track.stop();
     this._onChange();
