@@ -14,16 +14,40 @@ Verification codes on the room page (SPEC 5.8), in real headless Chromium on
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ctypes
 import json
-from collections.abc import Iterator
+import ssl
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.rtcdtlstransport import RTCCertificate
+from aiortc.sdp import candidate_from_sdp
 from playwright.sync_api import Browser, expect
 
-from twisted_signal.verification import Verification, derive_code, fingerprint_from_sdp
+from twisted_signal import Message
+from twisted_signal.client import AsyncSignalingClient, aio_connect
+from twisted_signal.verification import (
+    CHANNEL_ID,
+    CHANNEL_LABEL,
+    Verification,
+    derive_code,
+    fingerprint_from_sdp,
+)
 
+from .fingerprint_swap import FAKE_FINGERPRINT
+from .test_aiortc import loopback_candidates
 from .test_browser import (
     TIMEOUT_MS,
     Call,
@@ -31,14 +55,16 @@ from .test_browser import (
     Peer,
     Server,
     browser,
+    call,
     make_certs,
     network,
+    server,
 )
 
-__all__ = ["browser", "network"]  # fixtures
+# Fixtures (loopback_candidates is autouse: aioice offers 127.0.0.1 only).
+__all__ = ["browser", "call", "loopback_candidates", "network", "server"]
 
 VECTORS = json.loads((Path(__file__).with_name("verification_vectors.json")).read_text("utf-8"))
-ROOM = "verify"
 
 # Every vector and the transcript, computed by static/verify.js in the page.
 RUN_VECTORS = """async (vectors) => {
@@ -136,26 +162,6 @@ def run_script(local: str, remote: str, nonce: str, steps: list[tuple[str, Any]]
         else:
             sent.append(verification.receive(text))
     return {"sent": sent, "state": verification.state, "code": verification.code}
-
-
-@pytest.fixture
-def server(network: Network, tmp_path: Path) -> Iterator[Server]:
-    key, cert = make_certs(tmp_path / "certs")
-    server = Server(network, tmp_path, key, cert)
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def call(server: Server, browser: Browser, tmp_path: Path) -> Iterator[Call]:
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    call = Call(browser, f"{server.url}/{ROOM}", shots)
-    yield call
-    for peer in call.peers:
-        print(repr(peer))  # the pages' consoles: pytest shows them if the test failed
-    call.close()
 
 
 def settled(peer: Peer, *ids: str) -> dict[str, dict[str, Any]]:
@@ -304,3 +310,295 @@ def test_same_code_on_both_pages(server: Server, call: Call) -> None:
     alice.page.goto("about:blank")
     expect(bob.page.locator("video[data-peer-id]")).to_have_count(0, timeout=TIMEOUT_MS)
     assert page_errors(alice) == [] and page_errors(bob) == [], (alice, bob)
+
+
+# A real man in the middle: an aiortc relay that is each page's only peer.
+
+CLONE_NEWNET = 0x40000000
+Role = Literal["committer", "responder"]
+
+
+def enter(network: Network) -> None:
+    """Move the calling thread (only) into `network`'s namespace."""
+    holder = getattr(network, "_holder", None)
+    if holder is None:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/proc/{holder.pid}/ns/net", "rb") as namespace:
+        if libc.setns(namespace.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns failed")
+
+
+class Forward(MediaStreamTrack):
+    """A track that sends what another one, known later, receives."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.source: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+
+    async def recv(self) -> Any:
+        source = await self.source
+        return await source.recv()
+
+
+def certificate_for(role: Role, browser_fingerprint: bytes) -> RTCCertificate:
+    """
+    A certificate whose fingerprint makes the browser `role` (the side
+    whose own fingerprint is lower commits).
+    """
+    while True:
+        certificate = RTCCertificate.generateCertificate()
+        mine = next(f for f in certificate.getFingerprints() if f.algorithm == "sha-256")
+        lower = fingerprint_from_sdp(mine.value) < browser_fingerprint
+        if lower == (role == "responder"):
+            return certificate
+
+
+class Leg:
+    """
+    The relay's connection with one page: it answers the page's offer with
+    a certificate of its own, sends it the other page's media, and passes
+    the verification messages on to the other leg.
+    """
+
+    def __init__(self, client: AsyncSignalingClient, role: Role) -> None:
+        self.client = client
+        self.role = role
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.outgoing = {kind: Forward(kind) for kind in ("audio", "video")}
+        self.channel: RTCDataChannel = self.pc.createDataChannel(
+            CHANNEL_LABEL, negotiated=True, id=CHANNEL_ID
+        )
+        self.passed_on: list[str] = []
+        self.other: Leg | None = None
+        self._waiting: list[str] = []
+        self._answered = False
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            assert self.other is not None
+            source = self.other.outgoing[track.kind].source
+            if not source.done():
+                source.set_result(track)
+
+        @self.channel.on("open")
+        def on_open() -> None:
+            for text in self._waiting:
+                self.channel.send(text)
+            self._waiting.clear()
+
+        @self.channel.on("message")
+        def on_message(data: str | bytes) -> None:
+            assert self.other is not None
+            text = data if isinstance(data, str) else data.decode()
+            self.passed_on.append(text)
+            self.other.deliver(text)
+
+    def deliver(self, text: str) -> None:
+        if self.channel.readyState == "open":
+            self.channel.send(text)
+        else:
+            self._waiting.append(text)
+
+    async def follow(self) -> None:
+        async for message in self.client:
+            await self.handle(message)
+
+    async def handle(self, message: Message) -> None:
+        data, sender = message.data, message.from_
+        if sender is None or not isinstance(data, dict):
+            return
+        if message.event == "candidate" and data.get("candidate"):
+            candidate = candidate_from_sdp(str(data["candidate"]).split(":", 1)[1])
+            candidate.sdpMid = data.get("sdpMid")
+            candidate.sdpMLineIndex = data.get("sdpMLineIndex")
+            await self.pc.addIceCandidate(candidate)
+        elif message.event in ("offer", "description") and data.get("type") == "offer":
+            if not self._answered:
+                # Chosen now that the page's fingerprint is known.
+                line = next(
+                    line for line in data["sdp"].splitlines() if "a=fingerprint:sha-256" in line
+                )
+                theirs = fingerprint_from_sdp(line.split()[-1])
+                certificate = certificate_for(self.role, theirs)
+                # aiortc makes its own and takes none: replace it.
+                vars(self.pc)["_RTCPeerConnection__certificates"] = [certificate]
+            await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "offer"))
+            if not self._answered:
+                for track in self.outgoing.values():
+                    self.pc.addTrack(track)
+                self._answered = True
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            local = self.pc.localDescription
+            await self.client.send("answer", {"type": "answer", "sdp": local.sdp}, to=[sender])
+
+
+class Relay:
+    """
+    In a thread of its own, in the browsers' network namespace: joins the
+    rooms `left` and `right` as one peer in each, and relays a call between
+    the page that comes to each room.
+    """
+
+    def __init__(self, network: Network, server: Server, roles: tuple[Role, Role]) -> None:
+        self.network = network
+        self.urls = [f"wss://127.0.0.1:{server.port}/socket/{room}/" for room in ("left", "right")]
+        self.roles = roles
+        self.peer_ids: list[str] = []
+        self.legs: list[Leg] = []
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
+
+    def __enter__(self) -> Relay:
+        self._thread.start()
+        assert self._ready.wait(30), "the relay did not start"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the relay did not stop"
+
+    def _run(self) -> None:
+        try:
+            enter(self.network)
+            asyncio.run(self._main())
+        except BaseException as e:
+            self.error = e
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the test server's own certificate
+        async with contextlib.AsyncExitStack() as stack:
+            for url, role in zip(self.urls, self.roles, strict=True):
+                client = await stack.enter_async_context(aio_connect(url, ssl=context))
+                self.peer_ids.append(client.peer_id)
+                self.legs.append(Leg(client, role))
+            left, right = self.legs
+            left.other, right.other = right, left
+            tasks = [asyncio.create_task(leg.follow()) for leg in self.legs]
+            self._ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for leg in self.legs:
+                    await leg.pc.close()
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [("committer", "responder"), ("responder", "responder")],
+    ids=["codes-differ", "both-wait"],
+)
+def test_man_in_the_middle(
+    network: Network,
+    server: Server,
+    browser: Browser,
+    roles: tuple[Role, Role],
+) -> None:
+    """
+    The relay terminates DTLS with each page and relays media and the
+    verification messages: the call works, and the codes differ.  With its
+    certificates chosen so that both pages wait for a commitment, they say
+    "not verified" once the deadline has passed.
+    """
+    with Relay(network, server, roles) as relay:
+        alice = Peer(browser, f"{server.url}/left", "alice")
+        bob = Peer(browser, f"{server.url}/right", "bob")
+        try:
+            alice.joined()
+            bob.joined()
+            to_alice, to_bob = relay.peer_ids
+            alice.sees(to_alice)
+            bob.sees(to_bob)
+            started = time.monotonic()
+            on_alice = settled(alice, to_alice)[to_alice]
+            on_bob = settled(bob, to_bob)[to_bob]
+            waited = time.monotonic() - started
+            # Each page saw the relay's certificate, not the other page's.
+            for view in (on_alice, on_bob):
+                assert view["localFingerprint"] is not None, view
+            assert on_alice["remoteFingerprint"] != on_bob["localFingerprint"]
+            assert on_bob["remoteFingerprint"] != on_alice["localFingerprint"]
+            assert [on_alice["committer"], on_bob["committer"]] == [r == "committer" for r in roles]
+            if roles == ("committer", "responder"):
+                # The relay passed every message on: both finish, and differ.
+                assert on_alice["state"] == on_bob["state"] == "verified", (on_alice, on_bob)
+                assert on_alice["committerNonce"] == on_bob["committerNonce"]
+                assert on_alice["responderNonce"] == on_bob["responderNonce"]
+                assert on_alice["code"] == python_code(on_alice)
+                assert on_bob["code"] == python_code(on_bob)
+                assert on_alice["code"] != on_bob["code"]
+                assert len(relay.legs[0].passed_on) == 2 and len(relay.legs[1].passed_on) == 1
+            else:
+                assert on_alice["state"] == on_bob["state"] == "failed", (on_alice, on_bob)
+                assert waited > 10, waited  # the 15 s deadline, less the call's setup
+                for page, other in ((alice, to_alice), (bob, to_bob)):
+                    shown = tiles(page)[other]
+                    assert (shown["state"], shown["code"]) == ("failed", None)
+                    assert shown["text"] == "not verified"
+            # The call still works.
+            alice.sees(to_alice)
+            bob.sees(to_bob)
+            assert page_errors(alice) == [] and page_errors(bob) == [], (alice, bob)
+        finally:
+            print(repr(alice), repr(bob))
+            alice.close()
+            bob.close()
+    if relay.error is not None:
+        raise relay.error
+
+
+def test_swapped_fingerprints_show_no_code(
+    network: Network, browser: Browser, tmp_path: Path
+) -> None:
+    """
+    A server that rewrites the fingerprints it relays, without relaying any
+    media: DTLS fails, and the pages show no code.
+    """
+    key, cert = make_certs(tmp_path / "certs")
+    server = Server(
+        network, tmp_path, key, cert, ["--room-class", "tests.fingerprint_swap.SwapFingerprints"]
+    )
+    server.start()
+    alice = bob = None
+    try:
+        alice = Peer(browser, f"{server.url}/verify", "alice")
+        alice_id = alice.joined()
+        bob = Peer(browser, f"{server.url}/verify", "bob")
+        bob_id = bob.joined()
+        for page, other in ((alice, bob_id), (bob, alice_id)):
+            view = settled(page, other)[other]
+            assert view["state"] == "failed" and view["code"] is None, view
+            assert view["reason"] == "DTLS failed", view
+            shown = tiles(page)[other]
+            assert (shown["state"], shown["code"], shown["text"]) == (
+                "failed",
+                None,
+                "not verified",
+            )
+            sdp = page.page.evaluate(
+                "(id) => window.rtcsignal.peers.get(id).remoteDescription.sdp", other
+            )
+            assert f"a=fingerprint:sha-256 {FAKE_FINGERPRINT}" in sdp
+        assert page_errors(alice) == [] and page_errors(bob) == [], (alice, bob)
+    finally:
+        for peer in (alice, bob):
+            if peer is not None:
+                print(repr(peer))
+                peer.close()
+        server.close()
