@@ -306,7 +306,19 @@ def test_same_code_on_both_pages(server: Server, call: Call) -> None:
             assert f"Compare this code with {name}'s screen" in shown["title"]
     call.screenshot(alice, "verified")
 
-    # Closing a page: no exception on either side, and the code stays.
+    # The server restarts: the pages come back under new ids, with new
+    # connections, and a new exchange gives them a new code, the same again.
+    server.kill()
+    server.start()
+    alice_id, bob_id = alice.joined(), bob.joined()
+    alice.sees(bob)
+    bob.sees(alice)
+    again = settled(alice, bob_id)[bob_id], settled(bob, alice_id)[alice_id]
+    assert again[0]["code"] == again[1]["code"] == python_code(again[0]) != code, again
+    assert again[0]["localFingerprint"] == on_alice["localFingerprint"]  # the page's own
+    assert again[0]["committerNonce"] != on_alice["committerNonce"]
+
+    # Closing a page: no exception on either side.
     alice.page.goto("about:blank")
     expect(bob.page.locator("video[data-peer-id]")).to_have_count(0, timeout=TIMEOUT_MS)
     assert page_errors(alice) == [] and page_errors(bob) == [], (alice, bob)
