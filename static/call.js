@@ -30,7 +30,8 @@ export class Call {
     this.peerId = peerId;
     this.polite = polite;
     this.remoteStream = new MediaStream();
-    this.pc = new RTCPeerConnection({ iceServers, ...(certificate && { certificates: [certificate] }) });
+    const certificates = certificate ? [certificate] : undefined;
+    this.pc = new RTCPeerConnection({ iceServers, certificates });
     // Its channel is made with the media (attachMedia), so the first offer
     // or answer carries it.
     this.verification = new VerifiedChannel(this.pc, certificate, () => this._onChange());

@@ -37,7 +37,9 @@ export function fromHex(text) {
     return null;
   }
   const bytes = new Uint8Array(text.length / 2);
-  for (let i = 0; i < bytes.length; i++) bytes[i] = Number.parseInt(text.slice(2 * i, 2 * i + 2), 16);
+  for (let i = 0; i < bytes.length; i++) {
+    bytes[i] = Number.parseInt(text.slice(2 * i, 2 * i + 2), 16);
+  }
   return bytes;
 }
 
@@ -132,10 +134,13 @@ function decode(text) {
   } catch {
     return [null, null];
   }
-  if (message === null || typeof message !== "object" || Array.isArray(message)) return [null, null];
+  if (message === null || typeof message !== "object" || Array.isArray(message)) {
+    return [null, null];
+  }
   if (message.v !== VERSION || !Object.hasOwn(FIELDS, message.type)) return [null, null];
   const value = message[FIELDS[message.type]];
-  const bytes = typeof value === "string" && value.length === 2 * NONCE_BYTES ? fromHex(value) : null;
+  const bytes =
+    typeof value === "string" && value.length === 2 * NONCE_BYTES ? fromHex(value) : null;
   return bytes === null ? [null, null] : [message.type, bytes];
 }
 
@@ -161,7 +166,8 @@ export class Verification {
     this._remoteCommitment = null;
     this._started = false;
     this._queue = Promise.resolve();
-    if (localFingerprint.length !== FINGERPRINT_BYTES || remoteFingerprint.length !== FINGERPRINT_BYTES) {
+    const lengths = [localFingerprint.length, remoteFingerprint.length];
+    if (lengths.some((n) => n !== FINGERPRINT_BYTES)) {
       this._fail("a fingerprint is not 32 bytes");
     } else if (compareBytes(localFingerprint, remoteFingerprint) === 0) {
       this._fail("both ends show the same certificate");
@@ -237,7 +243,12 @@ export class Verification {
   }
 
   async _verified(committerNonce, responderNonce) {
-    const code = await deriveCode(this.localFingerprint, this.remoteFingerprint, committerNonce, responderNonce);
+    const code = await deriveCode(
+      this.localFingerprint,
+      this.remoteFingerprint,
+      committerNonce,
+      responderNonce,
+    );
     if (this.state !== "pending") return;
     this.code = code;
     this.state = "verified";
@@ -252,30 +263,42 @@ export class Verification {
 
 // --- On a peer connection ---------------------------------------------------------
 
-/** The remote certificate of a DTLS transport, as a fingerprint (Uint8Array). */
-async function remoteFingerprint(transport) {
-  const certificates = transport?.getRemoteCertificates?.() ?? [];
-  if (certificates.length > 0) return fingerprintFromDer(certificates[0]);
-  return null;
+/** The DTLS transports of `pc` (its data channels' and its media's), each once. */
+function dtlsTransports(pc) {
+  const transports = [pc.sctp?.transport];
+  for (const t of pc.getTransceivers()) transports.push(t.sender.transport, t.receiver.transport);
+  return [...new Set(transports.filter(Boolean))];
 }
 
 /**
- * The peer certificate's fingerprint from getStats(), for browsers without
- * RTCDtlsTransport.getRemoteCertificates(): the certificate report the
- * transport report names (still what the DTLS stack got, not signaling).
+ * The fingerprints of the certificates that the connected DTLS transports of
+ * `pc` got from the other side: one, unless something is wrong.  (A
+ * transport that has been bundled away is closed, and not counted.)
  */
-async function remoteFingerprintFromStats(pc) {
-  const stats = await pc.getStats();
-  for (const report of stats.values()) {
-    if (report.type !== "transport" || !report.remoteCertificateId) continue;
-    const certificate = stats.get(report.remoteCertificateId);
-    if (certificate?.base64Certificate) {
-      const der = Uint8Array.from(atob(certificate.base64Certificate), (c) => c.charCodeAt(0));
-      return fingerprintFromDer(der);
-    }
-    if (certificate?.fingerprintAlgorithm === "sha-256" && certificate.fingerprint) {
-      return fingerprintFromSdp(certificate.fingerprint);
-    }
+async function remoteFingerprints(pc) {
+  const found = new Map();
+  for (const transport of dtlsTransports(pc)) {
+    const [der] = transport.state === "connected" ? transport.getRemoteCertificates() : [];
+    if (!der) continue;
+    const fingerprint = await fingerprintFromDer(der);
+    found.set(toHex(fingerprint), fingerprint);
+  }
+  return [...found.values()];
+}
+
+const DIFFERENT_CERTIFICATES = "the connection's transports show different certificates";
+
+/**
+ * The fingerprint of the other side's certificate, or null.  A channel may
+ * open a moment before its transport shows the certificate (Chromium tells
+ * the page of both separately): wait for it, until `giveUp()`.
+ */
+async function remoteFingerprint(pc, giveUp) {
+  while (!giveUp() && pc.connectionState !== "closed" && pc.connectionState !== "failed") {
+    const fingerprints = await remoteFingerprints(pc);
+    if (fingerprints.length > 1) throw new Error(DIFFERENT_CERTIFICATES);
+    if (fingerprints.length === 1) return fingerprints[0];
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return null;
 }
@@ -347,13 +370,31 @@ export class VerifiedChannel {
   }
 
   _watchTransport = () => {
-    const state = this._pc.connectionState;
-    if (state === "connected") this._startDeadline();
+    const transports = dtlsTransports(this._pc);
+    if (this._pc.connectionState === "connected") {
+      this._startDeadline();
+      this._step(() => this._recheck());
+    }
     // A DTLS transport that failed (a certificate that does not match the
     // signaled fingerprint, say) never comes back on this connection.
-    const dtls = this._pc.sctp?.transport;
-    if (dtls?.state === "failed") this._step(() => this._failIfPending("DTLS failed"));
+    if (transports.some((t) => t.state === "failed")) {
+      this._step(() => this._failIfPending("DTLS failed"));
+    }
   };
+
+  /** Every transport now up must show the certificate the code is made of. */
+  async _recheck() {
+    const remote = this.verification?.remoteFingerprint;
+    if (!remote || this.state === "failed") return [];
+    const fingerprints = await remoteFingerprints(this._pc);
+    if (fingerprints.some((f) => compareBytes(f, remote) !== 0)) {
+      this.verification.expire();
+      [this.state, this.code, this.reason] = ["failed", null, DIFFERENT_CERTIFICATES];
+      console.info(`verification failed: ${this.reason}`);
+      if (!this._closed) this._onChange();
+    }
+    return [];
+  }
 
   /**
    * Fail unless done within DEADLINE_MS: from when the connection is up (for
@@ -364,8 +405,8 @@ export class VerifiedChannel {
     clearTimeout(this._timer);
     this._timer = setTimeout(() => {
       this._step(async () => {
-        if (this.verification === null) this._failIfPending("the verification channel did not open");
-        else await this.verification.expire();
+        if (this.verification !== null) await this.verification.expire();
+        else this._failIfPending("the verification channel did not open");
       });
     }, DEADLINE_MS);
   }
@@ -375,8 +416,8 @@ export class VerifiedChannel {
     this._step(async () => {
       const fingerprints = this._certificate?.getFingerprints() ?? [];
       const local = fingerprints.find((f) => f.algorithm.toLowerCase() === "sha-256");
-      const dtls = this._pc.sctp?.transport;
-      const remote = (await remoteFingerprint(dtls)) ?? (await remoteFingerprintFromStats(this._pc));
+      const until = Date.now() + DEADLINE_MS;
+      const remote = await remoteFingerprint(this._pc, () => this._closed || Date.now() > until);
       if (!local || !remote) {
         this._failIfPending("the certificates are not known");
         return [];

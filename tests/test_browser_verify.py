@@ -186,8 +186,9 @@ def python_code(view: dict[str, Any]) -> str:
     )
 
 
-def page_errors(peer: Peer) -> list[str]:
-    return [line for line in peer.console if line.startswith(("page error", "error"))]
+def page_errors(peer: Peer, since: int = 0) -> list[str]:
+    """Uncaught exceptions and errors in the page's console (from line `since` on)."""
+    return [line for line in peer.console[since:] if line.startswith(("page error", "error"))]
 
 
 def test_vectors_and_transcript(server: Server, browser: Browser) -> None:
@@ -314,14 +315,19 @@ def test_same_code_on_both_pages(server: Server, call: Call) -> None:
     alice.sees(bob)
     bob.sees(alice)
     again = settled(alice, bob_id)[bob_id], settled(bob, alice_id)[alice_id]
+    assert again[0]["state"] == again[1]["state"] == "verified", again
     assert again[0]["code"] == again[1]["code"] == python_code(again[0]) != code, again
     assert again[0]["localFingerprint"] == on_alice["localFingerprint"]  # the page's own
     assert again[0]["committerNonce"] != on_alice["committerNonce"]
 
-    # Closing a page: no exception on either side.
+    # Closing a page: no exception on either side (before it, the pages
+    # logged that the server was gone for a while).
+    seen = len(alice.console), len(bob.console)
     alice.page.goto("about:blank")
     expect(bob.page.locator("video[data-peer-id]")).to_have_count(0, timeout=TIMEOUT_MS)
-    assert page_errors(alice) == [] and page_errors(bob) == [], (alice, bob)
+    bob.page.wait_for_timeout(500)
+    assert page_errors(alice, seen[0]) == [] and page_errors(bob, seen[1]) == [], (alice, bob)
+    assert not [line for line in alice.console + bob.console if line.startswith("page error")]
 
 
 # A real man in the middle: an aiortc relay that is each page's only peer.
