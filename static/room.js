@@ -476,13 +476,15 @@ function createTile(peerId) {
   caption.innerHTML =
     '<span class="name"></span> <span class="connection"></span>' +
     '<span class="badges"><span class="badge muted-badge">muted</span>' +
-    '<span class="badge camera-badge">camera off</span></span>' +
-    '<span class="verification" data-verification="pending"></span>';
+    '<span class="badge camera-badge">camera off</span></span>';
   caption.querySelector(".name").textContent = name;
-  caption.querySelector(".verification").title =
+  const verification = document.createElement("span");
+  verification.className = "verification";
+  verification.dataset.verification = "pending";
+  verification.title =
     `Compare this code with ${name}'s screen: the same code on both means nobody ` +
     "is listening in between. “not verified” means it could not be checked.";
-  tile.append(video, placeholder, caption);
+  tile.append(video, placeholder, caption, verification);
   return tile;
 }
 

@@ -614,6 +614,7 @@ def test_swapped_fingerprints_show_no_code(
             )
             assert f"a=fingerprint:sha-256 {FAKE_FINGERPRINT}" in sdp
         assert page_errors(alice) == [] and page_errors(bob) == [], (alice, bob)
+        alice.page.screenshot(path=tmp_path / "not-verified.png")
     finally:
         for peer in (alice, bob):
             if peer is not None:
