@@ -519,8 +519,8 @@ class Relay:
 
 @pytest.mark.parametrize(
     "roles",
-    [("committer", "responder"), ("responder", "responder")],
-    ids=["codes-differ", "both-wait"],
+    [("committer", "responder"), ("committer", "committer"), ("responder", "responder")],
+    ids=["codes-differ", "both-commit", "both-wait"],
 )
 def test_man_in_the_middle(
     network: Network,
@@ -531,8 +531,8 @@ def test_man_in_the_middle(
     """
     The relay terminates DTLS with each page and relays media and the
     verification messages: the call works, and the codes differ.  With its
-    certificates chosen so that both pages wait for a commitment, they say
-    "not verified" once the deadline has passed.
+    certificates chosen so that both pages commit, they fail at once; so
+    that both wait for a commitment, they fail once the deadline has passed.
     """
     with Relay(network, server, roles) as relay:
         alice = Peer(browser, f"{server.url}/left", "alice")
@@ -562,13 +562,19 @@ def test_man_in_the_middle(
                 assert on_bob["code"] == python_code(on_bob)
                 assert on_alice["code"] != on_bob["code"]
                 assert len(relay.legs[0].passed_on) == 2 and len(relay.legs[1].passed_on) == 1
+            elif roles == ("committer", "committer"):
+                # Each gets the other's commitment where it expects a nonce.
+                assert on_alice["state"] == on_bob["state"] == "failed", (on_alice, on_bob)
+                assert on_alice["reason"] == on_bob["reason"] == "unexpected commit"
             else:
                 assert on_alice["state"] == on_bob["state"] == "failed", (on_alice, on_bob)
                 assert waited > 10, waited  # the 15 s deadline, less the call's setup
-                for page, other in ((alice, to_alice), (bob, to_bob)):
-                    shown = tiles(page)[other]
-                    assert (shown["state"], shown["code"]) == ("failed", None)
-                    assert shown["text"] == "not verified"
+                assert relay.legs[0].passed_on == relay.legs[1].passed_on == []
+            # The tiles show what the pages found.
+            for page, other, view in ((alice, to_alice, on_alice), (bob, to_bob, on_bob)):
+                shown = tiles(page)[other]
+                assert (shown["state"], shown["code"]) == (view["state"], view["code"])
+                assert shown["text"] == (view["code"] or "not verified")
             # The call still works.
             alice.sees(to_alice)
             bob.sees(to_bob)
