@@ -513,6 +513,9 @@ class Relay:
             finally:
                 for task in tasks:
                     task.cancel()
+                for result in await asyncio.gather(*tasks, return_exceptions=True):
+                    if not isinstance(result, asyncio.CancelledError | None):
+                        self.error = self.error or result
                 for leg in self.legs:
                     await leg.pc.close()
 
