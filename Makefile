@@ -9,11 +9,14 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench soak install system-packages clean
+.PHONY: run test lint unit bench soak install system-packages browser-drivers clean
 
-# The browser tests drive Debian's Chromium (never a downloaded build); the
-# TURN test runs a real coturn on loopback.
-SYSTEM_PACKAGES := chromium coturn
+# The browser tests drive Debian's Chromium and Firefox ESR (never a
+# downloaded build; Firefox through puppeteer-core on node) and cut the
+# network with nftables; the TURN test runs a real coturn on loopback.
+SYSTEM_PACKAGES := chromium coturn firefox-esr nodejs nftables
+# puppeteer-core for Firefox, pinned by tests/browsers/package-lock.json.
+BROWSER_DRIVERS := tests/browsers/node_modules/.package-lock.json
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +37,16 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# npm comes with some builds of nodejs, and is a package of its own in Debian's.
+$(BROWSER_DRIVERS): tests/browsers/package.json tests/browsers/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+	cd tests/browsers && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+browser-drivers: system-packages $(BROWSER_DRIVERS)
+
 run: install
 	$(BIN)/twistd --pidfile= -n rtcsignal --endpoint $(ENDPOINT) $(ARGS)
 
@@ -42,7 +55,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-unit: install system-packages
+unit: install system-packages browser-drivers
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
@@ -59,4 +72,4 @@ soak: install
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache tests/browsers/node_modules

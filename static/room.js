@@ -588,7 +588,15 @@ ui.leave.addEventListener("click", () => {
   finish("closed", "You left the room", "Your camera and microphone are off.");
   ui.rejoin.focus();
 });
-window.addEventListener("pagehide", () => signaling.stop(1001));
+// Leaving the page (closing the tab, following a link): say goodbye, so the
+// server lets the others know at once instead of holding us for a resume.
+// Scripts may close a WebSocket only with 1000 or 3000-4999 (the browser's
+// own "going away", 1001, is not allowed to them): 1000 is the clean leave.
+window.addEventListener("pagehide", () => signaling.stop(1000, "page closed"));
+// Back from the back-forward cache, the socket and the calls are gone: start anew.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) window.location.reload();
+});
 
 async function copyLink() {
   // The room's address without the query: a token in it is personal.

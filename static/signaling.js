@@ -77,8 +77,11 @@ export class Signaling {
     return true;
   }
 
-  /** Close for good (1000: the server lets the others know at once). */
-  stop(code = 1000) {
+  /**
+   * Close for good with `code` (1000 or 3000-4999, the codes a script may
+   * use; 1000: the server lets the others know at once) and `reason`.
+   */
+  stop(code = 1000, reason = "") {
     this.#stopped = true;
     clearTimeout(this.#retryTimer);
     this.#stopKeepalive();
@@ -87,7 +90,7 @@ export class Signaling {
     if (ws) {
       ws.onclose = ws.onerror = ws.onmessage = ws.onopen = null;
       if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) {
-        ws.close(code);
+        ws.close(code, reason);
       }
     }
   }

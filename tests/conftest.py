@@ -24,3 +24,7 @@ async def make_server() -> AsyncIterator[Callable[..., Awaitable[LiveServer]]]:
     yield make
     for server in servers:
         await server.stop()
+
+
+# The browser tests' fixtures: network, server, browser (Chromium), firefox.
+pytest_plugins = ["tests.browser_support"]

@@ -47,7 +47,7 @@ from examples.aiortc_bot.bot import run as run_bot
 from twisted_signal import Message
 from twisted_signal.client import AsyncSignalingClient, aio_connect
 
-from .test_browser import CHROMIUM_ARGS
+from .browser_support import CHROMIUM_ARGS
 
 TWISTD = Path(sys.executable).with_name("twistd")
 CHROMIUM = "/usr/bin/chromium"

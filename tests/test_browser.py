@@ -2,14 +2,8 @@
 End to end, as users run it: ``twistd -n rtcsignal`` over TLS, with a
 certificate from ``python -m twisted_signal.devcert``, and the room page in
 real headless Chromium (Debian's, driven by Playwright) making real WebRTC
-calls with fake camera and microphone.
-
-The server and the browser run in a private network namespace that has only
-a loopback interface when the test can make one (as root, with ``unshare``):
-WebRTC works on the host's loopback too, but Chromium also talks to the
-outside (Google account and update lookups, multicast DNS) whatever its
-flags, and the namespace keeps every packet on 127.0.0.1.  Set
-``RTCSIGNAL_TEST_NETNS=0`` to run in the host's network instead.
+calls with fake camera and microphone, in a private loopback-only network
+namespace (see ``browser_support``).
 
 Without a usable Chromium the test is skipped, except under ``CI=true``,
 where it fails.
@@ -20,70 +14,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-TWISTD = Path(sys.executable).with_name("twistd")
+from .browser_support import ALL_REMOTE_VIDEOS, REPO, ROOM, Peer, Server, open_chromium
+
 DOCS_SCREENSHOT = REPO / "docs" / "screenshot.png"
-ROOM = "standup"
-MAX_PEERS = 3
-TIMEOUT_MS = 20_000
-
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--no-sandbox",
-    "--ignore-certificate-errors",
-]
-
-# Each remote peer of the page: [peer id, ...] for <video data-peer-id> that
-# show frames.
-REMOTE_VIDEOS = """() => [...document.querySelectorAll("video[data-peer-id]")]
-    .filter((video) => video.videoWidth > 0)
-    .map((video) => video.dataset.peerId)
-    .sort()"""
-
-ALL_REMOTE_VIDEOS = """() => [...document.querySelectorAll("video[data-peer-id]")]
-    .map((video) => video.dataset.peerId)
-    .sort()"""
-
-# Video frames decoded so far, per remote peer, from getStats().
-FRAMES_DECODED = """async () => {
-    const frames = {};
-    for (const [id, pc] of window.rtcsignal.peers) {
-        const stats = await pc.getStats();
-        frames[id] = 0;
-        stats.forEach((report) => {
-            if (report.type === "inbound-rtp" && report.kind === "video") {
-                frames[id] += report.framesDecoded ?? 0;
-            }
-        });
-    }
-    return frames;
-}"""
-
-
-# A browser whose user refuses the camera and microphone.
-NO_DEVICES = """navigator.mediaDevices.getUserMedia = async () => {
-    throw new DOMException("Permission denied", "NotAllowedError");
-};"""
 
 # signaling.socketUrl, run in the page: the socket is in the page's own
 # folder, over wss: for https: pages, and carries the page's token.
@@ -97,285 +36,6 @@ SOCKET_URLS = """async () => {
 }"""
 
 
-class Network:
-    """
-    Where the server and the browser run: a private network namespace, held
-    open by a sleeping process, or the host's network.
-    """
-
-    def __init__(self, holder: subprocess.Popen[str] | None) -> None:
-        self._holder = holder
-
-    @property
-    def private(self) -> bool:
-        return self._holder is not None
-
-    def command(self, argv: list[str]) -> list[str]:
-        if self._holder is None:
-            return argv
-        # nsenter execs the command: the process we start is the command.
-        return ["nsenter", f"--net=/proc/{self._holder.pid}/ns/net", "--", *argv]
-
-    def chromium(self, folder: Path) -> str:
-        if self._holder is None:
-            return CHROMIUM
-        wrapper = folder / "chromium"
-        wrapper.write_text(
-            f'#!/bin/sh\nexec {" ".join(self.command([CHROMIUM]))} "$@"\n', encoding="utf-8"
-        )
-        wrapper.chmod(0o755)
-        return str(wrapper)
-
-    def free_port(self) -> int:
-        if self._holder is not None:
-            return 8443  # nothing else listens in a fresh namespace
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-            return port
-
-    def close(self) -> None:
-        if self._holder is not None:
-            self._holder.kill()
-            self._holder.wait()
-
-
-def private_network() -> Network:
-    tools = all(shutil.which(tool) for tool in ("unshare", "nsenter", "ip"))
-    if os.environ.get("RTCSIGNAL_TEST_NETNS") == "0" or os.geteuid() != 0 or not tools:
-        return Network(None)
-    holder = subprocess.Popen(
-        ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && echo up && exec sleep 600"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert holder.stdout is not None
-    if holder.stdout.readline().strip() != "up":
-        holder.kill()
-        holder.wait()
-        return Network(None)
-    return Network(holder)
-
-
-class Server:
-    """
-    ``twistd -n rtcsignal`` over TLS, from this source tree, in `network`,
-    with `args` added to its options.
-    """
-
-    def __init__(
-        self, network: Network, folder: Path, key: Path, cert: Path, args: Sequence[str] = ()
-    ) -> None:
-        self.network = network
-        self.folder = folder
-        self.args = list(args)
-        self.port = network.free_port()
-        self.endpoint = f"ssl:{self.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._runs = 0
-        self._stderr: IO[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._runs += 1
-        log = self.folder / f"twistd-{self._runs}.log"
-        if self._stderr is not None:
-            self._stderr.close()
-        self._stderr = (self.folder / f"twistd-{self._runs}.stderr").open("wb")
-        argv = [
-            str(TWISTD),
-            "--pidfile=",
-            "--nodaemon",
-            f"--logfile={log}",
-            "rtcsignal",
-            "--endpoint",
-            self.endpoint,
-            "--max-peers",
-            str(MAX_PEERS),
-            *self.args,
-        ]
-        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
-            self.network.command(argv),
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": path},
-            stdin=subprocess.DEVNULL,
-            stdout=self._stderr,
-            stderr=self._stderr,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if log.exists() and f"starting on {self.port}" in log.read_text("utf-8", "replace"):
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        output = log.read_text("utf-8", "replace") if log.exists() else ""
-        errors = (self.folder / f"twistd-{self._runs}.stderr").read_text("utf-8", "replace")
-        raise AssertionError(f"twistd did not start listening:\n{errors}\n{output}")
-
-    def log(self) -> str:
-        """
-        What the current run has logged so far.
-        """
-        path = self.folder / f"twistd-{self._runs}.log"
-        return path.read_text("utf-8", "replace") if path.exists() else ""
-
-    def kill(self) -> None:
-        """
-        Die at once, as in a crash: the browsers' sockets just drop.
-        """
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-        if self.process is not None:
-            self.process.wait()
-
-    def close(self) -> None:
-        self.kill()
-        if self._stderr is not None:
-            self._stderr.close()
-
-
-@pytest.fixture
-def network() -> Iterator[Network]:
-    network = private_network()
-    yield network
-    network.close()
-
-
-def make_certs(certs: Path) -> tuple[Path, Path]:
-    """
-    A key and a certificate for 127.0.0.1 in `certs`, made as the README says.
-    """
-    made = subprocess.run(
-        [sys.executable, "-m", "twisted_signal.devcert", "--dir", str(certs)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
-    assert "twistd -n rtcsignal --endpoint ssl:8443:privateKey=" in made.stdout
-    key, cert = certs / "key.pem", certs / "cert.pem"
-    assert key.stat().st_mode & 0o077 == 0, "the private key is readable by others"
-    return key, cert
-
-
-@pytest.fixture
-def server(network: Network, tmp_path: Path) -> Iterator[Server]:
-    key, cert = make_certs(tmp_path / "certs")
-    server = Server(network, tmp_path, key, cert)
-    server.start()
-    yield server
-    server.close()
-
-
-@contextmanager
-def chromium(network: Network, folder: Path) -> Iterator[Browser]:
-    """
-    Headless Chromium in `network`; the test is skipped if it cannot start,
-    or fails under ``CI=true``.
-    """
-    with sync_playwright() as playwright:
-        try:
-            if not os.access(CHROMIUM, os.X_OK):
-                raise FileNotFoundError(f"{CHROMIUM} is not there")
-            browser = playwright.chromium.launch(
-                executable_path=network.chromium(folder),
-                args=CHROMIUM_ARGS,
-                timeout=30_000,
-            )
-        except Exception as e:
-            message = f"Chromium cannot start: {e}"
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(message)
-            pytest.skip(message)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def browser(network: Network, tmp_path: Path) -> Iterator[Browser]:
-    with chromium(network, tmp_path) as browser:
-        yield browser
-
-
-class Peer:
-    """
-    One person in the call: a page in a browser context of its own.
-    """
-
-    def __init__(
-        self, browser: Browser, url: str | None, name: str, *, no_devices: bool = False
-    ) -> None:
-        self.name = name
-        self.console: list[str] = []
-        self.context = browser.new_context(
-            ignore_https_errors=True, viewport={"width": 1024, "height": 640}
-        )
-        self.context.set_default_timeout(TIMEOUT_MS)
-        if no_devices:
-            self.context.add_init_script(NO_DEVICES)
-        self.page: Page = self.context.new_page()
-        self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
-        self.page.on("pageerror", lambda e: self.console.append(f"page error: {e}"))
-        if url is not None:
-            self.page.goto(url)
-
-    @property
-    def state(self) -> str:
-        return str(self.page.evaluate("document.body.dataset.state"))
-
-    @property
-    def peer_id(self) -> str:
-        return str(self.page.evaluate("window.rtcsignal.peerId"))
-
-    def wait_for_state(self, state: str) -> None:
-        self.page.wait_for_function(
-            "(state) => document.body.dataset.state === state", arg=state, timeout=TIMEOUT_MS
-        )
-
-    def joined(self) -> str:
-        self.wait_for_state("joined")
-        return self.peer_id
-
-    def frames(self) -> dict[str, int]:
-        frames: dict[str, int] = self.page.evaluate(FRAMES_DECODED)
-        return frames
-
-    def sees(self, *others: Peer | str) -> None:
-        """
-        Wait until this page shows exactly these peers' videos, each with
-        frames (videoWidth > 0) and decoding more and more (getStats).
-        """
-        ids = sorted(o if isinstance(o, str) else o.peer_id for o in others)
-        self.page.wait_for_function(
-            f"(ids) => JSON.stringify(({REMOTE_VIDEOS})()) === JSON.stringify(ids) "
-            f"&& JSON.stringify(({ALL_REMOTE_VIDEOS})()) === JSON.stringify(ids)",
-            arg=ids,
-            timeout=TIMEOUT_MS,
-        )
-        before = self.frames()
-        assert sorted(before) == ids, (self.name, before, ids)
-        deadline = time.monotonic() + TIMEOUT_MS / 1000
-        while True:
-            now = self.frames()
-            if all(now.get(i, 0) >= before[i] + 5 for i in ids):
-                return
-            assert time.monotonic() < deadline, f"{self.name}: frames stuck: {before} -> {now}"
-            time.sleep(0.2)
-
-    def close(self) -> None:
-        self.context.close()
-
-    def __repr__(self) -> str:
-        return f"<{self.name}: " + "\n  ".join(self.console[-30:]) + ">"
-
-
 class Call:
     """
     The people of one room, each in a browser context of their own.
@@ -385,19 +45,19 @@ class Call:
         self.browser = browser
         self.url = url
         self.shots = shots
-        self.peers: list[Peer] = []
+        self.peers: list[Peer[Page]] = []
 
-    def join(self, name: str, *, no_devices: bool = False) -> Peer:
-        peer = Peer(self.browser, self.url, name, no_devices=no_devices)
+    def join(self, name: str, *, no_devices: bool = False) -> Peer[Page]:
+        peer = open_chromium(self.browser, self.url, name, no_devices=no_devices)
         self.peers.append(peer)
         return peer
 
-    def join_from_landing_page(self, name: str, home: str, room: str) -> Peer:
+    def join_from_landing_page(self, name: str, home: str, room: str) -> Peer[Page]:
         """
         Go to the landing page, try its "Generate" button, then type the
         room's name and press Enter.
         """
-        peer = Peer(self.browser, None, name)
+        peer = open_chromium(self.browser, None, name)
         self.peers.append(peer)
         page = peer.page
         page.goto(home)
@@ -413,11 +73,11 @@ class Call:
         page.wait_for_url(f"**/{room}")
         return peer
 
-    def remove(self, peer: Peer) -> None:
+    def remove(self, peer: Peer[Page]) -> None:
         self.peers.remove(peer)
         peer.close()
 
-    def screenshot(self, peer: Peer, name: str) -> Path:
+    def screenshot(self, peer: Peer[Page], name: str) -> Path:
         path = self.shots / f"{peer.name}-{name}.png"
         peer.page.screenshot(path=path)
         return path
@@ -502,7 +162,7 @@ def test_video_call(server: Server, call: Call) -> None:
     check_receive_only(call, alice, bob)
 
 
-def check_receive_only(call: Call, alice: Peer, bob: Peer) -> None:
+def check_receive_only(call: Call, alice: Peer[Page], bob: Peer[Page]) -> None:
     """
     Someone without camera and microphone joins receive-only: they see the
     others, and the others see that their camera is off.
@@ -517,7 +177,7 @@ def check_receive_only(call: Call, alice: Peer, bob: Peer) -> None:
     call.screenshot(erin, "receive-only")
 
 
-def check_controls(alice: Peer, bob: Peer) -> None:
+def check_controls(alice: Peer[Page], bob: Peer[Page]) -> None:
     """
     Alice mutes and turns her camera off, then on again: Bob's page shows
     it, and her video comes back with the new camera track.

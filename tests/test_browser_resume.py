@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import Browser, expect
 
-from .test_browser import ROOM, Network, Peer, Server, chromium, make_certs, private_network
+from .browser_support import ROOM, Network, Peer, Server, make_certs, open_chromium
 
 PROXY = Path(__file__).with_name("blip_proxy.py")
 # How long the network stays down for a page after its connections are reset.
@@ -168,19 +168,6 @@ class Proxy:
 
 
 @pytest.fixture
-def network() -> Iterator[Network]:
-    network = private_network()
-    yield network
-    network.close()
-
-
-@pytest.fixture
-def browser(network: Network, tmp_path: Path) -> Iterator[Browser]:
-    with chromium(network, tmp_path) as browser:
-        yield browser
-
-
-@pytest.fixture
 def start_server(network: Network, tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """
     ``start_server(*args)``: the server of ``test_browser`` with more options.
@@ -214,17 +201,15 @@ def start_proxy(network: Network) -> Iterator[Callable[[Server], Proxy]]:
 
 
 @pytest.fixture
-def people(browser: Browser) -> Iterator[Callable[[str, str], Peer]]:
+def people(browser: Browser) -> Iterator[Callable[[str, str], Peer[Any]]]:
     """
     ``people(name, url)``: a page with the recorder, at `url`.
     """
-    peers: list[Peer] = []
+    peers: list[Peer[Any]] = []
 
-    def join(name: str, url: str) -> Peer:
-        peer = Peer(browser, None, name)
+    def join(name: str, url: str) -> Peer[Any]:
+        peer = open_chromium(browser, url, name, init_scripts=[RECORDER])
         peers.append(peer)
-        peer.page.add_init_script(RECORDER)
-        peer.page.goto(url)
         return peer
 
     yield join
@@ -233,22 +218,22 @@ def people(browser: Browser) -> Iterator[Callable[[str, str], Peer]]:
         peer.close()
 
 
-def received(peer: Peer, *events: str) -> list[dict[str, Any]]:
+def received(peer: Peer[Any], *events: str) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = peer.page.evaluate(RECEIVED, list(events))
     return messages
 
 
-def socket_urls(peer: Peer) -> list[str]:
+def socket_urls(peer: Peer[Any]) -> list[str]:
     urls: list[str] = peer.page.evaluate("window.__signaling.urls")
     return urls
 
 
-def resume_token(peer: Peer) -> str | None:
+def resume_token(peer: Peer[Any]) -> str | None:
     token: str | None = peer.page.evaluate("window.rtcsignal.resumeToken")
     return token
 
 
-def authenticated_peers(peer: Peer) -> list[list[str]]:
+def authenticated_peers(peer: Peer[Any]) -> list[list[str]]:
     """
     `peers` of each `authenticated` the page got, sorted.
     """
@@ -266,8 +251,8 @@ def wait_for_log(server: Server, pattern: str, count: int = 1, timeout: float = 
 
 
 def in_call(
-    start_proxy: Callable[[Server], Proxy], people: Callable[[str, str], Peer], server: Server
-) -> tuple[Proxy, Peer, Peer]:
+    start_proxy: Callable[[Server], Proxy], people: Callable[[str, str], Peer[Any]], server: Server
+) -> tuple[Proxy, Peer[Any], Peer[Any]]:
     """
     Alice, then Bob, each through their own port of a proxy, in a call.
     """
@@ -287,7 +272,7 @@ def in_call(
 def test_blip_resumes_the_same_peer(
     start_server: Callable[..., Server],
     start_proxy: Callable[[Server], Proxy],
-    people: Callable[[str, str], Peer],
+    people: Callable[[str, str], Peer[Any]],
 ) -> None:
     # A window far longer than the test needs, so that a slow machine does
     # not let a held peer go (the default, 15 s, is the other tests').
@@ -298,7 +283,7 @@ def test_blip_resumes_the_same_peer(
     check_newcomer_while_away(server, proxy, alice, bob, people)
 
 
-def check_one_blip(server: Server, proxy: Proxy, alice: Peer, bob: Peer) -> None:
+def check_one_blip(server: Server, proxy: Proxy, alice: Peer[Any], bob: Peer[Any]) -> None:
     """
     Alice's connection is reset, and the network is down for a moment.
     """
@@ -342,7 +327,7 @@ def check_one_blip(server: Server, proxy: Proxy, alice: Peer, bob: Peer) -> None
     assert bob.state == "joined"
 
 
-def check_both_blip(proxy: Proxy, alice: Peer, bob: Peer) -> None:
+def check_both_blip(proxy: Proxy, alice: Peer[Any], bob: Peer[Any]) -> None:
     """
     Both drop at once: both are held, both come back (Alice with the token
     her resume gave her), and the call goes on.
@@ -364,7 +349,11 @@ def check_both_blip(proxy: Proxy, alice: Peer, bob: Peer) -> None:
 
 
 def check_newcomer_while_away(
-    server: Server, proxy: Proxy, alice: Peer, bob: Peer, people: Callable[[str, str], Peer]
+    server: Server,
+    proxy: Proxy,
+    alice: Peer[Any],
+    bob: Peer[Any],
+    people: Callable[[str, str], Peer[Any]],
 ) -> None:
     """
     Carol joins while Alice is away: she is told Alice is here and offers to
@@ -403,7 +392,7 @@ def check_newcomer_while_away(
 def test_blip_without_resume_rebuilds_the_call(
     start_server: Callable[..., Server],
     start_proxy: Callable[[Server], Proxy],
-    people: Callable[[str, str], Peer],
+    people: Callable[[str, str], Peer[Any]],
 ) -> None:
     server = start_server("--resume-window", "0")
     proxy, alice, bob = in_call(start_proxy, people, server)
@@ -438,7 +427,7 @@ def test_blip_without_resume_rebuilds_the_call(
 def test_blip_noticed_by_the_page_first_resumes(
     start_server: Callable[..., Server],
     start_proxy: Callable[[Server], Proxy],
-    people: Callable[[str, str], Peer],
+    people: Callable[[str, str], Peer[Any]],
 ) -> None:
     """
     The usual blip on a phone: the page learns at once that its connection
@@ -476,7 +465,7 @@ def turn_username_ok(server: dict[str, Any], peer_id: str, at: float) -> int:
 
 
 def test_turn_credentials_refreshed_and_fast_keepalive(
-    start_server: Callable[..., Server], people: Callable[[str, str], Peer]
+    start_server: Callable[..., Server], people: Callable[[str, str], Peer[Any]]
 ) -> None:
     server = start_server(
         *("--turn-uri", "turn:127.0.0.1:3478", "--turn-secret", TURN_SECRET),
