@@ -1,11 +1,12 @@
 """
-Verification codes on the room page (SPEC 5.8), in real headless Chromium on
-``twistd -n rtcsignal`` over TLS (the harness of tests/test_browser.py):
+Verification codes on the room page (SPEC 5.8), in real headless Chromium
+and Firefox on ``twistd -n rtcsignal`` over TLS (tests/browser_support.py):
 
 - static/verify.js reproduces tests/verification_vectors.json and behaves
   like twisted_signal.verification on the same inputs, good and bad;
-- in an honest call both pages show the same code, the one Python derives
-  from the two certificates' fingerprints and the two nonces;
+- in an honest call (Chromium and Chromium, Chromium and Firefox) both
+  pages show the same code, the one Python derives from the two
+  certificates' fingerprints and the two nonces;
 - with a real man in the middle (an aiortc relay that terminates DTLS with
   each page, relays the media and even the verification messages) the call
   works and the codes differ, or the pages say "not verified";
@@ -46,23 +47,22 @@ from twisted_signal.verification import (
     fingerprint_from_sdp,
 )
 
-from .fingerprint_swap import FAKE_FINGERPRINT
-from .test_aiortc import loopback_candidates
-from .test_browser import (
+from .browser_support import (
     TIMEOUT_MS,
-    Call,
     Network,
     Peer,
     Server,
-    browser,
-    call,
     make_certs,
-    network,
-    server,
+    open_chromium,
+    open_firefox,
 )
+from .fingerprint_swap import FAKE_FINGERPRINT
+from .firefox import Firefox
+from .test_aiortc import loopback_candidates
+from .test_browser import Call, call
 
 # Fixtures (loopback_candidates is autouse: aioice offers 127.0.0.1 only).
-__all__ = ["browser", "call", "loopback_candidates", "network", "server"]
+__all__ = ["call", "loopback_candidates"]
 
 VECTORS = json.loads((Path(__file__).with_name("verification_vectors.json")).read_text("utf-8"))
 
@@ -164,14 +164,14 @@ def run_script(local: str, remote: str, nonce: str, steps: list[tuple[str, Any]]
     return {"sent": sent, "state": verification.state, "code": verification.code}
 
 
-def settled(peer: Peer, *ids: str) -> dict[str, dict[str, Any]]:
+def settled(peer: Peer[Any], *ids: str) -> dict[str, dict[str, Any]]:
     """Wait until the exchanges with `ids` are verified or failed; the hook's view."""
-    peer.page.wait_for_function(SETTLED, arg=list(ids), timeout=TIMEOUT_MS + 15_000)
+    peer.wait_for(SETTLED, list(ids), TIMEOUT_MS + 15_000)
     views: dict[str, dict[str, Any]] = peer.page.evaluate(VERIFICATIONS)
     return views
 
 
-def tiles(peer: Peer) -> dict[str, dict[str, Any]]:
+def tiles(peer: Peer[Any]) -> dict[str, dict[str, Any]]:
     shown: dict[str, dict[str, Any]] = peer.page.evaluate(TILES)
     return shown
 
@@ -186,13 +186,13 @@ def python_code(view: dict[str, Any]) -> str:
     )
 
 
-def page_errors(peer: Peer, since: int = 0) -> list[str]:
+def page_errors(peer: Peer[Any], since: int = 0) -> list[str]:
     """Uncaught exceptions and errors in the page's console (from line `since` on)."""
-    return [line for line in peer.console[since:] if line.startswith(("page error", "error"))]
+    return [line for line in peer.console[since:] if line.startswith(("error:", "page error:"))]
 
 
-def test_vectors_and_transcript(server: Server, browser: Browser) -> None:
-    peer = Peer(browser, f"{server.url}/", "vectors")
+def check_vectors(peer: Peer[Any]) -> None:
+    """The page computes every vector and the transcript as the file says."""
     try:
         got = peer.page.evaluate(RUN_VECTORS, VECTORS)
         for vector, mine in zip(VECTORS["vectors"], got["vectors"], strict=True):
@@ -217,11 +217,13 @@ def test_vectors_and_transcript(server: Server, browser: Browser) -> None:
         peer.close()
 
 
-def test_exchange_mirrors_python(server: Server, browser: Browser) -> None:
+def test_vectors_and_python(server: Server, browser: Browser) -> None:
     """
-    Both implementations send the same messages and end in the same state
-    for the same scripts, including out-of-order and malformed messages.
+    static/verify.js reproduces the vectors and the transcript, and it and
+    twisted_signal.verification send the same messages and end in the same
+    state for the same scripts, including out-of-order and malformed messages.
     """
+    check_vectors(open_chromium(browser, f"{server.url}/", "vectors"))
     t = VECTORS["transcript"]
     low, high = t["committer_fingerprint"], t["responder_fingerprint"]
     nonce_c, nonce_r = t["committer_nonce"], t["responder_nonce"]
@@ -265,7 +267,7 @@ def test_exchange_mirrors_python(server: Server, browser: Browser) -> None:
         (high, low, nonce_r, [("receive", commit.replace(digest, digest.upper()))]),
         (high, low, nonce_r, [("receive", commit[:-1] + ',"extra":true}')]),
     ]
-    peer = Peer(browser, f"{server.url}/", "mirror")
+    peer = open_chromium(browser, f"{server.url}/", "mirror")
     try:
         for local, remote, mine, steps in scripts:
             expected = run_script(local, remote, mine, steps)
@@ -538,8 +540,8 @@ def test_man_in_the_middle(
     that both wait for a commitment, they fail once the deadline has passed.
     """
     with Relay(network, server, roles) as relay:
-        alice = Peer(browser, f"{server.url}/left", "alice")
-        bob = Peer(browser, f"{server.url}/right", "bob")
+        alice = open_chromium(browser, f"{server.url}/left", "alice")
+        bob = open_chromium(browser, f"{server.url}/right", "bob")
         try:
             alice.joined()
             bob.joined()
@@ -604,9 +606,9 @@ def test_swapped_fingerprints_show_no_code(
     server.start()
     alice = bob = None
     try:
-        alice = Peer(browser, f"{server.url}/verify", "alice")
+        alice = open_chromium(browser, f"{server.url}/verify", "alice")
         alice_id = alice.joined()
-        bob = Peer(browser, f"{server.url}/verify", "bob")
+        bob = open_chromium(browser, f"{server.url}/verify", "bob")
         bob_id = bob.joined()
         for page, other in ((alice, bob_id), (bob, alice_id)):
             view = settled(page, other)[other]
@@ -630,3 +632,47 @@ def test_swapped_fingerprints_show_no_code(
                 print(repr(peer))
                 peer.close()
         server.close()
+
+
+def test_same_code_in_chromium_and_firefox(
+    server: Server, browser: Browser, firefox: Firefox
+) -> None:
+    """
+    Firefox computes the vectors too; Firefox and Chromium call each other
+    in both join orders: both show the same code, the one Python derives
+    from what they used.
+    """
+    check_vectors(open_firefox(firefox, f"{server.url}/", "vectors"))
+    url = f"{server.url}/verify"
+    peers: list[Peer[Any]] = []
+    try:
+        for firefox_first in (False, True):
+            opened: list[Peer[Any]] = [
+                open_chromium(browser, None, "chromium"),
+                open_firefox(firefox, None, "firefox"),
+            ]
+            peers += opened
+            first, second = opened[::-1] if firefox_first else opened
+            first.page.goto(url)
+            first_id = first.joined()
+            second.page.goto(url)
+            second_id = second.joined()
+            first.sees(second)
+            second.sees(first)
+            on_first = settled(first, second_id)[second_id]
+            on_second = settled(second, first_id)[first_id]
+            assert on_first["state"] == on_second["state"] == "verified", (on_first, on_second)
+            assert on_first["remoteFingerprint"] == on_second["localFingerprint"]
+            assert on_second["remoteFingerprint"] == on_first["localFingerprint"]
+            code = python_code(on_first)
+            assert on_first["code"] == on_second["code"] == code == python_code(on_second)
+            for page, other in ((first, second_id), (second, first_id)):
+                shown = tiles(page)[other]
+                assert (shown["state"], shown["code"], shown["text"]) == ("verified", code, code)
+            for peer in opened:
+                assert page_errors(peer) == [], peer
+                peer.close()
+    finally:
+        for peer in peers:
+            print(repr(peer))
+            peer.close()
