@@ -20,7 +20,10 @@
 // Every description and candidate carries the `epoch` (how many resets this
 // call has had) of the connection it belongs to; those of an older one are
 // dropped.  Both sides may reset at once: each adopts the highest epoch it
-// has seen, so they end on the same one.
+// has seen, so they end on the same one.  A rebuilt connection has a new
+// DTLS session, so its verification code (verify.js) is worked out afresh.
+
+import { VerifiedChannel } from "./verify.js";
 
 const KINDS = ["audio", "video"];
 // If the newcomer's offer has not come by then, the polite side offers itself
@@ -41,11 +44,14 @@ export class Call {
    * {audio, video}}); `onChange()` is called whenever the connection state
    * or the remote stream changes (the remote stream is a new one after a
    * reset).  `remoteMedia` is what the other side last said it sends
-   * ({audio, video}, from its "media" message), or null.
+   * ({audio, video}, from its "media" message), or null.  `certificate` is
+   * this page's own RTCCertificate: every connection of the call uses it, and
+   * the verification code (verify.js) is derived from it and the other side's.
    */
-  constructor({ peerId, polite, iceServers, media, send, onChange }) {
+  constructor({ peerId, polite, iceServers, certificate, media, send, onChange }) {
     this.peerId = peerId;
     this.polite = polite;
+    this._certificate = certificate;
     this.closed = false;
     this.epoch = 0;
     this.remoteMedia = null;
@@ -63,7 +69,12 @@ export class Call {
   /** A fresh RTCPeerConnection for this call, negotiated from scratch. */
   _connect(configuration) {
     this.remoteStream = new MediaStream();
-    this.pc = new RTCPeerConnection(configuration);
+    const certificate = this._certificate;
+    const certificates = certificate ? [certificate] : undefined;
+    this.pc = new RTCPeerConnection({ ...configuration, certificates });
+    // Its channel is made with the media (attachMedia), so the first offer
+    // or answer carries it.
+    this.verification = new VerifiedChannel(this.pc, certificate, () => this._onChange());
     this._makingOffer = false;
     this._ignoreOffer = false;
     this._settingRemoteAnswerPending = false;
@@ -101,6 +112,7 @@ export class Call {
     const pc = this.pc;
     pc.onnegotiationneeded = pc.onicecandidate = pc.ontrack = null;
     pc.onconnectionstatechange = null;
+    this.verification.close();
     pc.close();
     for (const track of this.remoteStream.getTracks()) track.stop();
   }
@@ -139,6 +151,7 @@ export class Call {
     if (this.closed) return;
     clearTimeout(this._offerTimer);
     this._attached = true;
+    this.verification.createChannel();
     for (const kind of KINDS) {
       const direction = this._media.sending[kind] ? "sendrecv" : "recvonly";
       const track = this._media.tracks[kind];

@@ -55,6 +55,7 @@ const session = {
   iceServers: [],
   finished: false, // refused, closed or left: no reconnecting
   outbox: [], // messages to peers while the socket is down (sent if we resume)
+  certificate: null, // this page's DTLS certificate, for every call (verify.js)
 };
 
 /** @type {Map<string, Call>} */
@@ -109,6 +110,14 @@ window.rtcsignal = Object.freeze({
   },
   get resumeToken() {
     return session.resumeToken;
+  },
+  /**
+   * A test hook: peer id -> the verification code exchange with that peer
+   * ({state, code, reason, committer, localFingerprint, remoteFingerprint,
+   * committerNonce, responderNonce}; nonces in hex).
+   */
+  get verification() {
+    return new Map([...calls].map(([id, call]) => [id, call.verification.describe()]));
   },
 });
 
@@ -265,6 +274,7 @@ function ensureCall(peerId, { polite }) {
     peerId,
     polite,
     iceServers: session.iceServers,
+    certificate: session.certificate,
     media,
     send: (event, data) => sendTo(peerId, event, data),
     onChange: () => renderTile(peerId),
@@ -437,6 +447,18 @@ function renderTile(peerId) {
   const state = call.state;
   tile.dataset.connection = state;
   tile.querySelector(".connection").textContent = CONNECTION_LABELS[state] ?? state;
+  renderVerification(tile.querySelector("[data-verification]"), call.verification);
+}
+
+const VERIFICATION_LABELS = { pending: "verifying…", failed: "not verified" };
+
+// The code both pages show when nobody is in between (SPEC 5.8).
+function renderVerification(element, { state, code }) {
+  element.dataset.verification = state;
+  if (state === "verified") element.dataset.verificationCode = code;
+  else delete element.dataset.verificationCode;
+  const text = state === "verified" ? code : VERIFICATION_LABELS[state];
+  if (element.textContent !== text) element.textContent = text;
 }
 
 function createTile(peerId) {
@@ -461,7 +483,13 @@ function createTile(peerId) {
     '<span class="badges"><span class="badge muted-badge">muted</span>' +
     '<span class="badge camera-badge">camera off</span></span>';
   caption.querySelector(".name").textContent = name;
-  tile.append(video, placeholder, caption);
+  const verification = document.createElement("span");
+  verification.className = "verification";
+  verification.dataset.verification = "pending";
+  verification.title =
+    `Compare this code with ${name}'s screen: the same code on both means nobody ` +
+    "is listening in between. “not verified” means it could not be checked.";
+  tile.append(video, placeholder, caption, verification);
   return tile;
 }
 
@@ -593,6 +621,20 @@ async function copyLink() {
 
 // --- Start -----------------------------------------------------------------
 
+// One certificate for all of this page's calls, made here so that the page
+// knows its own fingerprint (verify.js).  Without one, each call gets the
+// browser's own and shows "not verified".
+async function makeCertificate() {
+  try {
+    session.certificate = await RTCPeerConnection.generateCertificate({
+      name: "ECDSA",
+      namedCurve: "P-256",
+    });
+  } catch (err) {
+    console.warn("room: cannot make a DTLS certificate", err);
+  }
+}
+
 async function main() {
   ui.title.textContent = room;
   document.title = `${room} · video room`;
@@ -603,7 +645,7 @@ async function main() {
     return;
   }
   setStatus("Starting your camera and microphone…");
-  await startLocalMedia();
+  await Promise.all([startLocalMedia(), makeCertificate()]);
   render();
   setStatus("Connecting to the server…");
   signaling.start();
