@@ -64,12 +64,6 @@ from .browser_support import CHROMIUM_ARGS
 TWISTD = Path(sys.executable).with_name("twistd")
 CHROMIUM = "/usr/bin/chromium"
 ROOM_JS = Path(__file__).parent.parent / "static" / "room.js"
-VERIFY_JS = Path(__file__).parent.parent / "static" / "verify.js"
-# The room page shows verification codes once static/verify.js is there;
-# the test comparing its code with the bot's waits for it, and only for it.
-needs_verify_js = pytest.mark.skipif(
-    not VERIFY_JS.exists(), reason="the room page has no verification yet (static/verify.js)"
-)
 START_TIMEOUT = 15.0
 TIMEOUT = 15.0
 
@@ -577,7 +571,6 @@ TILE_VERIFICATION = """(video) => {
 }"""
 
 
-@needs_verify_js
 def test_bot_and_chromium_show_the_same_verification_code(server: Server) -> None:
     async def scenario() -> None:
         async with bot_and_chromium(server, "verify") as (bot, page):

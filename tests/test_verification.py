@@ -173,6 +173,9 @@ def test_a_wrong_reveal_fails() -> None:
         json.dumps({"v": 1, "type": "nonce", "nonce": "00" * 32}),
         json.dumps({"v": 1, "type": 3}),
         b"\x00binary",
+        json.dumps({"v": 1, "type": "commit", "hash": "00" * 32}).encode(),
+        json.dumps({"v": True, "type": "commit", "hash": "00" * 32}),
+        json.dumps({"v": 1, "type": "commit", "hash": "00 " * 21 + "0"}),
     ],
 )
 def test_anything_unexpected_fails(text: Any) -> None:

@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from typing import Any, Literal
 
 __all__ = [
@@ -201,6 +202,7 @@ class Verification:
         self.reason = reason
 
 
+_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _FIELDS = {"commit": "hash", "nonce": "nonce", "reveal": "nonce"}
 
 
@@ -211,20 +213,23 @@ def _encode(kind: str, **fields: str) -> str:
 def _decode(text: Any) -> tuple[str | None, bytes]:
     """
     ``(type, 32 bytes)`` of a well-formed message, ``(None, b"")`` for
-    anything else.
+    anything else: the same as the room page's decoder (text only, ``v`` the
+    number 1, exactly 64 hex digits).
     """
+    if not isinstance(text, str):
+        return None, b""
     try:
         message = json.loads(text)
-    except (TypeError, ValueError):
+    except ValueError:
         return None, b""
-    if not isinstance(message, dict) or message.get("v") != VERSION:
+    if not isinstance(message, dict):
+        return None, b""
+    version = message.get("v")
+    if isinstance(version, bool) or version != VERSION:
         return None, b""
     kind = message.get("type")
     field = _FIELDS.get(kind) if isinstance(kind, str) else None
     value = message.get(field) if field else None
-    if not isinstance(value, str) or len(value) != 2 * _NONCE_BYTES:
+    if not isinstance(value, str) or not _HEX.fullmatch(value):
         return None, b""
-    try:
-        return kind, bytes.fromhex(value)
-    except ValueError:
-        return None, b""
+    return kind, bytes.fromhex(value)
