@@ -43,6 +43,9 @@ class SignalingService(MultiService):
     refused, the listeners close, every peer gets ``"Room closed"`` /
     ``"shutdown"`` and close 1001, and every ``on_leave``/``on_terminate`` runs;
     it takes at most `shutdown_grace` seconds.
+
+    With an `admin_token`, ``resource`` also serves the admin API under
+    ``/admin/`` to requests with ``Authorization: Bearer <admin_token>``.
     """
 
     _log = Logger()
@@ -57,6 +60,7 @@ class SignalingService(MultiService):
         pages: str | None = None,
         shutdown_grace: float = 10.0,
         reactor: Any = None,
+        admin_token: str | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -66,7 +70,12 @@ class SignalingService(MultiService):
         self.rooms = rooms if rooms is not None else Rooms(clock=reactor)
         self.rooms.setServiceParent(self)
         self.resource = SignalingResource(
-            self.rooms, peer_class=peer_class, settings=settings, pages=pages, clock=reactor
+            self.rooms,
+            peer_class=peer_class,
+            settings=settings,
+            pages=pages,
+            clock=reactor,
+            admin_token=admin_token,
         )
         self.site = SignalingSite(
             self.resource, handshake_timeout=settings.handshake_timeout, clock=reactor
