@@ -133,6 +133,10 @@ class SignalingSite(Site):
         self, resource: Any, *, handshake_timeout: float, clock: IReactorTime, **kwargs: Any
     ) -> None:
         kwargs.setdefault("logFormatter", access_log_formatter)
+        # Nothing here takes form posts: a POST body is the resource's to read
+        # (and refuse), not Twisted's to answer 400 for before any resource
+        # (the admin API's authentication included) has seen the request.
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, **kwargs)
         self.displayTracebacks = False
         self._handshake_timeout = handshake_timeout
