@@ -104,8 +104,9 @@ class AdminResource(Resource):
     Answers: 401 without the token (before anything else, so nothing about
     the rooms leaks), 404 for an unknown path, room or peer, 405 for a wrong
     method (with ``Allow``), 415 for a body not sent as JSON, 413 for one
-    over `max_body_bytes`, 400 for one that is not a valid message.  Every answer is JSON (the OpenAPI
-    description is YAML) and is sent with ``Cache-Control: no-store``.
+    over `max_body_bytes`, 400 for one that is not a valid message.  Every
+    answer is JSON (the OpenAPI description is YAML) and is sent with
+    ``Cache-Control: no-store``.
     """
 
     isLeaf = True
