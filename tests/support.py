@@ -53,6 +53,7 @@ async def start_server(
     settings: Settings | None = None,
     auto_rooms: bool = True,
     max_peers: int | None = 4,
+    admin_token: str | None = None,
 ) -> LiveServer:
     """
     A `SignalingService` listening on a free loopback port.  Without
@@ -69,7 +70,9 @@ async def start_server(
                 return room_class(name, None, max_peers=max_peers)
 
         rooms = Rooms(factory, max_peers=max_peers)
-    service = SignalingService(rooms, peer_class=peer_class, settings=settings)
+    service = SignalingService(
+        rooms, peer_class=peer_class, settings=settings, admin_token=admin_token
+    )
     service.startService()
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     port = await endpoint.listen(service.site)

@@ -189,3 +189,24 @@ def test_installed_server_serves_the_packaged_pages(installed: Installed) -> Non
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_admin_api_description_is_shipped(installed: Installed) -> None:
+    """
+    The wheel holds the real ``docs/admin-openapi.yaml`` (not a link to the
+    source tree), and the installed admin API serves that copy.
+    """
+    found = json.loads(
+        installed.python(
+            "import json, twisted_signal, twisted_signal.admin as admin;"
+            "print(json.dumps([twisted_signal.__file__, admin.OPENAPI_PATH]))"
+        )
+    )
+    shipped = Path(found[1])
+    assert shipped == Path(found[0]).parent / "docs" / "admin-openapi.yaml"
+    assert shipped.is_file() and not shipped.is_symlink()
+    assert shipped.read_bytes() == (ROOT / "docs" / "admin-openapi.yaml").read_bytes()
+    # Of docs/, only that file ships.
+    assert [p.name for p in shipped.parent.iterdir() if p.name != "__pycache__"] == [
+        "admin-openapi.yaml"
+    ]

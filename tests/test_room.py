@@ -1327,3 +1327,45 @@ class LogTests(RoomTestCase):
         for event in self.logs:
             self.assertNotIn("s3cret-value", formatEvent(event))
             self.assertNotIn("s3cret-value", repr(event))
+
+
+class DisconnectTests(RoomTestCase):
+    """
+    `Room.disconnect`: what the admin API's kick uses.
+    """
+
+    def test_closes_with_1008_and_fires_once_the_peer_has_left(self) -> None:
+        room = self.make_room()
+        alice, bob = self.connect_all(room, ALICE, BOB)
+        gone = room.disconnect(BOB)
+        self.assertEqual(bob.close_codes, [1008])
+        # Still there until its connection has closed.
+        self.assertNoResult(gone)
+        self.assertEqual(sorted(room.peers), [ALICE, BOB])
+        room.leave(BOB)
+        self.successResultOf(gone)
+        self.assertEqual(list(room.peers), [ALICE])
+        self.assertEqual(alice.messages, [left_msg(BOB)])
+
+    def test_another_close_code(self) -> None:
+        room = self.make_room()
+        (alice,) = self.connect_all(room, ALICE, leave_on_close=True)
+        self.successResultOf(room.disconnect(ALICE, 1000))
+        self.assertEqual(alice.close_codes, [1000])
+
+    def test_unknown_peer(self) -> None:
+        room = self.make_room()
+        (alice,) = self.connect_all(room, ALICE)
+        with self.assertRaises(NoSuchPeer) as raised:
+            room.disconnect("ghost")
+        self.assertEqual(raised.exception.peer_ids, ["ghost"])
+        self.assertEqual((alice.messages, alice.close_codes), ([], []))
+
+    def test_fires_when_the_room_stops_meanwhile(self) -> None:
+        room = self.make_room()
+        self.connect_all(room, ALICE)
+        gone = room.disconnect(ALICE)
+        room.stopService()
+        self.assertNoResult(gone)
+        self.clock.advance(room.stop_timeout)
+        self.successResultOf(gone)

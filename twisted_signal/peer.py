@@ -565,6 +565,11 @@ class Peer(WebSocketServerProtocol):
         if self.state != _OPEN:
             return
         self._closing_by_server = True
+        if self._link is not None:
+            # A peer the server closes is not resumed: void its token now,
+            # so a client that reconnects before the close is done joins as
+            # a new peer instead of taking this one over.
+            self.factory.resumption.forget(self._link)
         if code == 1000 or 3000 <= code <= 4999:
             self.sendClose(code)
         else:

@@ -31,10 +31,11 @@ from .message import ALL, Message
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["CLOSE_GOING_AWAY", "CLOSE_NORMAL", "PeerHandle", "Room"]
+__all__ = ["CLOSE_GOING_AWAY", "CLOSE_NORMAL", "CLOSE_POLICY_VIOLATION", "PeerHandle", "Room"]
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
 
 
 @dataclass(eq=False, frozen=True)
@@ -103,6 +104,7 @@ class Room(Service):
         self._stopped: Deferred[None] | None = None
         self._all_left: Deferred[None] | None = None
         self._on_empty: Callable[[Room], None] | None = None
+        self._departures: dict[str, list[Deferred[None]]] = {}
         self.close_reason = "normal"
         """What `stopService` tells the peers: ``"normal"``, or ``"shutdown"``."""
 
@@ -156,6 +158,23 @@ class Room(Service):
         """
         self._check_addressees(message)
         self._queue.run(lambda: self._deliver(message, strict=False))
+
+    def disconnect(self, peer_id: str, code: int = CLOSE_POLICY_VIOLATION) -> Deferred[None]:
+        """
+        Close one peer's connection (1008 unless told).  The server closed
+        it, so it is not held for resume: it leaves as soon as the connection
+        is closed (a held peer at once), and the others get ``left``.  Fires
+        once the peer is no longer in `peers`.
+
+        @raise NoSuchPeer: the peer is not in the room.
+        """
+        handle = self._peers.get(peer_id)
+        if handle is None:
+            raise NoSuchPeer([peer_id])
+        gone: Deferred[None] = Deferred()
+        self._departures.setdefault(peer_id, []).append(gone)
+        handle.close(code)
+        return gone
 
     def startService(self) -> None:
         super().startService()
@@ -282,6 +301,7 @@ class Room(Service):
             return self._leave_now(peer_id)
         if self._peers.pop(peer_id, None) is None:
             return None
+        self._departed(peer_id)
         self._log.info("peer {peer_id} left room {room}", peer_id=peer_id, room=self.name)
         self.events.peer_left(self.name, peer_id)
         result = call_logged("on_leave", self.on_leave, peer_id)
@@ -292,9 +312,14 @@ class Room(Service):
         if self._peers.pop(peer_id, None) is None:
             return
         self.events.peer_left(self.name, peer_id)
+        self._departed(peer_id)
         call_logged("on_leave", self.on_leave, peer_id)
         if not self._peers and self._all_left is not None and not self._all_left.called:
             self._all_left.callback(None)
+
+    def _departed(self, peer_id: str) -> None:
+        for waiter in self._departures.pop(peer_id, ()):
+            waiter.callback(None)
 
     def _let_go(self) -> None:
         for peer_id in list(self._peers):

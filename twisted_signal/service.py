@@ -55,6 +55,8 @@ class SignalingService(MultiService):
     ``/metrics`` on each of `metrics_endpoints`, or mount it yourself);
     `webhooks` (a `Webhooks`) gets the lifecycle events, and so does
     `events`, an `Events` of your own.
+    With an `admin_token`, ``resource`` also serves the admin API under
+    ``/admin/`` to requests with ``Authorization: Bearer <admin_token>``.
     """
 
     _log = Logger()
@@ -74,6 +76,7 @@ class SignalingService(MultiService):
         metrics_endpoints: Iterable[str] = (),
         webhooks: Webhooks | None = None,
         events: Events | None = None,
+        admin_token: str | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -83,7 +86,12 @@ class SignalingService(MultiService):
         self.rooms = rooms if rooms is not None else Rooms(clock=reactor)
         self.rooms.setServiceParent(self)
         self.resource = SignalingResource(
-            self.rooms, peer_class=peer_class, settings=settings, pages=pages, clock=reactor
+            self.rooms,
+            peer_class=peer_class,
+            settings=settings,
+            pages=pages,
+            clock=reactor,
+            admin_token=admin_token,
         )
         self.site = SignalingSite(
             self.resource, handshake_timeout=settings.handshake_timeout, clock=reactor
@@ -176,6 +184,10 @@ class SignalingSite(Site):
         self, resource: Any, *, handshake_timeout: float, clock: IReactorTime, **kwargs: Any
     ) -> None:
         kwargs.setdefault("logFormatter", access_log_formatter)
+        # Nothing here takes form posts: a POST body is the resource's to read
+        # (and refuse), not Twisted's to answer 400 for before any resource
+        # (the admin API's authentication included) has seen the request.
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, **kwargs)
         self.displayTracebacks = False
         self._handshake_timeout = handshake_timeout

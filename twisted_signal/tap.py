@@ -16,6 +16,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 from twisted.python.reflect import namedAny
 
+from .admin import is_bearer_token
 from .auth import TokenVerifier
 from .ice import IceConfig
 from .peer import Peer
@@ -279,6 +280,14 @@ class Options(usage.Options):
             "Mozilla's server-side TLS profile for every ssl: endpoint.",
             _tls_profile,
         ],
+        [
+            "admin-token",
+            None,
+            None,
+            "Serve the admin API under /admin/ to requests with 'Authorization: Bearer "
+            "<this token>' (default: no admin API).",
+        ],
+        ["admin-token-file", None, None, "The same, with the token read from this file."],
     ]
 
     def __init__(self) -> None:
@@ -363,6 +372,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--static {static!r} is not a folder")
         limit = self["rate-limit"]
         rate, per = _rate(limit) if isinstance(limit, str) else limit
+        self["admin-token"] = admin_token = _secret(self, "admin-token")
+        if admin_token is not None and not is_bearer_token(admin_token):
+            raise usage.UsageError(
+                "the admin token: use only letters, digits and -._~+/ (then =), "
+                "e.g. from: openssl rand -hex 32"
+            )
         self["settings"] = Settings(
             token_verifier=self._token_verifier(),
             ice=self._ice(),
@@ -501,4 +516,5 @@ def makeService(options: Options) -> IService:
         pages=options["static"],
         shutdown_grace=options["shutdown-grace"],
         tls_profile=options["tls-profile"],
+        admin_token=options["admin-token"],
     )

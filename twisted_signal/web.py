@@ -18,6 +18,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
 from twisted.web.util import redirectTo
 
+from .admin import AdminResource
 from .headers import secure_asset, secure_page, secure_response
 from .peer import Peer, PeerFactory
 from .rooms import Rooms, is_room_name
@@ -110,7 +111,8 @@ class SignalingResource(Resource):
     - ``/<room>`` the room page (``room.html``) for valid room names;
     - ``/static/<path>`` the pages folder's files;
     - ``/healthz`` JSON health;
-    - ``/socket/<room>/`` the WebSocket endpoint.
+    - ``/socket/<room>/`` the WebSocket endpoint;
+    - ``/admin/...`` the admin API, only with an `admin_token`.
 
     `pages` replaces the packaged pages folder.  Every answer carries the
     security headers of `twisted_signal.headers`.
@@ -124,6 +126,7 @@ class SignalingResource(Resource):
         settings: Settings | None = None,
         pages: str | None = None,
         clock: IReactorTime | None = None,
+        admin_token: str | None = None,
     ) -> None:
         super().__init__()
         self.rooms = rooms
@@ -134,6 +137,11 @@ class SignalingResource(Resource):
         self.putChild(b"static", _StaticFiles(folder.path))
         self.putChild(b"healthz", _Health(self))
         self.putChild(b"socket", _Sockets(WebSocketResource(self.factory)))
+        if admin_token is not None:
+            # Without a token there is no admin API at all: /admin/... is
+            # the plain 404 of any other path.
+            max_body = self.factory.settings.max_message_bytes
+            self.putChild(b"admin", AdminResource(rooms, admin_token, max_body_bytes=max_body))
 
     @property
     def accepting(self) -> bool:

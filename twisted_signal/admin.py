@@ -1,0 +1,306 @@
+"""
+The admin API (``/admin/...``): list rooms, stop one, disconnect a peer,
+send a server message into a room.  JSON in and out, every request with
+``Authorization: Bearer <token>``; `docs/admin-openapi.yaml` describes it.
+
+It works only through `Rooms` and `Room` methods (`get`, iteration,
+`stop_room`, `Room.peers`, `Room.disconnect`, `Room.forward`), never through
+the peers' connections, so another registry of rooms can stand behind it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from .errors import NoSuchPeer
+from .message import InvalidMessage, Message
+from .room import Room
+from .rooms import Rooms
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+__all__ = ["OPENAPI_PATH", "AdminResource", "is_bearer_token", "room_summary"]
+
+
+def _openapi_path() -> str:
+    # An installed wheel holds docs/admin-openapi.yaml as
+    # twisted_signal/docs/admin-openapi.yaml; a source checkout has it in
+    # the top-level docs/ folder.
+    installed = files("twisted_signal") / "docs" / "admin-openapi.yaml"
+    if installed.is_file():
+        return str(installed)
+    return str(Path(__file__).resolve().parent.parent / "docs" / "admin-openapi.yaml")
+
+
+OPENAPI_PATH = _openapi_path()
+"""The OpenAPI 3.1 description of the admin API that ships with the package."""
+
+_JSON = b"application/json"
+_YAML = b"application/yaml"
+_REALM = b'Bearer realm="rtcsignal"'
+_TOKEN68 = re.compile(r"[A-Za-z0-9._~+/-]+=*\Z")
+
+
+def is_bearer_token(value: str) -> bool:
+    """
+    Whether `value` can be sent as ``Authorization: Bearer <value>`` (the
+    token68 characters of RFC 6750: letters, digits, ``-._~+/``, then ``=``).
+    """
+    return _TOKEN68.match(value) is not None
+
+
+def room_summary(room: Room) -> dict[str, Any]:
+    """
+    A room as the admin API shows it.
+    """
+    return {"name": room.name, "peers": list(room.peers), "max_peers": room.max_peers}
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: Any = None
+    """JSON to send, or None for an empty body."""
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    raw: bytes | None = None
+    content_type: bytes = _JSON
+
+
+def _problem(status: int, error: str, details: Any = None, **headers: bytes) -> _Answer:
+    """
+    An error answer: ``{"error": ..., "details": ...}``.
+    """
+    extra = tuple((name.replace("_", "-").encode("ascii"), v) for name, v in headers.items())
+    return _Answer(status, {"error": error, "details": details}, extra)
+
+
+class _Refusal(Exception):
+    def __init__(self, answer: _Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
+Handler = Callable[["Request", list[str]], "_Answer | Deferred[_Answer]"]
+
+
+class AdminResource(Resource):
+    """
+    ``/admin/...``: the whole admin API, for requests that carry `token`.
+
+    Answers: 401 without the token (before anything else, so nothing about
+    the rooms leaks), 404 for an unknown path, room or peer, 405 for a wrong
+    method (with ``Allow``), 415 for a body not sent as JSON, 413 for one
+    over `max_body_bytes`, 400 for one that is not a valid message.  Every
+    answer is JSON (the OpenAPI description is YAML) and is sent with
+    ``Cache-Control: no-store``.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, rooms: Rooms, token: str, *, max_body_bytes: int = 65536) -> None:
+        super().__init__()
+        if not is_bearer_token(token):
+            raise ValueError("the admin token must be letters, digits and -._~+/ (then =)")
+        self.rooms = rooms
+        self._token = token.encode("utf-8")
+        self._max_body_bytes = max_body_bytes
+        self._openapi: bytes | None = None
+
+    def render(self, request: Request) -> bytes | int:
+        try:
+            answer = self._answer(request)
+        except _Refusal as refusal:
+            answer = refusal.answer
+        except Exception:
+            self._log.failure("Error in the admin API for {path}", path=_path(request))
+            answer = _problem(500, "Internal Server Error")
+        if isinstance(answer, Deferred):
+            finished: list[bool] = []
+            request.notifyFinish().addBoth(lambda _: finished.append(True))
+
+            def write(result: _Answer | Failure) -> None:
+                if isinstance(result, Failure):
+                    self._log.failure(
+                        "Error in the admin API for {path}", result, path=_path(request)
+                    )
+                    result = _problem(500, "Internal Server Error")
+                if not finished:
+                    request.write(self._write(request, result))
+                    request.finish()
+
+            answer.addBoth(write)
+            return NOT_DONE_YET
+        return self._write(request, answer)
+
+    # Dispatch.
+
+    def _answer(self, request: Request) -> _Answer | Deferred[_Answer]:
+        self._authenticate(request)
+        segments = _segments(request)
+        handlers = self._route(segments)
+        if handlers is None:
+            raise _Refusal(_problem(404, "Not Found", _path(request)))
+        method = request.method.decode("ascii", "replace")
+        handler = handlers.get("GET" if method == "HEAD" else method)
+        if handler is None:
+            raise _Refusal(_problem(405, "Method Not Allowed", method, allow=_allow(handlers)))
+        return handler(request, segments)
+
+    def _route(self, segments: list[str]) -> dict[str, Handler] | None:
+        match segments:
+            case ["rooms"]:
+                return {"GET": self._list}
+            case ["rooms", _]:
+                return {"GET": self._show, "DELETE": self._stop}
+            case ["rooms", _, "peers", _]:
+                return {"DELETE": self._kick}
+            case ["rooms", _, "messages"]:
+                return {"POST": self._post}
+            case ["openapi.yaml"]:
+                return {"GET": self._describe}
+        return None
+
+    def _authenticate(self, request: Request) -> None:
+        header = request.getHeader(b"authorization")
+        scheme, _, credentials = (header or b"").partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token):
+            return
+        why = "a bearer token is required" if header is None else "the bearer token is not valid"
+        self._log.info(
+            "admin: refused {method} {path} from {remote}: {why}",
+            method=request.method.decode("ascii", "replace"),
+            path=_path(request),
+            remote=_remote(request),
+            why=why,
+        )
+        challenge = _REALM if header is None else _REALM + b', error="invalid_token"'
+        raise _Refusal(_problem(401, "Unauthorized", why, www_authenticate=challenge))
+
+    # The routes.
+
+    def _list(self, request: Request, segments: list[str]) -> _Answer:
+        return _Answer(200, {"rooms": [room_summary(room) for room in self.rooms]})
+
+    def _show(self, request: Request, segments: list[str]) -> _Answer:
+        return _Answer(200, room_summary(self._room(segments[1])))
+
+    def _stop(self, request: Request, segments: list[str]) -> Deferred[_Answer]:
+        room = self._room(segments[1])
+        self._log.info(
+            "admin: {remote} stopped room {room}", remote=_remote(request), room=room.name
+        )
+        return self.rooms.stop_room(room.name).addCallback(lambda _: _Answer(204))
+
+    def _kick(self, request: Request, segments: list[str]) -> Deferred[_Answer]:
+        room, peer_id = self._room(segments[1]), segments[3]
+        try:
+            gone = room.disconnect(peer_id)
+        except NoSuchPeer as e:
+            raise _Refusal(_problem(404, "No such peer", e.peer_ids)) from None
+        self._log.info(
+            "admin: {remote} disconnected peer {peer_id} from room {room}",
+            remote=_remote(request),
+            peer_id=peer_id,
+            room=room.name,
+        )
+        return gone.addCallback(lambda _: _Answer(204))
+
+    def _post(self, request: Request, segments: list[str]) -> _Answer:
+        room = self._room(segments[1])
+        content_type = request.getHeader(b"content-type") or b""
+        if content_type.split(b";")[0].strip().lower() != _JSON:
+            raise _Refusal(
+                _problem(415, "Unsupported Media Type", "send the message as application/json")
+            )
+        body = request.content.read(self._max_body_bytes + 1) if request.content else b""
+        if len(body) > self._max_body_bytes:
+            raise _Refusal(
+                _problem(413, "Payload Too Large", f"the body is over {self._max_body_bytes} bytes")
+            )
+        try:
+            sent = Message.from_json(body, from_=None)
+        except InvalidMessage as e:
+            raise _Refusal(_problem(400, e.description, e.details)) from None
+        try:
+            room.forward(sent)
+        except NoSuchPeer as e:
+            raise _Refusal(_problem(404, "No such peer", e.peer_ids)) from None
+        self._log.info(
+            "admin: {remote} sent {event!r} to {to} in room {room}",
+            remote=_remote(request),
+            event=sent.event,
+            to=sent.to,
+            room=room.name,
+        )
+        return _Answer(202, json.loads(sent.to_json()))
+
+    def _describe(self, request: Request, segments: list[str]) -> _Answer:
+        if self._openapi is None:
+            with open(OPENAPI_PATH, "rb") as f:
+                self._openapi = f.read()
+        return _Answer(200, raw=self._openapi, content_type=_YAML)
+
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            raise _Refusal(_problem(404, "No such room", name))
+        return room
+
+    # Writing.
+
+    def _write(self, request: Request, answer: _Answer) -> bytes:
+        request.setResponseCode(answer.status)
+        request.setHeader(b"cache-control", b"no-store")
+        for name, value in answer.headers:
+            request.setHeader(name, value)
+        if answer.raw is not None:
+            body = answer.raw
+        elif answer.body is not None:
+            body = json.dumps(answer.body).encode("utf-8")
+        else:
+            return b""
+        request.setHeader(b"content-type", answer.content_type)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b"" if request.method == b"HEAD" else body
+
+
+def _allow(handlers: dict[str, Handler]) -> bytes:
+    methods = list(handlers)
+    if "GET" in methods:
+        methods.insert(methods.index("GET") + 1, "HEAD")
+    return ", ".join(methods).encode("ascii")
+
+
+def _segments(request: Request) -> list[str]:
+    """
+    The path below ``/admin/``, URL-decoded (Twisted has unquoted each
+    segment), without one trailing slash.
+    """
+    segments = [s.decode("utf-8", "replace") for s in request.postpath or ()]
+    if segments and segments[-1] == "":
+        segments.pop()
+    return segments
+
+
+def _path(request: Request) -> str:
+    return request.path.decode("utf-8", "replace")
+
+
+def _remote(request: Request) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
