@@ -150,11 +150,11 @@ class Room(Service):
             is delivered.
         """
         self._check_addressees(message)
-        self._queue.run(lambda: self._deliver(message, strict=False))
+        self._queue.run(self._deliver, message, False)
 
     def startService(self) -> None:
         super().startService()
-        self._queue.run(lambda: call(self.on_init, self.options))
+        self._queue.run(call, self.on_init, self.options)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -188,7 +188,7 @@ class Room(Service):
         either admitted, or sent ``"Could not join room"`` and closed.
         """
         self._joining += 1
-        self._queue.run(lambda: self._join(handle))
+        self._queue.run(self._join, handle)
 
     def leave(self, peer_id: str) -> None:
         """
@@ -198,14 +198,14 @@ class Room(Service):
         if self._closing:
             self._leave_now(peer_id)
         else:
-            self._queue.run(lambda: self._leave(peer_id))
+            self._queue.run(self._leave, peer_id)
 
     def submit(self, message: Message) -> None:
         """
         A message from the peer ``message.from_``: `on_forward` it, then
         deliver it in room order.
         """
-        self._queue.run(lambda: self._relay(message))
+        self._queue.run(self._relay, message)
 
     def _moved(self, peer_id: str, peer: Any) -> None:
         """
