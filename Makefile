@@ -9,7 +9,7 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench soak install system-packages clean
+.PHONY: run test lint unit bench bench-smoke soak install system-packages clean
 
 # The browser tests drive Debian's Chromium (never a downloaded build); the
 # TURN test runs a real coturn on loopback.
@@ -46,11 +46,25 @@ unit: install system-packages
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test: lint unit
+test: lint unit bench-smoke
 
-bench: install
+# The benchmark's load generator (ws) and peerjs-server, pinned by
+# bench/package-lock.json, installed into bench/node_modules.
+bench/node_modules/.installed: bench/package.json bench/package-lock.json
+	cd bench && npm ci --no-audit --no-fund --silent
+	touch $@
+
+# The side-by-side suite (about 12 minutes): see docs/benchmarks.md.
+bench: install bench/node_modules/.installed
+	$(BIN)/pip install --quiet ".[bench]"
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
-	$(BIN)/python bench/relay.py $(BENCH_ARGS)
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+
+# A few seconds of every figure with small counts, without peerjs-server:
+# keeps the suite working (part of `make test`).
+bench-smoke: install bench/node_modules/.installed
+	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
+	$(BIN)/python bench/suite.py --smoke --no-plots
 
 # Many peers joining, chatting and leaving for SOAK_ARGS="--minutes N" (5):
 # fails if memory grows after the churn or a message is lost. Not in `make test`.
