@@ -328,6 +328,11 @@ class Peer(WebSocketServerProtocol):
         if self._admission is not None and not self._admission.called:
             self._admission.callback(None)
 
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's own logs every read at debug level, formatting its
+        # arguments whether or not debug is on; hand the bytes on, nothing else.
+        self._dataReceived(data)
+
     def onMessageEnd(self) -> None:
         # Autobahn's own also fires a "message" event for listeners added
         # with `.on()`, which costs a Future and callbacks per message; the
