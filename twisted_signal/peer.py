@@ -551,7 +551,7 @@ class Peer(WebSocketServerProtocol):
             self.sendCloseFrame(code, isReply=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Carried:
     """
     What a held peer carries over to the connection that resumes it.

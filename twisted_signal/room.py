@@ -36,7 +36,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 
 
-@dataclass(eq=False, frozen=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class PeerHandle:
     """
     How a room reaches one of its peers.
