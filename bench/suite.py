@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -336,6 +337,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated figures")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args()
+    # Stopped from outside, stop the servers and generators we started too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
     runs = args.runs or (1 if args.smoke else 3)
     out = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else RESULTS
     out.mkdir(exist_ok=True)
