@@ -83,7 +83,7 @@ def pinned(core: int, argv: list[str]) -> list[str]:
     return [taskset, "-c", str(core), *argv]
 
 
-def wait_for_quiet(limit: float = 10.0) -> float:
+def wait_for_quiet(limit: float) -> float:
     """Wait (at most `limit` s) for the machine to be nearly idle; return its load."""
     deadline = time.monotonic() + limit
     while True:
@@ -255,25 +255,40 @@ def one_run(figure: str, server: Server, options: dict[str, Any], attempt: int, 
     return Run(figure, server.name, values, server_cpu / wall, other, other > QUIET, attempt)
 
 
+@dataclass
+class Patience:
+    """How long a run waits for quiet cores, and how often a disturbed one is redone."""
+
+    wait: float = 10.0
+    retries: int = 1
+
+
 def measure(
-    figure: str, server: Server, options: dict[str, Any], runs: int, *, patient: bool, out: Path
+    figure: str,
+    server: Server,
+    options: dict[str, Any],
+    runs: int,
+    *,
+    patience: Patience | None,
+    out: Path,
 ) -> list[Run]:
     """
-    `runs` fresh-process runs; `patient`, each waits for quiet cores first
-    and is repeated (twice at most) when other load disturbed it.
+    `runs` fresh-process runs; with `patience`, each waits for quiet cores
+    first and is repeated when other load disturbed it.
     """
     kept = []
     for _ in range(runs):
-        for attempt in range(2 if patient else 1):
-            if patient:
-                wait_for_quiet()
-            run = one_run(figure, server, options, attempt, fresh=patient)
-            if not run.disturbed or not patient:
+        attempts = 1 + (patience.retries if patience else 0)
+        for attempt in range(attempts):
+            if patience:
+                wait_for_quiet(patience.wait)
+            run = one_run(figure, server, options, attempt, fresh=patience is not None)
+            if not run.disturbed or patience is None:
                 break
             print(
                 f"  {figure}/{server.name}: disturbed (others used {run.other_load:.2f} "
                 "cores), again"
-                if attempt < 1
+                if attempt < attempts - 1
                 else "  kept, flagged",
                 flush=True,
             )
@@ -336,6 +351,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated figures")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--quiet-wait", type=float, default=10.0, help="s to wait for quiet (10)")
+    parser.add_argument("--retries", type=int, default=1, help="redo a disturbed run (1)")
     args = parser.parse_args()
     # Stopped from outside, stop the servers and generators we started too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
@@ -350,7 +367,8 @@ def main() -> None:
         raise SystemExit("Autobahn runs without its NVX accelerators: the numbers would lie")
     with_metrics = has_metrics_option()
     started = time.monotonic()
-    summary = run_figures(args.smoke, args.only, runs, with_metrics, out)
+    patience = None if args.smoke else Patience(args.quiet_wait, args.retries)
+    summary = run_figures(args.smoke, args.only, runs, with_metrics, out=out, patience=patience)
     versions = environment(with_metrics)
     (out / "summary.json").write_text(
         json.dumps({"at": time.time(), "versions": versions, "figures": summary}, indent=1)
@@ -365,7 +383,7 @@ def main() -> None:
 
 
 def run_figures(
-    smoke: bool, only: str, runs: int, with_metrics: bool, out: Path
+    smoke: bool, only: str, runs: int, with_metrics: bool, *, out: Path, patience: Patience | None
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Every figure on every server: the medians, by figure and server."""
     known = servers(with_peerjs=not smoke, with_metrics=with_metrics)
@@ -384,7 +402,7 @@ def run_figures(
                 for name in names:
                     print(f"{figure}{label}: {name}", flush=True)
                     kept = measure(
-                        figure + label, known[name], options, runs, patient=not smoke, out=out
+                        figure + label, known[name], options, runs, patience=patience, out=out
                     )
                     reported = [*keys, "server_cpu", "loadgen_cpu", "received", "achieved_per_s"]
                     row[name] = {k: median_of(kept, k) for k in reported if k in kept[0].values}
