@@ -75,6 +75,10 @@ async function groups(count, size) {
   return all;
 }
 
+// Tells the caller when the measured interval starts and stops (it reads
+// the server's CPU time then).
+const mark = (what) => console.log(JSON.stringify({ mark: what }));
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const padding = (n) => "a".repeat(Math.max(0, n));
 
@@ -147,16 +151,19 @@ async function closedLoop(size, broadcast) {
   for (const p of peers) for (let i = 0; i < opts.window; i++) p.send();
   await sleep(opts.warmup * 1000);
   const cpu = process.cpuUsage();
+  mark("start");
   const started = now();
   counting = true;
   await sleep(opts.seconds * 1000);
   counting = false;
+  mark("stop");
   const wall = (now() - started) / 1000;
   const used = process.cpuUsage(cpu);
   sending = false;
   await closeAll(peers);
   return {
     deliveries_per_s: delivered / wall,
+    delivered,
     loadgen_cpu: (used.user + used.system) / 1e6 / wall,
     peers: peers.length,
   };
@@ -222,6 +229,7 @@ async function joins() {
   const peers = [];
   let room = 0;
   const cpu = process.cpuUsage();
+  mark("start");
   const started = now();
   let launched = 0;
   async function worker() {
@@ -231,6 +239,7 @@ async function joins() {
     }
   }
   await Promise.all(Array.from({ length: opts.concurrency }, worker));
+  mark("stop");
   const wall = (now() - started) / 1000;
   const used = process.cpuUsage(cpu);
   const result = {

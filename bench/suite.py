@@ -201,7 +201,12 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_loadgen(server: Server, options: dict[str, Any], on_ready: Callable[[], None]) -> Any:
+def run_loadgen(
+    server: Server,
+    options: dict[str, Any],
+    on_ready: Callable[[], None],
+    on_mark: Callable[[str], None],
+) -> Any:
     argv = pinned(1, [NODE, str(HERE / "loadgen.mjs"), json.dumps(options)])
     gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=HERE, text=True)
     assert gen.stdin is not None and gen.stdout is not None
@@ -209,6 +214,9 @@ def run_loadgen(server: Server, options: dict[str, Any], on_ready: Callable[[], 
         deadline = time.monotonic() + RUN_TIMEOUT
         for line in gen.stdout:
             message = json.loads(line)
+            if "mark" in message:
+                on_mark(message["mark"])
+                continue
             if message.get("ready"):
                 on_ready()
                 gen.stdin.write("go\n")
@@ -238,10 +246,14 @@ def one_run(figure: str, server: Server, options: dict[str, Any], attempt: int, 
                 (rss_bytes(server.pid) - rss_before) / 1024 / (options["peers"])
             )
 
+        marks: dict[str, float] = {}
+
+        def on_mark(what: str) -> None:
+            marks[what] = process_cpu(server.pid)
+
         cpu_before, busy_before, started = process_cpu(server.pid), machine_busy(), time.time()
-        result = run_loadgen(
-            server, {**options, "protocol": server.protocol, "port": server.port}, on_ready
-        )
+        options = {**options, "protocol": server.protocol, "port": server.port}
+        result = run_loadgen(server, options, on_ready, on_mark)
         wall = time.time() - started
         server_cpu = process_cpu(server.pid) - cpu_before
         ours = server_cpu + float(result.get("loadgen_cpu_seconds", 0))
@@ -251,6 +263,14 @@ def one_run(figure: str, server: Server, options: dict[str, Any], attempt: int, 
             server.stop()
     values = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
     values.update(extra)
+    # The server's CPU per unit of work, over the measured interval only: on
+    # a shared machine it holds steadier than rates, which follow the share
+    # of a core that the server got.
+    measured = marks.get("stop", 0.0) - marks.get("start", 0.0)
+    if values.get("delivered"):
+        values["cpu_us_per_delivery"] = measured / values["delivered"] * 1e6
+    if values.get("joins_per_s"):
+        values["cpu_ms_per_join"] = measured / values["peers"] * 1e3
     values["server_cpu"] = server_cpu / wall
     return Run(figure, server.name, values, server_cpu / wall, other, other > QUIET, attempt)
 
@@ -304,7 +324,7 @@ def figures(smoke: bool) -> dict[str, list[tuple[str, dict[str, Any], list[str]]
     base = {"size": 600, "window": 32, "seconds": seconds, "warmup": warmup}
     throughput = {**base, "scenario": "throughput", "groups": pairs}
     return {
-        "throughput": [("", throughput, ["deliveries_per_s"])],
+        "throughput": [("", throughput, ["deliveries_per_s", "cpu_us_per_delivery"])],
         "latency": [
             (
                 f"@{rate}",
@@ -327,17 +347,17 @@ def figures(smoke: bool) -> dict[str, list[tuple[str, dict[str, Any], list[str]]
                     "peers": 100 if smoke else 2000,
                     "concurrency": 10 if smoke else 100,
                 },
-                ["joins_per_s", "rss_per_connection_kb"],
+                ["joins_per_s", "rss_per_connection_kb", "cpu_ms_per_join"],
             )
         ],
         "fanout": [
             (
                 "",
                 {**base, "scenario": "fanout", "groups": 2 if smoke else 12, "room_size": 8},
-                ["deliveries_per_s"],
+                ["deliveries_per_s", "cpu_us_per_delivery"],
             )
         ],
-        "metrics": [("", throughput, ["deliveries_per_s"])],
+        "metrics": [("", throughput, ["deliveries_per_s", "cpu_us_per_delivery"])],
     }
 
 
@@ -446,13 +466,16 @@ def environment(with_metrics: bool) -> dict[str, Any]:
 
 COLUMNS = [
     ("throughput", "deliveries_per_s", "relayed msgs/s", "higher"),
+    ("throughput", "cpu_us_per_delivery", "server us CPU per msg", "lower"),
     ("joins", "joins_per_s", "joins/s", "higher"),
+    ("joins", "cpu_ms_per_join", "server ms CPU per join", "lower"),
     ("joins", "rss_per_connection_kb", "KB per idle conn", "lower"),
     ("latency@2000", "p99_ms", "p99 @2000/s ms", "lower"),
     ("latency@5000", "p50_ms", "p50 @5000/s ms", "lower"),
     ("latency@5000", "p99_ms", "p99 @5000/s ms", "lower"),
     ("latency@5000", "p999_ms", "p99.9 @5000/s ms", "lower"),
     ("fanout", "deliveries_per_s", "fan-out deliveries/s", "higher"),
+    ("fanout", "cpu_us_per_delivery", "fan-out us CPU/delivery", "lower"),
 ]
 
 
