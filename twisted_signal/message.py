@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -78,8 +77,11 @@ _encode_utf8 = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=
 _fast_loads = orjson.loads
 _fast_dumps = orjson.dumps
 _FastError = (orjson.JSONDecodeError, orjson.JSONEncodeError)
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
-"""A number that may not fit in 64 bits (the stdlib keeps it exact)."""
+# A run of 19 digits may be an integer beyond 64 bits, which the stdlib keeps
+# exact.  Mapping digits to "0" and the rest to " " and looking for 19 zeros
+# is done in C and costs a fraction of a regular expression's search.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_NUMBER = b"0" * 19
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -207,7 +209,7 @@ def _decode(text: str | bytes) -> Any:
 
     @raise InvalidMessage: ``"Invalid JSON"``.
     """
-    if isinstance(text, bytes) and _LONG_DIGITS.search(text) is None:
+    if isinstance(text, bytes) and _LONG_NUMBER not in text.translate(_DIGITS_AS_ZEROS):
         try:
             return _fast_loads(text)
         except orjson.JSONDecodeError:

@@ -333,6 +333,15 @@ class Peer(WebSocketServerProtocol):
         # arguments whether or not debug is on; hand the bytes on, nothing else.
         self._dataReceived(data)
 
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Autobahn's own formats a debug log line's arguments for every
+        # write; an ordinary write is just this.
+        transport = self.transport
+        if sync or chopsize or self.send_queue or transport is None:
+            super().sendData(data, sync, chopsize)
+        else:
+            transport.write(data)
+
     def onMessageEnd(self) -> None:
         # Autobahn's own also fires a "message" event for listeners added
         # with `.on()`, which costs a Future and callbacks per message; the
