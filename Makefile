@@ -46,7 +46,11 @@ unit: install system-packages
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test: lint unit bench-smoke
+BENCH_SMOKE := $(BIN)/python bench/suite.py --smoke --no-plots
+
+# unit has just installed the package: the smoke run needs no second install.
+test: lint unit bench/node_modules/.installed
+	$(BENCH_SMOKE)
 
 # The benchmark's load generator (ws) and peerjs-server, pinned by
 # bench/package-lock.json, installed into bench/node_modules.
@@ -64,7 +68,7 @@ bench: install bench/node_modules/.installed
 # keeps the suite working (part of `make test`).
 bench-smoke: install bench/node_modules/.installed
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
-	$(BIN)/python bench/suite.py --smoke --no-plots
+	$(BENCH_SMOKE)
 
 # Many peers joining, chatting and leaving for SOAK_ARGS="--minutes N" (5):
 # fails if memory grows after the churn or a message is lost. Not in `make test`.
