@@ -12,8 +12,9 @@ ARGS ?=
 .PHONY: run test lint unit bench bench-smoke soak install system-packages clean
 
 # The browser tests drive Debian's Chromium (never a downloaded build); the
-# TURN test runs a real coturn on loopback.
-SYSTEM_PACKAGES := chromium coturn
+# TURN test runs a real coturn on loopback; the benchmark's load generator
+# and peerjs-server run on Node (its package here ships npm too).
+SYSTEM_PACKAGES := chromium coturn nodejs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,7 +55,7 @@ test: lint unit bench/node_modules/.installed
 
 # The benchmark's load generator (ws) and peerjs-server, pinned by
 # bench/package-lock.json, installed into bench/node_modules.
-bench/node_modules/.installed: bench/package.json bench/package-lock.json
+bench/node_modules/.installed: bench/package.json bench/package-lock.json | system-packages
 	cd bench && npm ci --no-audit --no-fund --silent
 	touch $@
 
