@@ -9,12 +9,13 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench soak install system-packages sslyze browser-drivers test-outage clean
+.PHONY: run test lint unit bench soak install system-packages sslyze browser-drivers test-outage bench-smoke clean
 
 # The browser tests drive Debian's Chromium and Firefox ESR (never a
 # downloaded build; Firefox through puppeteer-core on node) and cut the
 # network with nftables; the TURN test runs a real coturn on loopback; the
-# metrics test a real Prometheus.
+# metrics test a real Prometheus; the benchmark's load generator and
+# peerjs-server run on Node.
 SYSTEM_PACKAGES := chromium coturn firefox-esr nodejs nftables prometheus
 # puppeteer-core for Firefox, pinned by tests/browsers/package-lock.json.
 BROWSER_DRIVERS := tests/browsers/node_modules/.package-lock.json
@@ -70,7 +71,11 @@ unit: install system-packages browser-drivers $(SSLYZE)
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test: lint unit
+BENCH_SMOKE := $(BIN)/python bench/suite.py --smoke --no-plots
+
+# unit has just installed the package: the smoke run needs no second install.
+test: lint unit bench/node_modules/.installed
+	$(BENCH_SMOKE)
 
 # The UDP-outage browser test (2 runs in `make test`) RUNS times in a row,
 # to see how reliably calls come back: make test-outage RUNS=10
@@ -79,9 +84,24 @@ test-outage: install system-packages browser-drivers
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	RTCSIGNAL_OUTAGE_RUNS=$(RUNS) $(BIN)/pytest -q -s tests/test_browser_outage.py $(PYTEST_ARGS)
 
-bench: install
+# The benchmark's load generator (ws) and peerjs-server, pinned by
+# bench/package-lock.json, installed into bench/node_modules (npm comes
+# with browser-drivers).
+bench/node_modules/.installed: bench/package.json bench/package-lock.json | browser-drivers
+	cd bench && npm ci --no-audit --no-fund --silent
+	touch $@
+
+# The side-by-side suite (about 12 minutes): see docs/benchmarks.md.
+bench: install bench/node_modules/.installed
+	$(BIN)/pip install --quiet ".[bench]"
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
-	$(BIN)/python bench/relay.py $(BENCH_ARGS)
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+
+# A few seconds of every figure with small counts, without peerjs-server:
+# keeps the suite working (part of `make test`).
+bench-smoke: install bench/node_modules/.installed
+	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
+	$(BENCH_SMOKE)
 
 # Many peers joining, chatting and leaving for SOAK_ARGS="--minutes N" (5):
 # fails if memory grows after the churn or a message is lost. Not in `make test`.
@@ -90,4 +110,4 @@ soak: install
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-sslyze build *.egg-info twisted/plugins/dropin.cache tests/browsers/node_modules
+	rm -rf $(VENV) .venv-sslyze build *.egg-info twisted/plugins/dropin.cache tests/browsers/node_modules bench/node_modules

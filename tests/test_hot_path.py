@@ -1,18 +1,31 @@
 """
-The relay path stays lean: synchronous callbacks cost no Deferred, and a
-message is encoded once however many peers receive it.
+The relay path stays lean: synchronous callbacks cost no Deferred (nor a
+Future), a message is encoded and framed once however many peers receive
+it, and relaying logs nothing, schedules no timer and never falls back to
+the slow JSON codec or the nesting walk for an ordinary frame.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from typing import Any
 
+import orjson
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_signal import AuthData, Message, PeerHandle, Room
+from twisted_signal import AuthData, Message, Peer, PeerHandle, Room
+from twisted_signal import message as message_module
 from twisted_signal import message as wire
+from twisted_signal.peer import PeerFactory
+from twisted_signal.rooms import Rooms
+from twisted_signal.settings import Settings
 
 
 class HotPathTests(SynchronousTestCase):
@@ -77,3 +90,137 @@ class HotPathTests(SynchronousTestCase):
         last = [self.payloads[p][-1] for p in ("b", "c", "d")]
         self.assertTrue(last[0] is last[1] is last[2])
         self.assertEqual(last[0], wire.Message("offer", {"sdp": "v=0"}, "a", "all").to_bytes())
+
+
+def _frame(text: bytes) -> bytes:
+    """A masked client text frame (with an all-zero mask: the text as it is)."""
+    size = len(text)
+    if size < 126:
+        head = bytes([0x81, 0x80 | size])
+    elif size < 65536:
+        head = bytes([0x81, 0x80 | 126]) + struct.pack("!H", size)
+    else:
+        head = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", size)
+    return head + b"\0\0\0\0" + text
+
+
+_UPGRADE = (
+    b"GET /socket/hot/ HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class PeerHotPathTests(SynchronousTestCase):
+    """
+    The whole relay path, from the bytes of a client's frame to the bytes
+    written to the recipients, over in-memory transports: what it must not
+    do for each message.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        rooms = Rooms(lambda name: Room(name, clock=self.clock), clock=self.clock)
+        rooms.startService()
+        self.addCleanup(rooms.stopService)
+        self.factory = PeerFactory(rooms, settings=Settings(), clock=self.clock)
+        self.peers = [self._connect() for _ in range(4)]
+        for _, transport in self.peers:
+            transport.clear()
+
+    def _connect(self) -> tuple[Peer, StringTransport]:
+        peer = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert isinstance(peer, Peer)
+        transport = StringTransport()
+        peer.makeConnection(transport)
+        peer.dataReceived(_UPGRADE)
+        self.assertEqual(peer.state, WebSocketProtocol.STATE_OPEN)
+        return peer, transport
+
+    def _send_many(self, to: Any, count: int = 100) -> None:
+        sender = self.peers[0][0]
+        for n in range(count):
+            body = {"event": "candidate", "to": to, "data": {"candidate": "a" * 500, "n": n}}
+            sender.dataReceived(_frame(orjson.dumps(body)))
+
+    def _unicast(self) -> list[str]:
+        return [self.peers[1][0].peer_id]
+
+    def _received(self, index: int) -> bytes:
+        written: bytes = self.peers[index][1].value()
+        return written
+
+    def test_no_deferred_or_future(self) -> None:
+        # txaio's futures on Twisted are Deferreds: this counts both.
+        made: list[Any] = []
+        original = defer.Deferred.__init__
+
+        def counting_init(self: defer.Deferred[Any], *args: Any, **kwargs: Any) -> None:
+            made.append(self)
+            original(self, *args, **kwargs)
+
+        self.patch(defer.Deferred, "__init__", counting_init)
+        self._send_many(self._unicast())
+        self._send_many("all")
+        self.assertEqual(made, [])
+        self.assertEqual(self._received(1).count(b'"event":"candidate"'), 200)
+
+    def test_one_encode_and_one_frame_per_delivered_message(self) -> None:
+        encodings: list[Message] = []
+        frames: list[bytes] = []
+        to_bytes = Message.to_bytes
+        prepared_init = PreparedMessage.__init__
+
+        def counting_to_bytes(message: Message) -> bytes:
+            encodings.append(message)
+            return to_bytes(message)
+
+        def counting_prepare(self: PreparedMessage, payload: bytes, *args: Any) -> None:
+            frames.append(payload)
+            prepared_init(self, payload, *args)
+
+        self.patch(Message, "to_bytes", counting_to_bytes)
+        self.patch(PreparedMessage, "__init__", counting_prepare)
+        self._send_many("all", 10)
+        self._send_many(self._unicast(), 10)
+        self.assertEqual((len(encodings), len(frames)), (20, 20))
+        for index in (1, 2, 3):
+            self.assertEqual(
+                self._received(index).count(b'"event":"candidate"'), 20 - 10 * (index > 1)
+            )
+
+    def test_no_stdlib_json_and_no_nesting_walk(self) -> None:
+        calls: list[str] = []
+        self.patch(json.JSONDecoder, "decode", lambda *a: calls.append("decode"))
+        self.patch(json.JSONEncoder, "encode", lambda *a: calls.append("encode"))
+        self.patch(message_module, "_nested_deeper_than", lambda *a: calls.append("walk"))
+        self._send_many(self._unicast())
+        self.assertEqual(calls, [])
+        self.assertEqual(self._received(1).count(b'"event":"candidate"'), 100)
+
+    def test_no_log_event(self) -> None:
+        with capturedLogs() as events:
+            self._send_many(self._unicast())
+            self._send_many("all")
+        self.assertEqual(events, [])
+
+    def test_no_timer(self) -> None:
+        scheduled: list[Any] = []
+        call_later = self.clock.callLater
+
+        def counting_call_later(delay: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            scheduled.append(fn)
+            return call_later(delay, fn, *args, **kwargs)
+
+        self.patch(self.clock, "callLater", counting_call_later)
+        before = len(self.clock.getDelayedCalls())
+        self._send_many(self._unicast())
+        self.clock.advance(1)
+        self._send_many("all")
+        self.assertEqual(scheduled, [])
+        self.assertEqual(len(self.clock.getDelayedCalls()), before)
+
+    def test_autobahn_uses_its_accelerators(self) -> None:
+        from autobahn.websocket import USES_NVX
+
+        self.assertTrue(USES_NVX)

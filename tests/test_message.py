@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from twisted_signal.message import (
     ALL,
     MAX_ADDRESSEES,
+    MAX_DEPTH,
     MAX_EVENT_LENGTH,
     InvalidMessage,
     Message,
@@ -568,3 +569,66 @@ def test_valid_messages_round_trip(message: Message) -> None:
     assert set(json.loads(text)) == WIRE_KEYS
     assert Message.from_json(text, from_=message.from_) == message
     assert Message.from_json(message.to_bytes(), from_=message.from_) == message
+
+
+# The fast codec (orjson) and the frames it hands to the standard library.
+
+
+def test_bytes_frames_keep_integers_beyond_64_bits_exact() -> None:
+    big = 2**70 + 1
+    payload = b'{"event": "x", "to": "all", "data": [%d, -%d]}' % (big, big)
+    message = Message.from_json(payload)
+    assert message.data == [big, -big]
+    assert json.loads(message.to_bytes())["data"] == [big, -big]
+
+
+def test_bytes_frames_with_an_escaped_lone_surrogate_are_accepted() -> None:
+    message = Message.from_json(b'{"event": "x", "to": "all", "data": "a\\ud800b"}')
+    assert message.data == "a\ud800b"
+    payload = message.to_bytes()
+    assert payload.isascii()
+    assert json.loads(payload)["data"] == "a\ud800b"
+
+
+@pytest.mark.parametrize(
+    "text", ["{oops", '{"event": "x", "to": "all", "data": 1e400}', "[" * 2000]
+)
+def test_bytes_frames_get_the_same_invalid_json_details(text: str) -> None:
+    e = parse_error(text.encode("utf-8"))
+    assert (e.description, e.details) == ("Invalid JSON", text[:256])
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH, MAX_DEPTH + 1])
+def test_bytes_frames_nesting_limit(depth: int) -> None:
+    payload = _nested(depth).encode()
+    if depth <= MAX_DEPTH:
+        assert Message.from_json(payload).data is not None
+    else:
+        e = parse_error(payload)
+        assert (e.description, e.details) == (
+            "Invalid message",
+            f"'data' is nested deeper than {MAX_DEPTH}",
+        )
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    text = frame(event="x", to="all", data={"sdp": "[{" * 500})
+    assert Message.from_json(text.encode()).data == {"sdp": "[{" * 500}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_to_bytes_never_writes_non_json(value: float) -> None:
+    # orjson would write NaN as null: a message built in Python is encoded
+    # by the standard library, which refuses.
+    with pytest.raises(ValueError):
+        Message("x", value).to_bytes()
+    with pytest.raises(ValueError):
+        dataclasses.replace(Message.from_json(frame(event="x", to="all")), data=value).to_bytes()
+
+
+def test_the_fast_and_the_standard_encodings_are_the_same_json() -> None:
+    text = frame(event="offer", to=["b"], data={"sdp": "v=0\r\n", "n": [1, 2.5, None, True]})
+    fast = Message.from_json(text.encode(), from_="a")
+    standard = Message("offer", fast.data, "a", ("b",))
+    assert fast.to_bytes() == standard.to_bytes()
+    assert fast.to_json() == standard.to_json()

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
@@ -173,10 +174,11 @@ async def test_joined_is_written_before_the_newcomers_authenticated(
     writes: list[tuple[str, str]] = []
 
     class RecordingPeer(Peer):
-        def sendMessage(self, payload: bytes, *args: Any, **kwargs: Any) -> None:
-            if payload.startswith(b"{"):
-                writes.append((self.peer_id, json.loads(payload)["event"]))
-            super().sendMessage(payload, *args, **kwargs)
+        def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
+            frame = preparedMsg.payloadHybi
+            if b"{" in frame:
+                writes.append((self.peer_id, json.loads(frame[frame.index(b"{") :])["event"]))
+            super().sendPreparedMessage(preparedMsg)
 
     class SlowJoinedRoom(Room):
         async def on_forward(self, message: Message) -> Message:

@@ -10,7 +10,7 @@ from typing import Any
 __all__ = ["AuthData", "PeerContext"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AuthData:
     """
     Who a peer says it is: built from what `Peer.parse_request` returned and
@@ -31,7 +31,7 @@ class AuthData:
         return sub if isinstance(sub, str) else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerContext:
     """
     Passed to every `Peer` callback but `parse_request`.  `room` is the name

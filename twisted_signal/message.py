@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
+
+import orjson
 
 __all__ = [
     "ALL",
@@ -64,9 +66,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# orjson decodes and encodes the frames; the standard library's codec (set
+# up to be as strict: finite numbers only) answers for the few it cannot do
+# exactly: integers beyond 64 bits (orjson would make them floats), escaped
+# lone surrogates (valid JSON that orjson refuses), the exact "Invalid JSON"
+# details, and any value orjson cannot encode.
 _decoder = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
 _encode_ascii = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 _encode_utf8 = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_fast_loads = orjson.loads
+_fast_dumps = orjson.dumps
+_FastError = (orjson.JSONDecodeError, orjson.JSONEncodeError)
+# A run of 19 digits may be an integer beyond 64 bits, which the stdlib keeps
+# exact.  Mapping digits to "0" and the rest to " " and looking for 19 zeros
+# is done in C and costs a fraction of a regular expression's search.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_NUMBER = b"0" * 19
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -84,6 +99,9 @@ class Message:
     data: Any = None
     from_: str | None = None
     to: Addressees = None
+    _plain: bool = field(default=False, init=False, compare=False, repr=False)
+    """`data` came out of the JSON decoder (or is the server's own): it holds
+    no NaN or infinity, which orjson would write as null instead of refusing."""
 
     def __init__(
         self,
@@ -101,6 +119,13 @@ class Message:
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "from_", from_)
         object.__setattr__(self, "to", to)
+        object.__setattr__(self, "_plain", False)
+
+    @classmethod
+    def _of_plain_json(cls, event: str, data: Any, from_: str | None, to: Addressees) -> Message:
+        message = cls(event, data, from_, to)
+        object.__setattr__(message, "_plain", True)
+        return message
 
     @classmethod
     def from_json(cls, text: str | bytes, *, from_: str | None = None) -> Message:
@@ -113,15 +138,7 @@ class Message:
             text is not JSON, ``"Invalid message"`` when it is JSON but not a
             message.
         """
-        if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidMessage("Invalid JSON", "frame is not valid UTF-8") from None
-        try:
-            obj = _decoder.decode(text)
-        except (ValueError, RecursionError):
-            raise InvalidMessage("Invalid JSON", text[:_DETAILS_PREVIEW]) from None
+        obj = _decode(text)
         if not isinstance(obj, dict):
             raise InvalidMessage("Invalid message", "a message must be a JSON object")
         event = obj.get("event")
@@ -132,15 +149,21 @@ class Message:
                 "Invalid message", f"'event' must be 1 to {MAX_EVENT_LENGTH} characters"
             )
         data = obj.get("data")
-        if isinstance(data, (dict, list)) and _nested_deeper_than(data, MAX_DEPTH):
+        if isinstance(data, (dict, list)) and _may_nest_deeper(text) and _nested_deeper_than(data):
             raise InvalidMessage("Invalid message", f"'data' is nested deeper than {MAX_DEPTH}")
-        return cls(event, data, from_, _parse_to(obj.get("to", _MISSING)))
+        return cls._of_plain_json(event, data, from_, _parse_to(obj.get("to", _MISSING)))
 
     def to_json(self) -> str:
         """
         Encode with exactly the four keys ``event``, ``data``, ``from``, ``to``.
         """
-        return _encode_utf8(self._as_dict())
+        obj = self._as_dict()
+        if self._plain:
+            try:
+                return _fast_dumps(obj).decode("utf-8")
+            except _FastError:
+                pass
+        return _encode_utf8(obj)
 
     def to_bytes(self) -> bytes:
         """
@@ -148,6 +171,11 @@ class Message:
         a JSON escape) cannot be UTF-8, so such a message is sent escaped.
         """
         obj = self._as_dict()
+        if self._plain:
+            try:
+                return _fast_dumps(obj)
+            except _FastError:
+                pass  # a lone surrogate, an integer beyond 64 bits, ...
         try:
             return _encode_utf8(obj).encode("utf-8")
         except UnicodeEncodeError:
@@ -175,7 +203,39 @@ class Message:
 _MISSING: Final = object()
 
 
-def _nested_deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
+def _decode(text: str | bytes) -> Any:
+    """
+    The JSON value of a frame.
+
+    @raise InvalidMessage: ``"Invalid JSON"``.
+    """
+    if isinstance(text, bytes) and _LONG_NUMBER not in text.translate(_DIGITS_AS_ZEROS):
+        try:
+            return _fast_loads(text)
+        except orjson.JSONDecodeError:
+            pass  # the standard library decides, and says why
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidMessage("Invalid JSON", "frame is not valid UTF-8") from None
+    try:
+        return _decoder.decode(text)
+    except (ValueError, RecursionError):
+        raise InvalidMessage("Invalid JSON", text[:_DETAILS_PREVIEW]) from None
+
+
+def _may_nest_deeper(text: str | bytes) -> bool:
+    """
+    Whether `text` has enough brackets to nest deeper than `MAX_DEPTH`: a
+    count done in C that spares almost every frame the walk below.
+    """
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{") > MAX_DEPTH
+    return text.count("[") + text.count("{") > MAX_DEPTH
+
+
+def _nested_deeper_than(value: dict[str, Any] | list[Any], limit: int = MAX_DEPTH) -> bool:
     """
     Whether `value` nests containers more than `limit` deep, found without
     recursion (a message must stay encodable however deep the stack is).
@@ -213,16 +273,17 @@ def authenticated(
 ) -> Message:
     data: dict[str, Any] = {"peer_id": peer_id, "peers": peers, "ice_servers": ice_servers}
     data.update(extra)
-    return Message("authenticated", data, None, (peer_id,))
+    return Message._of_plain_json("authenticated", data, None, (peer_id,))
 
 
 def joined(peer_id: str) -> Message:
-    return Message("joined", {"peer_id": peer_id}, peer_id, ALL)
+    return Message._of_plain_json("joined", {"peer_id": peer_id}, peer_id, ALL)
 
 
 def left(peer_id: str) -> Message:
-    return Message("left", {"peer_id": peer_id}, None, ALL)
+    return Message._of_plain_json("left", {"peer_id": peer_id}, None, ALL)
 
 
 def error(peer_id: str, description: str, details: Any = None) -> Message:
-    return Message("error", {"description": description, "details": details}, None, (peer_id,))
+    data = {"description": description, "details": details}
+    return Message._of_plain_json("error", data, None, (peer_id,))

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from uuid import uuid4
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -345,6 +345,29 @@ class Peer(WebSocketServerProtocol):
         if self._admission is not None and not self._admission.called:
             self._admission.callback(None)
 
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's own logs every read at debug level, formatting its
+        # arguments whether or not debug is on; hand the bytes on, nothing else.
+        self._dataReceived(data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Autobahn's own formats a debug log line's arguments for every
+        # write; an ordinary write is just this.
+        transport = self.transport
+        if sync or chopsize or self.send_queue or transport is None:
+            super().sendData(data, sync, chopsize)
+        else:
+            transport.write(data)
+
+    def onMessageEnd(self) -> None:
+        # Autobahn's own also fires a "message" event for listeners added
+        # with `.on()`, which costs a Future and callbacks per message; the
+        # server adds none, so deliver the message and nothing else.
+        if not self.failedByMe:
+            payload = b"".join(self.message_data)
+            self.message_data = []
+            self.onMessage(payload, self.message_is_binary)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         now = self.factory.clock.seconds()
         self._last_seen = now
@@ -369,7 +392,7 @@ class Peer(WebSocketServerProtocol):
             # A request for fresh ICE credentials, answered instead of echoed.
             self.send_to_client(Message("ice_servers", self._ice_servers(), None, (self.peer_id,)))
             return
-        self._queue.run(lambda: self._receive(message, now))
+        self._queue.run(self._receive, message, now)
 
     def _over_limit(self, verdict: Verdict) -> None:
         settings = self.factory.settings
@@ -551,15 +574,11 @@ class Peer(WebSocketServerProtocol):
     def _write(self, payload: bytes) -> None:
         if self.state != _OPEN:
             return
-        # Autobahn applies maxMessagePayloadSize to what we send too; the
-        # limit is for clients, and a relayed message is a little larger than
-        # the frame it came in, so lift it for our own writes.
-        limit = self.maxMessagePayloadSize
-        self.maxMessagePayloadSize = 0
-        try:
-            self.sendMessage(payload)
-        finally:
-            self.maxMessagePayloadSize = limit
+        # A prepared frame is built once however many peers a fan-out writes
+        # it to.  It also escapes maxMessagePayloadSize, which Autobahn's
+        # sendMessage applies to what we send: the limit is for clients, and
+        # a relayed message is a little larger than the frame it came in.
+        self.sendPreparedMessage(self.factory.prepared(payload))
 
     def _close(self, code: int) -> None:
         if self.state != _OPEN:
@@ -577,7 +596,7 @@ class Peer(WebSocketServerProtocol):
             self.sendCloseFrame(code, isReply=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Carried:
     """
     What a held peer carries over to the connection that resumes it.
@@ -671,6 +690,20 @@ class PeerFactory(WebSocketServerFactory):
         # timer, which rounds deadlines down to whole seconds; put them on our
         # (injected) clock instead.
         self._batched_timer = _Timers(self.clock)
+        self._last_payload = b""
+        self._last_prepared = PreparedMessage(b"", False, False, True)
+
+    def prepared(self, payload: bytes) -> PreparedMessage:
+        """
+        The WebSocket frame for `payload`.  A room hands the same bytes to
+        each recipient of a message, so the last one made is kept.
+        """
+        if payload is not self._last_payload:
+            self._last_payload = payload
+            # A server's frames are not masked; never compressed (valid
+            # whether or not compression was negotiated, so one frame fits all).
+            self._last_prepared = PreparedMessage(payload, False, False, True)
+        return self._last_prepared
 
     def origin_allowed(self, origin: str | None) -> bool:
         """

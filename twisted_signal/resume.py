@@ -42,13 +42,25 @@ class Link:
     bound methods are what the room's `PeerHandle` holds.
     """
 
-    __slots__ = ("_on_close_while_held", "connection", "queue", "token")
+    __slots__ = ("_max_queued", "_on_close_while_held", "_queue", "connection", "token")
 
     def __init__(self, connection: Connection, max_queued: int = MAX_QUEUED) -> None:
         self.connection: Connection | None = connection
-        self.queue: deque[bytes] = deque(maxlen=max_queued)
         self.token: str | None = None
+        self._max_queued = max_queued
+        self._queue: deque[bytes] | None = None
         self._on_close_while_held: Callable[[], None] | None = None
+
+    @property
+    def queue(self) -> deque[bytes]:
+        """
+        What the room sent while the peer was held (made on first use: most
+        peers are never held, and an empty bounded deque is most of a
+        kilobyte).
+        """
+        if self._queue is None:
+            self._queue = deque(maxlen=self._max_queued)
+        return self._queue
 
     def send(self, payload: bytes) -> None:
         connection = self.connection

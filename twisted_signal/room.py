@@ -38,7 +38,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 
 
-@dataclass(eq=False, frozen=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class PeerHandle:
     """
     How a room reaches one of its peers.
@@ -157,7 +157,7 @@ class Room(Service):
             is delivered.
         """
         self._check_addressees(message)
-        self._queue.run(lambda: self._deliver(message, strict=False))
+        self._queue.run(self._deliver, message, False)
 
     def disconnect(self, peer_id: str, code: int = CLOSE_POLICY_VIOLATION) -> Deferred[None]:
         """
@@ -179,7 +179,7 @@ class Room(Service):
     def startService(self) -> None:
         super().startService()
         self.events.room_started(self.name)
-        self._queue.run(lambda: call(self.on_init, self.options))
+        self._queue.run(call, self.on_init, self.options)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -214,7 +214,7 @@ class Room(Service):
         either admitted, or sent ``"Could not join room"`` and closed.
         """
         self._joining += 1
-        self._queue.run(lambda: self._join(handle))
+        self._queue.run(self._join, handle)
 
     def leave(self, peer_id: str) -> None:
         """
@@ -224,7 +224,7 @@ class Room(Service):
         if self._closing:
             self._leave_now(peer_id)
         else:
-            self._queue.run(lambda: self._leave(peer_id))
+            self._queue.run(self._leave, peer_id)
 
     def submit(self, message: Message, received: float | None = None) -> None:
         """
@@ -232,7 +232,7 @@ class Room(Service):
         deliver it in room order.  `received` is when its frame arrived
         (clock seconds), for `Events.forwarded`.
         """
-        self._queue.run(lambda: self._relay(message, received))
+        self._queue.run(self._relay, message, received)
 
     def _moved(self, peer_id: str, peer: Any) -> None:
         """
