@@ -5,8 +5,10 @@ loopback ports, for the cluster tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -88,9 +90,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     finally:
         for twistd in processes:
             if twistd.process.poll() is None:
-                try:
-                    twistd.process.send_signal(18)  # SIGCONT, in case a test froze it
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):
+                    twistd.process.send_signal(signal.SIGCONT)  # in case a test froze it
             twistd.kill()
         redis.stop()
