@@ -74,9 +74,16 @@ class Cluster:
     redis: Redis
     spawn: Spawn
 
-    def node(self, *args: str, lease: float = LEASE) -> Twistd:
+    def node(self, *args: str, lease: float = LEASE, pythonpath: Path | None = None) -> Twistd:
         return self.spawn(
-            "--redis", self.redis.url, "--cluster-lease", str(lease), "--resume-window", "0", *args
+            "--redis",
+            self.redis.url,
+            "--cluster-lease",
+            str(lease),
+            "--resume-window",
+            "0",
+            *args,
+            pythonpath=pythonpath,
         )
 
 

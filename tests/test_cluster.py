@@ -9,6 +9,7 @@ import json
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -220,3 +221,55 @@ def test_redis_unreachable_then_back(cluster: Cluster) -> None:  # noqa: F811
             time.sleep(0.2)
     with v, join(b.socket_url("u")) as u:
         assert v.recv(timeout=LEASE * 4) == joined(u.peer_id)
+
+
+SLOW_ROOM = '''
+import random
+
+from twisted.internet import reactor, task
+
+from twisted_signal import Room
+
+
+class SlowRoom(Room):
+    """Answers on_forward after a random delay, and counts its on_init runs."""
+
+    def on_forward(self, message):
+        return task.deferLater(reactor, random.random() / 50, lambda: message)
+'''
+
+
+def test_one_order_behind_a_slow_async_on_forward(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "slowroom.py").write_text(SLOW_ROOM)
+    args = ("--room-class", "slowroom.SlowRoom", "--rate-limit", "1000/1")
+    a, b = (cluster.node(*args, pythonpath=tmp_path) for _ in range(2))
+    x, y = join(a.socket_url("s")), join(b.socket_url("s"))
+    z, w = join(b.socket_url("s")), join(a.socket_url("s"))
+    clients = [x, y, z, w]
+    try:
+        for i, c in enumerate(clients):
+            for _ in range(len(clients) - 1 - i):
+                assert c.recv()["event"] == "joined"
+        for n in range(15):
+            x.send("n", "all", {"from": "x", "n": n})
+            y.send("n", "all", {"from": "y", "n": n})
+        seen = [
+            [(d["from"], d["n"]) for d in (c.recv()["data"] for _ in range(30))] for c in (z, w)
+        ]
+        assert seen[0] == seen[1]
+        for sender in ("x", "y"):
+            assert [n for s, n in seen[0] if s == sender] == list(range(15))
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_joins_as_an_on_demand_room_empties_and_moves(cluster: Cluster) -> None:  # noqa: F811
+    a, b = cluster.node(), cluster.node()
+    for n in range(4):
+        first, second = (a, b) if n % 2 else (b, a)
+        x = join(first.socket_url("churn"))
+        x.close()
+        # The room empties and its owner lets it go while this join is on its way.
+        with join(second.socket_url("churn")) as y:
+            assert y.authenticated["data"]["peers"] in ([], [x.peer_id])

@@ -60,6 +60,8 @@ class RoomRelay:
         self._local_view = MappingProxyType(self._local)
         self._sent: set[str] = set()
         """Local peers whose join has gone to an owner."""
+        self._answered: set[str] = set()
+        """Local peers the owner has admitted or closed."""
         self.room: Room | None = None
         self.epoch = 0
         self.token = ""
@@ -86,6 +88,7 @@ class RoomRelay:
 
     def leave(self, peer_id: str) -> None:
         self._local.pop(peer_id, None)
+        self._answered.discard(peer_id)
         self._run(lambda: self._leave(peer_id))
 
     def _moved(self, peer_id: str, peer: Any) -> None:
@@ -305,6 +308,10 @@ class RoomRelay:
             else:
                 self._rooms.soon(self.step_down)
 
+        def close(code: int) -> None:
+            self._forget_refused(local.peer_id)
+            local.close(code)
+
         def recorded(peer_ids: list[str]) -> None:
             self._record(local.peer_id, self._rooms.node_id, local.auth)
             if self.lease_valid():
@@ -319,6 +326,7 @@ class RoomRelay:
             self._to_node(node, peer_id, "send", payload)
 
         def close(code: int) -> None:
+            self._forget_refused(peer_id)
             self._to_node(node, peer_id, "close", str(code))
 
         def admitted(peer_ids: list[str]) -> None:
@@ -339,6 +347,10 @@ class RoomRelay:
             kind=kind,
             data=data,
         )
+
+    def _forget_refused(self, peer_id: str) -> None:
+        if self.room is not None and peer_id not in self.room.peers:
+            self._members.pop(peer_id, None)
 
     def _record(self, peer_id: str, node: str, auth: AuthData) -> None:
         rooms = self._rooms
@@ -405,6 +417,21 @@ class RoomRelay:
             node=self._rooms.node_id,
             auth=json.dumps({"credentials": auth.credentials, "metadata": auth.metadata}),
         )
+        self._rooms.reactor.callLater(self._rooms.lease, self._check_answered, handle)
+
+    def _check_answered(self, handle: PeerHandle) -> None:
+        """
+        A join nobody answered went to an owner that had just let the room go
+        (or died): find the owner again and ask once more.  The owner ignores
+        a join it already has.
+        """
+        peer_id = handle.peer_id
+        if peer_id in self._local and peer_id not in self._answered:
+            self._log.info(
+                "room {room}: join of {peer_id} unanswered; again", room=self.name, peer_id=peer_id
+            )
+            self._resolved = False
+            self._run(lambda: self._join(handle))
 
     def _submit(self, message: Message) -> None:
         if self.room is not None:
@@ -469,6 +496,8 @@ class RoomRelay:
         handle = self._local.get(fields.get("peer", ""))
         if handle is None:
             return
+        if kind in ("admitted", "close"):
+            self._answered.add(handle.peer_id)
         if kind == "send":
             handle.send(raw)
         elif kind == "close":
