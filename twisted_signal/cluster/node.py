@@ -548,6 +548,7 @@ class ClusterRooms(Rooms):
         self._run_id: str | None = None
         self._node_ok = 0.0
         self._ticking = False
+        self._registered = False
         self._tick = LoopingCall(self._heartbeat)
         self._tick.clock = reactor
         self._reading = False
@@ -685,7 +686,7 @@ class ClusterRooms(Rooms):
         self._ticking = True
         sent = time.monotonic()
         if sent - self._node_ok > self.lease * SAFE_SHARE:
-            self._presumed_dead("cannot renew its node lease")
+            self._presumed_dead("could not renew its node lease in time")
         d = self.redis.execute("INFO", "server").addCallback(self._check_run_id)
         d.addCallback(
             lambda restarted: self.redis.execute(
@@ -723,8 +724,9 @@ class ClusterRooms(Rooms):
                 if relay.room is not None:
                     waits.append(relay.reacquire())
             return DeferredList(waits)
-        if reply == 0:
-            self._presumed_dead("its node lease had lapsed")
+        if reply == 0 and self._registered:
+            self._presumed_dead("found its node lease lapsed")
+        self._registered = True
         waits = []
         for relay in list(self._relays.values()):
             if relay.room is not None:
