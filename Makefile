@@ -9,11 +9,11 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench soak install system-packages clean
+.PHONY: run run-cluster test lint unit bench bench-cluster soak install system-packages clean
 
 # The browser tests drive Debian's Chromium (never a downloaded build); the
-# TURN test runs a real coturn on loopback.
-SYSTEM_PACKAGES := chromium coturn
+# TURN test runs a real coturn on loopback; the cluster tests a real Redis.
+SYSTEM_PACKAGES := chromium coturn redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,21 @@ system-packages:
 run: install
 	$(BIN)/twistd --pidfile= -n rtcsignal --endpoint $(ENDPOINT) $(ARGS)
 
+# Cluster mode on one machine: a local redis-server and NODES rtcsignal
+# processes sharing PORT through SO_REUSEPORT (the reuseport: endpoint), so
+# the kernel spreads connections over all the cores.  Ctrl-C stops them all.
+NODES ?= $(shell nproc)
+PORT ?= 8080
+REDIS_PORT ?= 6390
+run-cluster: install
+	@command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)"; exit 1; }
+	@trap 'kill 0' INT TERM EXIT; \
+	redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save '' --appendonly no & \
+	for i in $$(seq $(NODES)); do \
+	  $(BIN)/twistd --pidfile= -n rtcsignal --endpoint reuseport:$(PORT):interface=127.0.0.1:backlog=1024 \
+	    --redis redis://127.0.0.1:$(REDIS_PORT)/0 $(ARGS) & \
+	done; wait
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,6 +66,10 @@ test: lint unit
 bench: install
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/python bench/relay.py $(BENCH_ARGS)
+
+bench-cluster: install system-packages
+	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
+	$(BIN)/python bench/cluster.py $(BENCH_ARGS)
 
 # Many peers joining, chatting and leaving for SOAK_ARGS="--minutes N" (5):
 # fails if memory grows after the churn or a message is lost. Not in `make test`.
