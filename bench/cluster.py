@@ -125,7 +125,7 @@ async def flood(sender: object, receiver: object, to: str, n: int) -> float:
         for _ in range(n):
             await receiver.recv()  # type: ignore[attr-defined]
 
-    await asyncio.gather(send(), receive())
+    await asyncio.wait_for(asyncio.gather(send(), receive()), 120)
     return n / (time.perf_counter() - start)
 
 

@@ -38,7 +38,10 @@ PREFIX = "rtcsignal:"
 #: The share of the lease during which an owner still acts as owner, counted
 #: on the monotonic clock from when it sent its last acquire or renew.
 SAFE_SHARE = 0.8
-STREAM_MAXLEN = 10000
+#: Readers trim what they have read (XTRIM MINID); this bound only caps the
+#: memory of a stream whose reader is gone.  Trimming by length alone would
+#: drop entries that a reader under load has not read yet.
+STREAM_MAXLEN = 1_000_000
 
 
 def _text(value: Any) -> str:
@@ -549,6 +552,7 @@ class ClusterRooms(Rooms):
         self._node_ok = 0.0
         self._ticking = False
         self._registered = False
+        self._quiet_ticks = 0
         self._tick = LoopingCall(self._heartbeat)
         self._tick.clock = reactor
         self._reading = False
@@ -718,6 +722,9 @@ class ClusterRooms(Rooms):
         self._node_ok = sent
         if restarted:
             self._log.warn("Redis restarted (new run id); taking the owned rooms again")
+            # The owners take their rooms back first: relays wait two ticks
+            # before they would take an ownerless room themselves.
+            self._quiet_ticks = 2
             waits = []
             for relay in self._relays.values():
                 relay.seen_epoch = 0
@@ -728,10 +735,11 @@ class ClusterRooms(Rooms):
             self._presumed_dead("found its node lease lapsed")
         self._registered = True
         waits = []
+        quiet, self._quiet_ticks = self._quiet_ticks > 0, max(self._quiet_ticks - 1, 0)
         for relay in list(self._relays.values()):
             if relay.room is not None:
                 waits.append(relay.renew())
-            elif relay._local:
+            elif relay._local and not quiet:
                 waits.append(relay.resolve())
         return DeferredList(waits)
 
@@ -780,6 +788,10 @@ class ClusterRooms(Rooms):
         inbox = self.key("inbox", self.node_id)
         for stream, entries in reply or []:
             name = _text(stream)
+            if entries:
+                self.redis.execute("XTRIM", name, "MINID", _text(entries[-1][0])).addErrback(
+                    lambda _: None
+                )
             for entry_id, flat in entries:
                 fields: dict[str, str] = {}
                 raw = b""
