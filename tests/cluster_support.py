@@ -21,7 +21,7 @@ import pytest
 from .test_twistd import Spawn, Twistd, free_port, spawn_in
 
 #: Short leases keep the failure tests fast (docs/cluster.md: --cluster-lease).
-LEASE = 1.5
+LEASE = 2.0
 
 
 def _redis_server() -> str:

@@ -273,3 +273,23 @@ def test_joins_as_an_on_demand_room_empties_and_moves(cluster: Cluster) -> None:
         # The room empties and its owner lets it go while this join is on its way.
         with join(second.socket_url("churn")) as y:
             assert y.authenticated["data"]["peers"] in ([], [x.peer_id])
+
+
+def test_a_node_shut_down_hands_its_rooms_over(cluster: Cluster) -> None:  # noqa: F811
+    a, b = cluster.node(), cluster.node()
+    x = join(a.socket_url("bye"))  # a owns the room
+    y = join(b.socket_url("bye"))
+    z = join(b.socket_url("bye"))
+    assert x.recv() == joined(y.peer_id)
+    assert x.recv() == joined(z.peer_id)
+    assert y.recv() == joined(z.peer_id)
+    a.process.send_signal(signal.SIGTERM)
+    assert x.recv() == error(x.peer_id, "Room closed", "shutdown")
+    assert a.wait_exit(10) == -signal.SIGTERM, a.output
+    # The others see the departing node's peer leave, and go on talking.
+    assert y.recv(timeout=LEASE * 4) == left(x.peer_id)
+    assert z.recv(timeout=LEASE * 4) == left(x.peer_id)
+    y.send("still", [z.peer_id], 1)
+    assert z.recv(timeout=LEASE * 4) == relayed("still", 1, y, [z.peer_id])
+    y.close()
+    z.close()

@@ -115,10 +115,11 @@ class RoomRelay:
         d = rooms.redis.execute(
             "EVAL",
             scripts.ACQUIRE,
-            3,
+            4,
             rooms.key("room", self.name, "owner"),
             rooms.key("room", self.name, "epoch"),
             rooms.key("room", self.name, "in"),
+            rooms.key("room", self.name, "cursor"),
             rooms.node_id,
             int(rooms.lease * 1000),
         )
@@ -135,8 +136,8 @@ class RoomRelay:
     def _acquired(self, reply: list[Any], sent: float) -> Any:
         epoch, detail = int(reply[0]), _text(reply[1])
         if epoch == 0:
-            owner_epoch = int(detail.rpartition("|")[2] or 0)
-            self.seen_epoch = max(self.seen_epoch, owner_epoch)
+            # Someone else owns it.  What this node has seen of its epoch is
+            # what came through the inbox, in stream order (see from_inbox).
             return None
         return self._become_owner(epoch, detail, sent)
 
@@ -147,7 +148,7 @@ class RoomRelay:
 
     def _become_owner(self, epoch: int, cursor: str, sent: float) -> Deferred[None]:
         rooms = self._rooms
-        self.epoch, self.seen_epoch, self.cursor = epoch, epoch, cursor
+        self.epoch, self.cursor = epoch, cursor
         self.token = f"{rooms.node_id}|{epoch}"
         self._valid_until = sent + rooms.lease * SAFE_SHARE
         d = rooms.redis.execute("HGETALL", rooms.key("room", self.name, "peers"))
@@ -184,7 +185,10 @@ class RoomRelay:
                 nodes.add(node)
             self._members[peer_id] = node
             room._restore(handle)
-        for node in nodes:
+        # The announcement goes through each member node's inbox, this one's
+        # too: what the old owner wrote before it is still delivered, what
+        # it writes after it is dropped (fencing at the receiver).
+        for node in sorted(nodes | {rooms.node_id}):
             self._to_node(node, "", "epoch", "")
         # Local peers whose join went to an owner that is gone join again.
         for peer_id in sorted(self._sent - set(self._members)):
@@ -246,10 +250,11 @@ class RoomRelay:
         d = rooms.redis.execute(
             "EVAL",
             scripts.ACQUIRE,
-            3,
+            4,
             rooms.key("room", self.name, "owner"),
             rooms.key("room", self.name, "epoch"),
             rooms.key("room", self.name, "in"),
+            rooms.key("room", self.name, "cursor"),
             rooms.node_id,
             int(rooms.lease * 1000),
         )
@@ -259,13 +264,13 @@ class RoomRelay:
             if not epoch:
                 self.step_down()
                 return None
-            self.epoch = self.seen_epoch = epoch
+            self.epoch = epoch
             self.token = f"{rooms.node_id}|{epoch}"
             self._valid_until = sent + rooms.lease * SAFE_SHARE
             self.cursor = "0-0"
             for peer_id, handle in room.peers.items():
                 self._record(peer_id, self._members.get(peer_id, rooms.node_id), handle.auth)
-            for node in set(self._members.values()) - {rooms.node_id}:
+            for node in sorted(set(self._members.values()) | {rooms.node_id}):
                 self._to_node(node, "", "epoch", "")
             rooms.wake()
             return None
@@ -657,8 +662,22 @@ class ClusterRooms(Rooms):
                 handle.send(wire.error(handle.peer_id, "Room closed", "shutdown").to_bytes())
                 handle.close(CLOSE_GOING_AWAY)
         d: Deferred[None] = Deferred()
-        self.reactor.callLater(0.5, self._hand_over, d)
+        self._when_settled(d, time.monotonic() + self.lease * SAFE_SHARE / 2)
         return d
+
+    def _when_settled(self, done: Deferred[None], deadline: float) -> None:
+        """
+        Hand the rooms over once this node's peers have left them and the
+        rooms have sent every ``left`` (or when the deadline comes).
+        """
+        busy = any(
+            relay._local or not relay._queue.idle or (relay.room and not relay.room._queue.idle)
+            for relay in self._relays.values()
+        )
+        if busy and time.monotonic() < deadline:
+            self.reactor.callLater(0.05, self._when_settled, done, deadline)
+        else:
+            self.reactor.callLater(0.1, self._hand_over, done)
 
     def _hand_over(self, done: Deferred[None]) -> None:
         waits = []
@@ -669,7 +688,14 @@ class ClusterRooms(Rooms):
                 self.forsake(room)
                 waits.append(
                     self.redis.execute(
-                        "EVAL", scripts.RENEW, 1, self.key("room", relay.name, "owner"), token, 1
+                        "EVAL",
+                        scripts.HAND_OVER,
+                        2,
+                        self.key("room", relay.name, "owner"),
+                        self.key("room", relay.name, "cursor"),
+                        token,
+                        relay.cursor,
+                        int(self.lease * 1000),
                     ).addErrback(lambda _: None)
                 )
         waits.append(

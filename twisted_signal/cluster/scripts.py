@@ -5,19 +5,44 @@ that writes checks first that the caller still owns the room at its epoch.
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "DEAD_MEMBERS", "MEMBER_ADD", "MEMBER_DEL", "NODE_RENEW", "RELEASE", "RENEW"]
+__all__ = [
+    "ACQUIRE",
+    "DEAD_MEMBERS",
+    "HAND_OVER",
+    "MEMBER_ADD",
+    "MEMBER_DEL",
+    "NODE_RENEW",
+    "RELEASE",
+    "RENEW",
+]
 
-# KEYS: owner, epoch, in-stream.  ARGV: node, lease ms.
-# Returns {epoch, last id of the in-stream} when acquired, {0, current owner} when not.
+# KEYS: owner, epoch, in-stream, cursor.  ARGV: node, lease ms.
+# Returns {epoch, where to read the in-stream from} when acquired, {0,
+# current owner} when not.  After a hand-over, reading goes on from where the
+# previous owner stopped; otherwise from the newest entry.
 ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if cur then return {0, cur} end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. epoch, 'PX', ARGV[2])
-local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
-local id = '0-0'
-if #last > 0 then id = last[1][1] end
+local id = redis.call('GET', KEYS[4])
+if id then
+  redis.call('DEL', KEYS[4])
+else
+  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+  id = '0-0'
+  if #last > 0 then id = last[1][1] end
+end
 return {epoch, id}
+"""
+
+# KEYS: owner, cursor.  ARGV: node|epoch, the last id read, lease ms.
+# A node shutting down lets its room go, saying where the next owner reads on.
+HAND_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[1])
+return 1
 """
 
 # KEYS: owner.  ARGV: node|epoch, lease ms.  1 when renewed.
