@@ -6,7 +6,7 @@ again, or Redis is restarted.  After every step each client must have
 received exactly what the contract says (docs/cluster.md for what a failure
 may take away), and nothing else.
 
-``FUZZ_EXAMPLES`` sets the number of examples (3 by default).
+``FUZZ_EXAMPLES`` sets the number of examples (2 by default).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def test_fuzz_a_two_node_cluster(fuzz_nodes: Cluster, tmp_path: Path) -> None:
     run_state_machine_as_test(
         ClusterFuzz,
         settings=settings(
-            max_examples=int(os.environ.get("FUZZ_EXAMPLES", "3")),
+            max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2")),
             stateful_step_count=12,
             deadline=None,
             phases=[Phase.generate],
