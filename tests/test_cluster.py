@@ -5,14 +5,17 @@ peers of one room spread over them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 
 from .cluster_support import LEASE, Cluster, cluster  # noqa: F401
 from .support import Client, error, join, joined, left, open_socket, relayed
@@ -293,3 +296,35 @@ def test_a_node_shut_down_hands_its_rooms_over(cluster: Cluster) -> None:  # noq
     assert z.recv(timeout=LEASE * 4) == relayed("still", 1, y, [z.peer_id])
     y.close()
     z.close()
+
+
+def test_resume_on_the_same_node_that_does_not_own_the_room(cluster: Cluster) -> None:  # noqa: F811
+    a, b = cluster.node(), cluster.node("--resume-window", "30")
+    x = join(a.socket_url("res"))  # a owns the room
+    y = join(b.socket_url("res"))
+    z = join(b.socket_url("res"))
+    assert x.recv() == joined(y.peer_id)
+    assert x.recv() == joined(z.peer_id)
+    assert y.recv() == joined(z.peer_id)
+    token = y.authenticated["data"]["resume_token"]
+    abort(y.ws)
+    time.sleep(LEASE)  # the server notices, and a tick reads the members
+    x.send("queued", [y.peer_id], 1)
+    z.send("queued", [y.peer_id], 2)
+    time.sleep(0.5)
+    again = join(b.socket_url("res", f"resume={token}"))
+    assert again.peer_id == y.peer_id
+    assert set(again.authenticated["data"]["peers"]) == {x.peer_id, z.peer_id}
+    got = [again.recv(), again.recv()]
+    assert relayed("queued", 1, x, [y.peer_id]) in got
+    assert relayed("queued", 2, z, [y.peer_id]) in got
+    assert x.nothing_within(0.3) and z.nothing_within(0.1)  # no joined, no left
+    for c in (x, again, z):
+        c.close()
+
+
+def abort(ws: ClientConnection) -> None:
+    """End the TCP connection without a close frame."""
+    with contextlib.suppress(OSError):
+        ws.socket.shutdown(socket.SHUT_RDWR)
+    ws.socket.close()

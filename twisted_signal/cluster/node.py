@@ -65,6 +65,7 @@ class RoomRelay:
         """Local peers whose join has gone to an owner."""
         self._answered: set[str] = set()
         """Local peers the owner has admitted or closed."""
+        self._known: dict[str, PeerHandle] = {}
         self.room: Room | None = None
         self.epoch = 0
         self.token = ""
@@ -80,7 +81,16 @@ class RoomRelay:
 
     @property
     def peers(self) -> Mapping[str, PeerHandle]:
-        return self.room.peers if self.room is not None else self._local_view
+        """
+        The room's peers: the owner's own view, or on another node what the
+        members hash said at the last tick (a resumed peer's ``peers``), with
+        this node's own peers.
+        """
+        if self.room is not None:
+            return self.room.peers
+        if not self._known:
+            return self._local_view
+        return MappingProxyType({**self._known, **self._local})
 
     def join(self, handle: PeerHandle) -> None:
         self._local[handle.peer_id] = handle
@@ -138,8 +148,14 @@ class RoomRelay:
         if epoch == 0:
             # Someone else owns it.  What this node has seen of its epoch is
             # what came through the inbox, in stream order (see from_inbox).
-            return None
+            rooms = self._rooms
+            d = rooms.redis.execute("HGETALL", rooms.key("room", self.name, "peers"))
+            return d.addCallbacks(self._members_read, lambda _: None)
         return self._become_owner(epoch, detail, sent)
+
+    def _members_read(self, flat: list[bytes]) -> None:
+        ids = [_text(flat[i]) for i in range(0, len(flat), 2)]
+        self._known = {p: PeerHandle(p, AuthData(p), _nothing, _nothing, _nothing) for p in ids}
 
     # Owning the room.
 
