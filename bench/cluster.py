@@ -194,12 +194,17 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--rooms", type=int, default=8)
+    parser.add_argument("--logs", help="keep the nodes' logs in this folder")
+    parser.add_argument("--only-scaling", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.logs or scratch
+        os.makedirs(folder, exist_ok=True)
         procs = Processes(Path(folder))
         try:
             time.sleep(0.3)
-            await paths(procs, args.messages)
+            if not args.only_scaling:
+                await paths(procs, args.messages)
             procs.stop()
             procs = Processes(Path(folder))
             one = [procs.node()]

@@ -238,6 +238,9 @@ class RoomRelay:
                 self.step_down()
                 return None
             self._valid_until = sent + rooms.lease * SAFE_SHARE
+            took = time.monotonic() - sent
+            if took > rooms.lease / 3:
+                self._log.warn("room {room}: renewing took {took:.1f}s", room=self.name, took=took)
             return rooms.redis.execute(
                 "EVAL",
                 scripts.DEAD_MEMBERS,
@@ -330,7 +333,7 @@ class RoomRelay:
             if self.lease_valid():
                 send(payload)
             else:
-                self._rooms.soon(self.step_down)
+                self._lease_ran_out()
 
         def close(code: int) -> None:
             self._forget_refused(local.peer_id)
@@ -359,9 +362,19 @@ class RoomRelay:
 
         return PeerHandle(peer_id, auth, send, close, admitted)
 
+    def _lease_ran_out(self) -> None:
+        if self.room is not None and self.token:
+            self._log.warn(
+                "room {room}: lease not renewed within {share:.0%} of its time; stepping down",
+                room=self.name,
+                share=SAFE_SHARE,
+            )
+            self.token = ""
+            self._rooms.soon(self.step_down)
+
     def _to_node(self, node: str, peer_id: str, kind: str, data: bytes | str) -> None:
         if not self.lease_valid():
-            self._rooms.soon(self.step_down)
+            self._lease_ran_out()
             return
         self._rooms.xadd(
             self._rooms.key("inbox", node),
@@ -574,6 +587,7 @@ class ClusterRooms(Rooms):
         self._ticking = False
         self._registered = False
         self._quiet_ticks = 0
+        self._last_tick = 0.0
         self._tick = LoopingCall(self._heartbeat)
         self._tick.clock = reactor
         self._reading = False
@@ -726,11 +740,18 @@ class ClusterRooms(Rooms):
 
         DeferredList(waits).addBoth(closed)
 
-    def _heartbeat(self) -> Deferred[None] | None:
-        if self._ticking:
-            return None
-        self._ticking = True
+    def _heartbeat(self) -> None:
+        """
+        One tick.  It never makes the next tick wait: a tick whose commands
+        are still out holds the next one back for at most lease/2.
+        """
         sent = time.monotonic()
+        if self._ticking and sent - self._last_tick < self.lease / 2:
+            return
+        self._ticking = True
+        if self._last_tick and sent - self._last_tick > self.lease / 2:
+            self._log.warn("cluster heartbeat {late:.1f}s late", late=sent - self._last_tick)
+        self._last_tick = sent
         if sent - self._node_ok > self.lease * SAFE_SHARE:
             self._presumed_dead("could not renew its node lease in time")
         d = self.redis.execute("INFO", "server").addCallback(self._check_run_id)
@@ -749,7 +770,7 @@ class ClusterRooms(Rooms):
         def done(_: object) -> None:
             self._ticking = False
 
-        return d.addBoth(done)
+        d.addBoth(done)
 
     def _check_run_id(self, info: bytes) -> bool:
         run_id = ""
