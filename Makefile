@@ -12,8 +12,9 @@ ARGS ?=
 .PHONY: run run-cluster test lint unit bench bench-cluster soak install system-packages clean
 
 # The browser tests drive Debian's Chromium (never a downloaded build); the
-# TURN test runs a real coturn on loopback; the cluster tests a real Redis.
-SYSTEM_PACKAGES := chromium coturn redis-server
+# TURN test runs a real coturn on loopback; the metrics test a real Prometheus;
+# the cluster tests a real Redis.
+SYSTEM_PACKAGES := chromium coturn prometheus redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

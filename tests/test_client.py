@@ -160,7 +160,7 @@ def test_no_reconnection_when_sent_away(error: dict[str, Any] | None, code: int)
     clock = task.Clock()
     client = SignalingClient("ws://example.invalid/socket/demo/", reactor=clock, reconnect=True)
     if error is not None:
-        client._session.follow(Message("error", error, None, ("me",)))
+        client._core.session.follow(Message("error", error, None, ("me",)))
     client._lost(code, "")
     assert pending(clock) == []
     assert client.closed is not None and client.closed.code == code
@@ -225,7 +225,7 @@ async def test_server_errors_are_messages(make_server: MakeServer) -> None:
     server = await make_server()
     a = await connect(server.socket_url("demo"))
     seen: list[Message] = []
-    a._on_message = seen.append
+    a._core.on_message = seen.append
     a.send("offer", {"sdp": "v=0"}, to=["nobody", a.peer_id])
     error = await a.next_message(timeout=TIMEOUT)
     assert error == Message(

@@ -43,6 +43,26 @@ class HotPathTests(SynchronousTestCase):
         # b saw c and d join, then the 100 candidates.
         self.assertEqual(len(self.payloads["b"]), 2 + 100)
 
+    def test_metrics_on_the_relay_make_no_deferreds(self) -> None:
+        from twisted_signal import Rooms
+        from twisted_signal.metrics import Metrics
+
+        clock = Clock()
+        metrics = Metrics(Rooms(None), clock=clock, process_metrics=False)
+        self.room.events = metrics
+        made: list[Any] = []
+        original = defer.Deferred.__init__
+
+        def counting_init(self: defer.Deferred[Any], *args: Any, **kwargs: Any) -> None:
+            made.append(self)
+            original(self, *args, **kwargs)
+
+        self.patch(defer.Deferred, "__init__", counting_init)
+        for n in range(100):
+            self.room.submit(Message("candidate", {"n": n}, "a", "all"), received=0.0)
+        self.assertEqual(made, [])
+        self.assertEqual(metrics.forwarded_count, 100)
+
     def test_a_broadcast_is_encoded_once(self) -> None:
         encodings: list[Message] = []
         original = Message.to_bytes

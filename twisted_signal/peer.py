@@ -25,6 +25,7 @@ from . import message as wire
 from .auth import token_from_request
 from .context import AuthData, PeerContext
 from .errors import BadRequest, Unauthorized
+from .events import NO_EVENTS, Events
 from .hooks import SerialQueue, call, call_logged, then
 from .limits import RateLimiter, Verdict
 from .message import InvalidMessage, Message
@@ -147,6 +148,8 @@ class Peer(WebSocketServerProtocol):
         credentials = self._check_token(request, room_name, credentials)
         resume_token = _first(request.params.get("resume"))
         held = self._resumable(resume_token, room_name, credentials)
+        if resume_token is not None and held is None:
+            self.factory.events.resume("refused")
         if held is not None:
             # The same peer on a new connection: no second on_init.
             self.peer_id = held.auth.peer_id
@@ -245,6 +248,7 @@ class Peer(WebSocketServerProtocol):
         return None
 
     def _refuse_handshake(self, status: int, reason: str, why: str = "") -> NoReturn:
+        self.factory.events.handshake_rejected(status)
         self._log.info(
             "refused connection from {remote}: {status} {reason}{why}",
             remote=self._remote,
@@ -261,6 +265,7 @@ class Peer(WebSocketServerProtocol):
             return
         assert self.context is not None and self.auth is not None
         factory = self.factory
+        factory.events.connected()
         settings = factory.settings
         now = factory.clock.seconds()
         self._last_seen = now
@@ -297,6 +302,7 @@ class Peer(WebSocketServerProtocol):
         self.room = room = self.factory.rooms.find(carried.context.room)
         if room is not None:
             room._moved(self.peer_id, self)
+        self.factory.events.resume("resumed")
         self._log.info(
             "peer {peer_id} resumed in room {room} from {remote} ({queued} queued)",
             peer_id=self.peer_id,
@@ -318,7 +324,7 @@ class Peer(WebSocketServerProtocol):
         link, context = self._link, self.context
         if link is not None and context is not None:
             token = self.factory.resumption.issue(
-                link, context.room, self._carry, self._finish, self._supersede
+                link, context.room, self._carry, self._expired, self._supersede
             )
             if token is not None:
                 extra["resume_token"] = token
@@ -352,10 +358,11 @@ class Peer(WebSocketServerProtocol):
             # A request for fresh ICE credentials, answered instead of echoed.
             self.send_to_client(Message("ice_servers", self._ice_servers(), None, (self.peer_id,)))
             return
-        self._queue.run(lambda: self._receive(message))
+        self._queue.run(lambda: self._receive(message, now))
 
     def _over_limit(self, verdict: Verdict) -> None:
         settings = self.factory.settings
+        self.factory.events.rate_limited()
         if verdict is Verdict.DROP_AND_WARN:
             self._error(
                 "Rate limited",
@@ -369,10 +376,12 @@ class Peer(WebSocketServerProtocol):
             )
             self._close(1008)
 
-    def _receive(self, message: Message) -> Any:
-        return then(call(self.on_receive, message, self.context), self._submit)
+    def _receive(self, message: Message, received: float) -> Any:
+        return then(
+            call(self.on_receive, message, self.context), lambda m: self._submit(m, received)
+        )
 
-    def _submit(self, message: Any) -> None:
+    def _submit(self, message: Any, received: float) -> None:
         if message is None or self.room is None:
             return
         if not isinstance(message, Message):
@@ -382,7 +391,7 @@ class Peer(WebSocketServerProtocol):
                 value=message,
             )
             return
-        self.room.submit(message)
+        self.room.submit(message, received)
 
     def onPing(self, payload: bytes) -> None:
         self._last_seen = self.factory.clock.seconds()
@@ -412,6 +421,8 @@ class Peer(WebSocketServerProtocol):
         if self._gone:
             return
         self._gone = True
+        if self._initialised:
+            self.factory.events.closed(code)
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
@@ -446,6 +457,7 @@ class Peer(WebSocketServerProtocol):
                 peer_id=self.peer_id,
                 window=self.factory.resumption.window,
             )
+            self.factory.events.resume("held")
             return
         self._finish()
 
@@ -481,6 +493,13 @@ class Peer(WebSocketServerProtocol):
         )
         self.dropConnection(abort=True)
 
+    def _expired(self) -> None:
+        """
+        Held for resume and nobody came back in time (or the room closed).
+        """
+        self.factory.events.resume("expired")
+        self._finish()
+
     def _finish(self) -> None:
         """
         The peer is gone for good: on_terminate, then leave the room.
@@ -515,6 +534,7 @@ class Peer(WebSocketServerProtocol):
                 if self._errors_sent == _LOGGED_ERRORS
                 else "",
             )
+        self.factory.events.error_sent(description)
         self.send_to_client(wire.error(self.peer_id, description, details))
 
     def _write(self, payload: bytes) -> None:
@@ -608,6 +628,8 @@ class PeerFactory(WebSocketServerFactory):
         self.rooms = rooms
         self.accepting = True
         """False once the server is shutting down: new peers get 503."""
+        self.events: Events = NO_EVENTS
+        """Where connections report (see `twisted_signal.events`)."""
         self.settings = settings = settings or Settings()
         self.clock: IReactorTime = cast("IReactorTime", clock)
         self.resumption = Resumption(settings.resume_window, self.clock)

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from . import message as wire
 from .context import AuthData
 from .errors import NoSuchPeer, Refused
+from .events import NO_EVENTS, Events
 from .hooks import SerialQueue, call, call_logged, then
 from .message import ALL, Message
 
@@ -73,7 +74,7 @@ class RoomAccess(Protocol):
 
     def leave(self, peer_id: str) -> None: ...
 
-    def submit(self, message: Message) -> None: ...
+    def submit(self, message: Message, received: float | None = None) -> None: ...
 
     def _moved(self, peer_id: str, peer: Any) -> None: ...
 
@@ -93,6 +94,10 @@ class Room(Service):
     #: How long `stopService` waits for the peers' connections to close
     #: before it lets them go anyway.
     stop_timeout: float = 5.0
+
+    #: Where the room reports its lifecycle (metrics, webhooks); `Rooms`
+    #: sets it to its own `Rooms.events`.
+    events: Events = NO_EVENTS
 
     def __init__(
         self,
@@ -174,6 +179,7 @@ class Room(Service):
 
     def startService(self) -> None:
         super().startService()
+        self.events.room_started(self.name)
         self._queue.run(lambda: call(self.on_init, self.options))
 
     def stopService(self) -> Deferred[None]:
@@ -190,6 +196,7 @@ class Room(Service):
         code = CLOSE_GOING_AWAY if self.close_reason == "shutdown" else CLOSE_NORMAL
         for handle in list(self._peers.values()):
             handle.send(wire.error(handle.peer_id, "Room closed", self.close_reason).to_bytes())
+            self.events.error_sent("Room closed")
             handle.close(code)
         if self._peers:
             self._all_left = Deferred()
@@ -220,12 +227,13 @@ class Room(Service):
         else:
             self._queue.run(lambda: self._leave(peer_id))
 
-    def submit(self, message: Message) -> None:
+    def submit(self, message: Message, received: float | None = None) -> None:
         """
         A message from the peer ``message.from_``: `on_forward` it, then
-        deliver it in room order.
+        deliver it in room order.  `received` is when its frame arrived
+        (clock seconds), for `Events.forwarded`.
         """
-        self._queue.run(lambda: self._relay(message))
+        self._queue.run(lambda: self._relay(message, received))
 
     def _moved(self, peer_id: str, peer: Any) -> None:
         """
@@ -281,6 +289,8 @@ class Room(Service):
         )
         handle.send(wire.error(handle.peer_id, "Could not join room", reason).to_bytes())
         handle.close(CLOSE_NORMAL)
+        self.events.join_refused(self.name, reason)
+        self.events.error_sent("Could not join room")
         self._check_empty()
 
     def _admit(self, handle: PeerHandle) -> Any:
@@ -290,6 +300,7 @@ class Room(Service):
         already = list(self._peers)
         self._peers[handle.peer_id] = handle
         self._log.info("peer {peer_id} joined room {room}", peer_id=handle.peer_id, room=self.name)
+        self.events.peer_joined(self.name, handle.peer_id)
         return then(self._relay(wire.joined(handle.peer_id)), lambda _: handle.admitted(already))
 
     def _leave(self, peer_id: str) -> Any:
@@ -299,6 +310,7 @@ class Room(Service):
         if self._peers.pop(peer_id, None) is None:
             return None
         self._log.info("peer {peer_id} left room {room}", peer_id=peer_id, room=self.name)
+        self.events.peer_left(self.name, peer_id)
         result = call_logged("on_leave", self.on_leave, peer_id)
         result = then(result, lambda _: self._relay(wire.left(peer_id)))
         return then(result, lambda _: self._check_empty())
@@ -306,6 +318,7 @@ class Room(Service):
     def _leave_now(self, peer_id: str) -> None:
         if self._peers.pop(peer_id, None) is None:
             return
+        self.events.peer_left(self.name, peer_id)
         call_logged("on_leave", self.on_leave, peer_id)
         if not self._peers and self._all_left is not None and not self._all_left.called:
             self._all_left.callback(None)
@@ -317,13 +330,18 @@ class Room(Service):
     def _terminate(self) -> None:
         stopped = self._stopped
         assert stopped is not None
-        then(call_logged("on_terminate", self.on_terminate), lambda _: stopped.callback(None))
+
+        def finished(_: object) -> None:
+            self.events.room_finished(self.name)
+            stopped.callback(None)
+
+        then(call_logged("on_terminate", self.on_terminate), finished)
 
     def _check_empty(self) -> None:
         if not self._peers and not self._joining and not self._closing and self._on_empty:
             self._on_empty(self)
 
-    def _relay(self, message: Message) -> Any:
+    def _relay(self, message: Message, received: float | None = None) -> Any:
         """
         on_forward, then deliver; a peer that addressed unknown peers gets
         ``"No such peer"``.
@@ -335,9 +353,9 @@ class Room(Service):
             return None
         if isinstance(result, Deferred):
             return result.addCallbacks(
-                self._deliver_from, self._forward_failed, callbackArgs=(message.from_,)
+                self._deliver_from, self._forward_failed, callbackArgs=(message.from_, received)
             )
-        return self._deliver_from(result, message.from_)
+        return self._deliver_from(result, message.from_, received)
 
     def _forward_failed(self, failure: Failure) -> None:
         # Log here rather than let the queue do it: what follows a relay
@@ -345,7 +363,9 @@ class Room(Service):
         if not failure.check(CancelledError):
             self._log.failure("Error in on_forward of room {room}", failure, room=self.name)
 
-    def _deliver_from(self, message: Message | None, sender: str | None) -> None:
+    def _deliver_from(
+        self, message: Message | None, sender: str | None, received: float | None = None
+    ) -> None:
         if message is None:
             return
         if not isinstance(message, Message):
@@ -361,6 +381,10 @@ class Room(Service):
             handle = self._peers.get(sender) if sender is not None else None
             if handle is not None:
                 handle.send(wire.error(handle.peer_id, "No such peer", e.peer_ids).to_bytes())
+                self.events.error_sent("No such peer")
+            return
+        if received is not None:
+            self.events.forwarded(received)
 
     def _check_addressees(self, message: Message) -> tuple[str, ...]:
         """

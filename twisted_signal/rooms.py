@@ -13,6 +13,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from .events import NO_EVENTS, Events
 from .room import Room, RoomAccess
 
 if TYPE_CHECKING:
@@ -61,6 +62,21 @@ class Rooms(MultiService):
         self.factory = factory
         self.max_peers = max_peers
         self._clock = clock
+        self._events: Events = NO_EVENTS
+
+    @property
+    def events(self) -> Events:
+        """
+        Where every room of this registry reports its lifecycle (see
+        `twisted_signal.events`); setting it reaches the rooms already here.
+        """
+        return self._events
+
+    @events.setter
+    def events(self, events: Events) -> None:
+        self._events = events
+        for room in self:
+            room.events = events
 
     def get(self, name: str) -> Room | None:
         room = self.namedServices.get(name)
@@ -144,6 +160,7 @@ class Rooms(MultiService):
             raise ValueError(f"not a valid room name: {room.name!r}")
         if room.name in self.namedServices:
             raise ValueError(f"room {room.name!r} already exists")
+        room.events = self._events
         room.setServiceParent(self)
         self._log.info("room {room} started", room=room.name)
 

@@ -16,10 +16,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
+from .events import Events, combine
+from .metrics import Metrics, metrics_root
 from .peer import Peer
 from .rooms import Rooms
 from .settings import Settings
 from .web import SignalingResource, access_log_formatter
+from .webhooks import Webhooks
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -43,6 +46,12 @@ class SignalingService(MultiService):
     refused, the listeners close, every peer gets ``"Room closed"`` /
     ``"shutdown"`` and close 1001, and every ``on_leave``/``on_terminate`` runs;
     it takes at most `shutdown_grace` seconds.
+
+    Observability: with `metrics` (or any `metrics_endpoints`), `metrics` is
+    a `Metrics` whose `Metrics.resource` answers Prometheus (served at
+    ``/metrics`` on each of `metrics_endpoints`, or mount it yourself);
+    `webhooks` (a `Webhooks`) gets the lifecycle events, and so does
+    `events`, an `Events` of your own.
     """
 
     _log = Logger()
@@ -57,6 +66,10 @@ class SignalingService(MultiService):
         pages: str | None = None,
         shutdown_grace: float = 10.0,
         reactor: Any = None,
+        metrics: bool = False,
+        metrics_endpoints: Iterable[str] = (),
+        webhooks: Webhooks | None = None,
+        events: Events | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -74,6 +87,19 @@ class SignalingService(MultiService):
         for description in endpoints:
             strports.service(description, self.site, reactor=reactor).setServiceParent(self)
         self._clock: IReactorTime = reactor
+        metrics_endpoints = list(metrics_endpoints)
+        self.metrics: Metrics | None = None
+        if metrics or metrics_endpoints:
+            self.metrics = Metrics(self.rooms, clock=reactor, webhooks=webhooks)
+            metrics_site = Site(metrics_root(self.metrics))
+            metrics_site.displayTracebacks = False
+            for description in metrics_endpoints:
+                strports.service(description, metrics_site, reactor=reactor).setServiceParent(self)
+        self.webhooks = webhooks
+        self.events = combine(self.metrics, webhooks, events)
+        """Everything the rooms and peers report to."""
+        self.rooms.events = self.events
+        self.resource.factory.events = self.events
 
     def stopService(self) -> Deferred[None]:
         # Health goes red first, so a load balancer stops sending peers.
@@ -84,6 +110,15 @@ class SignalingService(MultiService):
         # The rooms are closing now, so held peers leave without a "left";
         # any hold left over (a room stopped before) ends here.
         self.resource.factory.resumption.release_all()
+        webhooks = self.webhooks
+        if webhooks is not None:
+            # The rooms' last events (peer_left, room_finished) go out too,
+            # within the grace.  (Cancelling the DeferredList would not
+            # reach the flush, so the flush has its own deadline.)
+            clock, deadline = self._clock, self._clock.seconds() + self.shutdown_grace
+            stopped.addCallback(
+                lambda _: webhooks.flush().addTimeout(max(0.0, deadline - clock.seconds()), clock)
+            )
         stopped.addTimeout(self.shutdown_grace, self._clock)
         return stopped.addErrback(self._grace_over)
 

@@ -23,6 +23,7 @@ from .room import Room
 from .rooms import Rooms, is_room_name
 from .service import SignalingService
 from .settings import Settings
+from .webhooks import Webhooks
 
 __all__ = ["DEFAULT_ENDPOINT", "Options", "makeService"]
 
@@ -120,6 +121,31 @@ def _rate(value: str) -> tuple[float, float]:
 
 
 _rate.coerceDoc = "N/S: N messages per S seconds."  # type: ignore[attr-defined]
+
+
+def _metrics_endpoint(value: str) -> str:
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, value)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise usage.UsageError(f"--metrics-endpoint {value!r} is not an endpoint: {e}") from None
+    return value
+
+
+_metrics_endpoint.coerceDoc = "A Twisted server endpoint string."  # type: ignore[attr-defined]
+
+
+def _webhook_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise usage.UsageError(f"--webhook {value!r} is not an http:// or https:// URL")
+    return value
+
+
+_webhook_url.coerceDoc = "An http:// or https:// URL."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -230,6 +256,24 @@ class Options(usage.Options):
             "On SIGTERM: stop accepting, notify peers, wait at most this long.",
             _seconds("shutdown-grace"),
         ],
+        [
+            "metrics-endpoint",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this endpoint string, "
+            "e.g. tcp:9100:interface=127.0.0.1 (default: off)",
+            _metrics_endpoint,
+        ],
+        [
+            "webhook",
+            None,
+            None,
+            "POST room_started, room_finished, peer_joined and peer_left events "
+            "to this http(s) URL, signed with --webhook-secret (default: off)",
+            _webhook_url,
+        ],
+        ["webhook-secret", None, None, "The secret that signs webhook deliveries (HMAC-SHA256)."],
+        ["webhook-secret-file", None, None, "The same, with the secret read from this file."],
         [
             "redis",
             None,
@@ -345,6 +389,11 @@ class Options(usage.Options):
             resume_window=self["resume-window"],
             trusted_proxies=self["trust-forwarded-for"],
         )
+        self["webhook-secret"] = _secret(self, "webhook-secret")
+        if self["webhook"] is not None and self["webhook-secret"] is None:
+            raise usage.UsageError("--webhook needs --webhook-secret or --webhook-secret-file")
+        if self["webhook"] is None and self["webhook-secret"] is not None:
+            raise usage.UsageError("--webhook-secret needs --webhook")
 
     def _token_verifier(self) -> TokenVerifier | None:
         secret = _secret(self, "jwt-secret")
@@ -454,8 +503,16 @@ def makeService(options: Options) -> IService:
         rooms = Rooms(factory, max_peers=max_peers)
     for name, limit in options["room"]:
         rooms.start_room(name, room_class, max_peers=limit if limit is not None else max_peers)
+    from twisted.internet import reactor
+
+    webhooks = None
+    if options["webhook"] is not None:
+        webhooks = Webhooks(options["webhook"], options["webhook-secret"], clock=reactor)
+    metrics_endpoint = options["metrics-endpoint"]
     return _Server(
         rooms,
+        metrics_endpoints=[metrics_endpoint] if metrics_endpoint else [],
+        webhooks=webhooks,
         endpoints=options["endpoint"],
         peer_class=options["peer-class"],
         settings=options["settings"],

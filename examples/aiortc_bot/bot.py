@@ -6,7 +6,9 @@ It speaks the room page's signaling (static/room.js and
 call.js): ``offer``/``answer`` carry ``{type, sdp}``, ``candidate`` an
 RTCIceCandidateInit, ``media`` ``{audio, video}``; the newcomer makes the
 offers.  To every peer it sends a moving test pattern, it decodes (counts)
-the video they send, and it echoes what arrives on their data channels.
+the video they send, it echoes what arrives on their data channels, and it
+logs the verification code of each call (docs/verification.md): the code
+the peer's room page shows when nobody is in the middle.
 
 Run it from the repository's root, next to a running server::
 
@@ -42,7 +44,13 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from twisted_signal import Message
-from twisted_signal.client import AsyncSignalingClient, NotConnected, aio_connect
+from twisted_signal.client import (
+    AsyncSignalingClient,
+    NotConnected,
+    PeerVerification,
+    aio_connect,
+    verify_peer_connection,
+)
 
 __all__ = ["Bot", "TestPattern", "gather_loopback_only", "main", "run"]
 
@@ -147,6 +155,7 @@ class Call:
         self.peer_id = peer_id
         self.polite = polite
         self.pattern = TestPattern()
+        self.verification: PeerVerification | None = None
         self.pc = self._new_pc()
         self._tasks: set[asyncio.Task[None]] = set()
         self._offer_timer: asyncio.TimerHandle | None = None
@@ -156,6 +165,10 @@ class Call:
         pc = RTCPeerConnection(
             RTCConfiguration(iceServers=_ice_servers(self.bot.client.ice_servers))
         )
+        # The verification channel is part of the first offer or answer; a
+        # new peer connection (new DTLS transport) is verified anew.
+        self.verification = verify_peer_connection(pc, on_result=self._verified)
+        self.bot.verifications[self.peer_id] = self.verification
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -174,6 +187,15 @@ class Call:
                 self._spawn(self.bot.hang_up(self.peer_id))
 
         return pc
+
+    def _verified(self, verification: PeerVerification) -> None:
+        if verification is not self.verification:
+            return  # a peer connection since replaced
+        if verification.state == "verified":
+            log.info("verification code with %s: %s", self.peer_id, verification.code)
+        else:
+            log.warning("could not verify %s: %s", self.peer_id, verification.reason)
+        self.bot.on_verification(self.peer_id, verification)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -264,7 +286,9 @@ class Call:
 class Bot:
     """
     Answers (and makes) calls in the room of `client`, one `Call` per peer.
-    `frames_received` counts the video frames decoded from each peer.
+    `frames_received` counts the video frames decoded from each peer;
+    `verifications` holds the verification of each peer's current
+    connection (its `code` is what the peer's room page shows).
     """
 
     def __init__(self, client: AsyncSignalingClient, *, offer_wait: float = OFFER_WAIT) -> None:
@@ -273,12 +297,21 @@ class Bot:
         self.calls: dict[str, Call] = {}
         self.frames_received: defaultdict[str, int] = defaultdict(int)
         self.media: dict[str, Any] = {}
+        self.verifications: dict[str, PeerVerification] = {}
         self._lock = asyncio.Lock()
 
     def on_frame(self, peer_id: str, frame: Any) -> None:
         """
         A decoded frame from `peer_id` (an `av.VideoFrame`).  Override it to
         record, analyse or answer what the peer shows.
+        """
+
+    def on_verification(self, peer_id: str, verification: PeerVerification) -> None:
+        """
+        The verification with `peer_id` ended: ``verification.state`` is
+        ``"verified"`` (then ``verification.code`` is the code to compare
+        with the one the peer shows) or ``"failed"``.  Override it to act
+        on it, e.g. to hang up on a peer that cannot be verified.
         """
 
     async def run(self) -> None:
@@ -338,6 +371,7 @@ class Bot:
 
     async def hang_up(self, peer_id: str) -> None:
         call = self.calls.pop(peer_id, None)
+        self.verifications.pop(peer_id, None)
         if call is not None:
             await call.close()
 

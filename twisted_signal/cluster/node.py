@@ -96,8 +96,8 @@ class RoomRelay:
         self._local[handle.peer_id] = handle
         self._run(lambda: self._join(handle))
 
-    def submit(self, message: Message) -> None:
-        self._run(lambda: self._submit(message))
+    def submit(self, message: Message, received: float | None = None) -> None:
+        self._run(lambda: self._submit(message, received))
 
     def leave(self, peer_id: str) -> None:
         self._local.pop(peer_id, None)
@@ -470,9 +470,9 @@ class RoomRelay:
             self._resolved = False
             self._run(lambda: self._join(handle))
 
-    def _submit(self, message: Message) -> None:
+    def _submit(self, message: Message, received: float | None) -> None:
         if self.room is not None:
-            self.room.submit(message)
+            self.room.submit(message, received)
             return
         self._rooms.xadd(
             self._rooms.key("room", self.name, "in"),
