@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.threads import deferToThread
 
 from twisted_signal import Room
 from twisted_signal.cluster import ClusterRooms
+from twisted_signal.events import Events
 
 from .cluster_support import Redis
-from .support import LiveServer, start_server
+from .support import Client, LiveServer, join, joined, start_server
 from .test_peer import (
     test_addressing_yourself_echoes,
     test_authenticated_for_the_first_peer,
@@ -91,5 +93,53 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
         yield make
     finally:
         for server in servers:
-            await server.stop()
+            if server.service.running:
+                await server.stop()
         redis.stop()
+
+
+class Recorder(Events):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def room_started(self, room: str) -> None:
+        self.seen.append(("room_started", room))
+
+    def peer_joined(self, room: str, peer_id: str) -> None:
+        self.seen.append(("peer_joined", peer_id))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_that_moves_does_not_start_again_for_events(
+    make_server: Callable[..., Awaitable[SpreadServer]],
+) -> None:
+    server = await make_server()
+    first, second = server.nodes
+    recorders = [Recorder(), Recorder()]
+    for node, recorder in zip(server.nodes, recorders, strict=True):
+        node.rooms.events = recorder
+
+    def before() -> tuple[Client, Client]:
+        x = join(first.socket_url("moving"))
+        y = join(second.socket_url("moving"))
+        assert x.recv() == joined(y.peer_id)
+        return x, y
+
+    x, y = await deferToThread(before)
+    await first.stop()  # hands the room over to the second node
+    server.nodes.remove(first)
+
+    def after() -> None:
+        assert y.recv(timeout=LEASE * 3)["event"] == "left"
+        z = join(second.socket_url("moving"))
+        assert z.authenticated["data"]["peers"] == [y.peer_id]
+        z.close()
+        y.close()
+
+    await deferToThread(after)
+    assert recorders[0].seen == [
+        ("room_started", "moving"),
+        ("peer_joined", x.peer_id),
+        ("peer_joined", y.peer_id),
+    ]
+    assert [e for e in recorders[1].seen if e[0] == "room_started"] == []

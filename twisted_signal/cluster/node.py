@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from .. import message as wire
 from ..context import AuthData
+from ..events import Events
 from ..hooks import SerialQueue
 from ..message import InvalidMessage, Message
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
@@ -182,7 +183,9 @@ class RoomRelay:
         self._members = {}
         if rooms.creates_on_demand and not rooms.is_configured(self.name):
             room._on_empty = self._emptied
-        rooms.adopt(room)
+        # A room with members was started by a previous owner: for the
+        # lifecycle events (webhooks) it goes on, it does not start again.
+        rooms.adopt(room, continued=bool(flat))
         nodes: set[str] = set()
         gone: list[str] = []
         for i in range(0, len(flat), 2):
@@ -551,6 +554,21 @@ def _nothing(*_: Any) -> None:
     pass
 
 
+class _NotStartedAgain(Events):
+    """`Events` that pass everything on but a room's start."""
+
+    def __init__(self, inner: Events) -> None:
+        self._inner = inner
+
+    def room_started(self, room: str) -> None:
+        pass
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("room_started", "_inner", "__class__"):
+            return object.__getattribute__(self, name)
+        return getattr(object.__getattribute__(self, "_inner"), name)
+
+
 class ClusterRooms(Rooms):
     """
     The rooms of one node of a cluster.  `get_or_create` gives a `RoomRelay`;
@@ -632,8 +650,18 @@ class ClusterRooms(Rooms):
             return self.factory(name)
         return None
 
-    def adopt(self, room: Room) -> None:
-        self._add(room)
+    def adopt(self, room: Room, *, continued: bool = False) -> None:
+        """Run `room` here (this node owns it now)."""
+        if not continued:
+            self._add(room)
+            return
+        events = self.events
+        self._events = _NotStartedAgain(events)
+        try:
+            self._add(room)
+        finally:
+            self._events = events
+            room.events = events
 
     def forsake(self, room: Room) -> None:
         """Drop `room` without stopping it: another node owns it now."""
