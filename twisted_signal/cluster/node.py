@@ -244,6 +244,10 @@ class RoomRelay:
             took = time.monotonic() - sent
             if took > rooms.lease / 3:
                 self._log.warn("room {room}: renewing took {took:.1f}s", room=self.name, took=took)
+            if time.monotonic() < rooms.judge_after:
+                # Redis restarted lately: the live nodes may not have
+                # registered again yet, so nobody is judged dead for now.
+                return None
             return rooms.redis.execute(
                 "EVAL",
                 scripts.DEAD_MEMBERS,
@@ -605,6 +609,8 @@ class ClusterRooms(Rooms):
         self._ticking = False
         self._registered = False
         self._quiet_ticks = 0
+        self.judge_after = 0.0
+        """Before this (monotonic), owners judge no member's node dead."""
         self._last_tick = 0.0
         self._tick = LoopingCall(self._heartbeat)
         self._tick.clock = reactor
@@ -816,6 +822,7 @@ class ClusterRooms(Rooms):
             # The owners take their rooms back first: relays wait two ticks
             # before they would take an ownerless room themselves.
             self._quiet_ticks = 2
+            self.judge_after = time.monotonic() + self.lease
             waits = []
             for relay in self._relays.values():
                 relay.seen_epoch = 0
