@@ -9,14 +9,14 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench soak install system-packages sslyze browser-drivers test-outage bench-smoke clean
+.PHONY: run test lint unit bench soak install system-packages sslyze browser-drivers test-outage bench-smoke run-cluster bench-cluster clean
 
 # The browser tests drive Debian's Chromium and Firefox ESR (never a
 # downloaded build; Firefox through puppeteer-core on node) and cut the
 # network with nftables; the TURN test runs a real coturn on loopback; the
 # metrics test a real Prometheus; the benchmark's load generator and
-# peerjs-server run on Node.
-SYSTEM_PACKAGES := chromium coturn firefox-esr nodejs nftables prometheus
+# peerjs-server run on Node; the cluster tests a real Redis.
+SYSTEM_PACKAGES := chromium coturn firefox-esr nodejs nftables prometheus redis-server
 # puppeteer-core for Firefox, pinned by tests/browsers/package-lock.json.
 BROWSER_DRIVERS := tests/browsers/node_modules/.package-lock.json
 
@@ -62,6 +62,21 @@ browser-drivers: system-packages $(BROWSER_DRIVERS)
 run: install
 	$(BIN)/twistd --pidfile= -n rtcsignal --endpoint $(ENDPOINT) $(ARGS)
 
+# Cluster mode on one machine: a local redis-server and NODES rtcsignal
+# processes sharing PORT through SO_REUSEPORT (the reuseport: endpoint), so
+# the kernel spreads connections over all the cores.  Ctrl-C stops them all.
+NODES ?= $(shell nproc)
+PORT ?= 8080
+REDIS_PORT ?= 6390
+run-cluster: install
+	@command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)"; exit 1; }
+	@trap 'kill 0' INT TERM EXIT; \
+	redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save '' --appendonly no & \
+	for i in $$(seq $(NODES)); do \
+	  $(BIN)/twistd --pidfile= -n rtcsignal --endpoint reuseport:$(PORT):interface=127.0.0.1:backlog=1024 \
+	    --redis redis://127.0.0.1:$(REDIS_PORT)/0 $(ARGS) & \
+	done; wait
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -102,6 +117,10 @@ bench: install bench/node_modules/.installed
 bench-smoke: install bench/node_modules/.installed
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BENCH_SMOKE)
+
+bench-cluster: install system-packages
+	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
+	$(BIN)/python bench/cluster.py $(BENCH_ARGS)
 
 # Many peers joining, chatting and leaving for SOAK_ARGS="--minutes N" (5):
 # fails if memory grows after the churn or a message is lost. Not in `make test`.

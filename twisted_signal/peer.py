@@ -31,7 +31,7 @@ from .hooks import SerialQueue, call, call_logged, then
 from .limits import RateLimiter, Verdict
 from .message import InvalidMessage, Message
 from .resume import Link, Resumption
-from .room import PeerHandle, Room
+from .room import PeerHandle, RoomAccess
 from .rooms import Rooms, is_room_name
 from .settings import Settings
 
@@ -82,7 +82,7 @@ class Peer(WebSocketServerProtocol):
         super().__init__()
         self.peer_id = ""
         self.peer_state: Any = None
-        self.room: Room | None = None
+        self.room: RoomAccess | None = None
         self.context: PeerContext | None = None
         self.auth: AuthData | None = None
         self._remote = ""
@@ -287,7 +287,7 @@ class Peer(WebSocketServerProtocol):
         if self._resuming is not None:
             self._resume(*self._resuming)
             return
-        room = factory.rooms.get_or_create(self.context.room)
+        room = factory.rooms.access(self.context.room)
         if room is None:
             # The room was stopped between the handshake and now.
             self._error("Could not join room", "no_such_room")
@@ -310,7 +310,7 @@ class Peer(WebSocketServerProtocol):
         self._resuming = None
         self._link = link
         link.connection = _Carrier(self)
-        self.room = room = self.factory.rooms.get(carried.context.room)
+        self.room = room = self.factory.rooms.find(carried.context.room)
         if room is not None:
             room._moved(self.peer_id, self)
         self.factory.events.resume("resumed")
@@ -543,7 +543,7 @@ class Peer(WebSocketServerProtocol):
         result = self._terminate()
         room = self.room
         if room is None and self.context is not None:
-            room = self.factory.rooms.get(self.context.room)
+            room = self.factory.rooms.find(self.context.room)
         if room is not None:
             peer_id = self.peer_id
             then(result, lambda _: room.leave(peer_id))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -31,7 +31,14 @@ from .message import ALL, Message
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["CLOSE_GOING_AWAY", "CLOSE_NORMAL", "CLOSE_POLICY_VIOLATION", "PeerHandle", "Room"]
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY_VIOLATION",
+    "PeerHandle",
+    "Room",
+    "RoomAccess",
+]
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -58,6 +65,26 @@ class PeerHandle:
     admitted: Callable[[list[str]], None]
     peer: Any = None
     """The local `Peer` protocol, when there is one."""
+
+
+class RoomAccess(Protocol):
+    """
+    What a connection needs of its room: a `Room`, or in cluster mode the
+    node's relay to the room's owner (`twisted_signal.cluster`).
+    """
+
+    name: str
+
+    @property
+    def peers(self) -> Mapping[str, PeerHandle]: ...
+
+    def join(self, handle: PeerHandle) -> None: ...
+
+    def leave(self, peer_id: str) -> None: ...
+
+    def submit(self, message: Message, received: float | None = None) -> None: ...
+
+    def _moved(self, peer_id: str, peer: Any) -> None: ...
 
 
 class Room(Service):
@@ -241,6 +268,13 @@ class Room(Service):
         handle = self._peers.get(peer_id)
         if handle is not None:
             self._peers[peer_id] = replace(handle, peer=peer)
+
+    def _restore(self, handle: PeerHandle) -> None:
+        """
+        A peer that joined under the room's previous owner node (cluster
+        mode): it is in `peers` again, without `on_join` or ``joined``.
+        """
+        self._peers[handle.peer_id] = handle
 
     # Internals.  Everything below runs as a job of self._queue.
 

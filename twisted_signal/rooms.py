@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from .events import NO_EVENTS, Events
-from .room import Room
+from .room import Room, RoomAccess
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -116,6 +116,19 @@ class Rooms(MultiService):
             room._on_empty = self._emptied
             self._add(room)
         return room
+
+    def access(self, name: str) -> RoomAccess | None:
+        """
+        What a connection joining `name` talks to: here `get_or_create`;
+        in cluster mode, the relay to the room's owner node.
+        """
+        return self.get_or_create(name)
+
+    def find(self, name: str) -> RoomAccess | None:
+        """
+        What a connection of `name` talks to, if it exists; never creates.
+        """
+        return self.get(name)
 
     def stop_room(self, name: str) -> Deferred[None]:
         """

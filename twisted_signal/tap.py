@@ -80,6 +80,19 @@ def _seconds(option: str, zero: str | None = None) -> Callable[[str], float]:
     return coerce
 
 
+def _redis_url(value: str) -> str:
+    from .cluster.resp import parse_url
+
+    try:
+        parse_url(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--redis {value!r}: {e}") from None
+    return value
+
+
+_redis_url.coerceDoc = "redis://host:port/db or unix:///path."  # type: ignore[attr-defined]
+
+
 def _whole(option: str, minimum: int) -> Callable[[str], int]:
     def coerce(value: str) -> int:
         try:
@@ -288,6 +301,21 @@ class Options(usage.Options):
             "<this token>' (default: no admin API).",
         ],
         ["admin-token-file", None, None, "The same, with the token read from this file."],
+        [
+            "redis",
+            None,
+            None,
+            "Cluster mode: share rooms with other nodes through this Redis, as "
+            "redis://host:port/db or unix:///path (default: off).",
+            _redis_url,
+        ],
+        [
+            "cluster-lease",
+            None,
+            10.0,
+            "Cluster mode, advanced: seconds a room owner's and a node's lease last.",
+            _seconds("cluster-lease"),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -497,7 +525,15 @@ def makeService(options: Options) -> IService:
         def factory(name: str) -> Room:
             return room_class(name, None, max_peers=max_peers)
 
-    rooms = Rooms(factory, max_peers=max_peers)
+    rooms: Rooms
+    if options["redis"] is not None:
+        from .cluster import ClusterRooms
+
+        rooms = ClusterRooms(
+            factory, redis_url=options["redis"], lease=options["cluster-lease"], max_peers=max_peers
+        )
+    else:
+        rooms = Rooms(factory, max_peers=max_peers)
     for name, limit in options["room"]:
         rooms.start_room(name, room_class, max_peers=limit if limit is not None else max_peers)
     from twisted.internet import reactor

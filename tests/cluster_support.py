@@ -1,0 +1,103 @@
+"""
+A real ``redis-server`` and real ``twistd rtcsignal --redis`` nodes on free
+loopback ports, for the cluster tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .test_twistd import Spawn, Twistd, free_port, spawn_in
+
+#: Short leases keep the failure tests fast (docs/cluster.md: --cluster-lease).
+LEASE = 2.0
+
+
+def _redis_server() -> str:
+    path = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(path):
+        message = "redis-server is not installed (Debian package redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class Redis:
+    """One ``redis-server`` with no persistence, restartable on its port."""
+
+    folder: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        log = (self.folder / "redis.log").open("ab")
+        self.process = subprocess.Popen(argv, stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        pytest.fail("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+@dataclass
+class Cluster:
+    redis: Redis
+    spawn: Spawn
+
+    def node(self, *args: str, lease: float = LEASE, pythonpath: Path | None = None) -> Twistd:
+        return self.spawn(
+            "--redis",
+            self.redis.url,
+            "--cluster-lease",
+            str(lease),
+            "--resume-window",
+            "0",
+            *args,
+            pythonpath=pythonpath,
+        )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    redis = Redis(tmp_path)
+    redis.start()
+    processes: list[Twistd] = []
+    try:
+        yield Cluster(redis, spawn_in(tmp_path, processes))
+    finally:
+        for twistd in processes:
+            if twistd.process.poll() is None:
+                with contextlib.suppress(OSError):
+                    twistd.process.send_signal(signal.SIGCONT)  # in case a test froze it
+            twistd.kill()
+        redis.stop()

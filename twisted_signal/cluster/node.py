@@ -1,0 +1,919 @@
+"""
+Cluster mode: `ClusterRooms` is the `Rooms` of a node that shares its rooms
+with other nodes through Redis (see docs/cluster.md).
+
+Each room a node's peers use has a `RoomRelay` here.  On the node that owns
+the room the relay hands everything to the one local `Room`; on the others it
+writes joins, messages and leaves to the room's stream, and hands the owner's
+deliveries (from this node's inbox stream) to the local connections.  The
+room itself sees only `PeerHandle`s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .. import message as wire
+from ..context import AuthData
+from ..events import Events
+from ..hooks import SerialQueue
+from ..message import InvalidMessage, Message
+from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
+from ..rooms import RoomFactory, Rooms
+from . import scripts
+from .resp import RedisClient
+
+__all__ = ["ClusterRooms", "RoomRelay"]
+
+PREFIX = "rtcsignal:"
+#: The share of the lease during which an owner still acts as owner, counted
+#: on the monotonic clock from when it sent its last acquire or renew.
+SAFE_SHARE = 0.8
+#: Readers trim what they have read (XTRIM MINID); this bound only caps the
+#: memory of a stream whose reader is gone.  Trimming by length alone would
+#: drop entries that a reader under load has not read yet.
+STREAM_MAXLEN = 1_000_000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RoomRelay:
+    """
+    This node's side of one room: the peers connected here, and, while this
+    node owns the room, the `Room` itself.
+    """
+
+    _log = Logger()
+
+    def __init__(self, rooms: ClusterRooms, name: str) -> None:
+        self.name = name
+        self._rooms = rooms
+        self._local: dict[str, PeerHandle] = {}
+        self._local_view = MappingProxyType(self._local)
+        self._sent: set[str] = set()
+        """Local peers whose join has gone to an owner."""
+        self._answered: set[str] = set()
+        """Local peers the owner has admitted or closed."""
+        self._known: dict[str, PeerHandle] = {}
+        self.room: Room | None = None
+        self.epoch = 0
+        self.token = ""
+        self.cursor = "0-0"
+        self.seen_epoch = 0
+        self._valid_until = 0.0
+        self._members: dict[str, str] = {}
+        """While owner: the node of each member."""
+        self._queue = SerialQueue(f"relay {name!r}")
+        self._resolved = False
+
+    # What a Peer calls (the same as on a Room).
+
+    @property
+    def peers(self) -> Mapping[str, PeerHandle]:
+        """
+        The room's peers: the owner's own view, or on another node what the
+        members hash said at the last tick (a resumed peer's ``peers``), with
+        this node's own peers.
+        """
+        if self.room is not None:
+            return self.room.peers
+        if not self._known:
+            return self._local_view
+        return MappingProxyType({**self._known, **self._local})
+
+    def join(self, handle: PeerHandle) -> None:
+        self._local[handle.peer_id] = handle
+        self._run(lambda: self._join(handle))
+
+    def submit(self, message: Message, received: float | None = None) -> None:
+        self._run(lambda: self._submit(message, received))
+
+    def leave(self, peer_id: str) -> None:
+        self._local.pop(peer_id, None)
+        self._answered.discard(peer_id)
+        self._run(lambda: self._leave(peer_id))
+
+    def _moved(self, peer_id: str, peer: Any) -> None:
+        if self.room is not None:
+            self.room._moved(peer_id, peer)
+
+    # Ordering: nothing goes out before the owner is known.
+
+    def _run(self, job: Callable[[], Any]) -> None:
+        if not self._resolved:
+            self._resolved = True
+            self._queue.run(self.resolve)
+        self._queue.run(job)
+
+    def resolve(self) -> Deferred[None]:
+        """
+        Take the room if it has no owner; otherwise learn the owner's epoch.
+        """
+        rooms = self._rooms
+        sent = time.monotonic()
+        d = rooms.redis.execute(
+            "EVAL",
+            scripts.ACQUIRE,
+            4,
+            rooms.key("room", self.name, "owner"),
+            rooms.key("room", self.name, "epoch"),
+            rooms.key("room", self.name, "in"),
+            rooms.key("room", self.name, "cursor"),
+            rooms.node_id,
+            int(rooms.lease * 1000),
+        )
+        return d.addCallbacks(self._acquired, self._unresolved, callbackArgs=(sent,))
+
+    def _unresolved(self, failure: Failure) -> None:
+        self._log.warn(
+            "room {room}: cannot reach Redis to find its owner: {why}",
+            room=self.name,
+            why=failure.getErrorMessage(),
+        )
+        self._resolved = False
+
+    def _acquired(self, reply: list[Any], sent: float) -> Any:
+        epoch, detail = int(reply[0]), _text(reply[1])
+        if epoch == 0:
+            # Someone else owns it.  What this node has seen of its epoch is
+            # what came through the inbox, in stream order (see from_inbox).
+            rooms = self._rooms
+            d = rooms.redis.execute("HGETALL", rooms.key("room", self.name, "peers"))
+            return d.addCallbacks(self._members_read, lambda _: None)
+        return self._become_owner(epoch, detail, sent)
+
+    def _members_read(self, flat: list[bytes]) -> None:
+        ids = [_text(flat[i]) for i in range(0, len(flat), 2)]
+        self._known = {p: PeerHandle(p, AuthData(p), _nothing, _nothing, _nothing) for p in ids}
+
+    # Owning the room.
+
+    def lease_valid(self) -> bool:
+        return self.room is not None and time.monotonic() < self._valid_until
+
+    def _become_owner(self, epoch: int, cursor: str, sent: float) -> Deferred[None]:
+        rooms = self._rooms
+        self.epoch, self.cursor = epoch, cursor
+        self.token = f"{rooms.node_id}|{epoch}"
+        self._valid_until = sent + rooms.lease * SAFE_SHARE
+        d = rooms.redis.execute("HGETALL", rooms.key("room", self.name, "peers"))
+        return d.addCallback(self._take_over)
+
+    def _take_over(self, flat: list[bytes]) -> Any:
+        rooms = self._rooms
+        room = rooms.make_room(self.name)
+        if room is None:
+            return None
+        self._log.info(
+            "room {room}: owned by this node, epoch {epoch}", room=self.name, epoch=self.epoch
+        )
+        self.room = room
+        self._members = {}
+        if rooms.creates_on_demand and not rooms.is_configured(self.name):
+            room._on_empty = self._emptied
+        # A room with members was started by a previous owner: for the
+        # lifecycle events (webhooks) it goes on, it does not start again.
+        rooms.adopt(room, continued=bool(flat))
+        nodes: set[str] = set()
+        gone: list[str] = []
+        for i in range(0, len(flat), 2):
+            peer_id, member = _text(flat[i]), json.loads(flat[i + 1])
+            node = member["node"]
+            auth = AuthData(peer_id, member.get("credentials") or {}, member.get("metadata"))
+            if node == rooms.node_id:
+                local = self._local.get(peer_id)
+                if local is None:
+                    gone.append(peer_id)
+                    handle = PeerHandle(peer_id, auth, _nothing, _nothing, _nothing)
+                else:
+                    handle = self._guarded(local)
+            else:
+                handle = self._remote(node, peer_id, auth)
+                nodes.add(node)
+            self._members[peer_id] = node
+            room._restore(handle)
+        # The announcement goes through each member node's inbox, this one's
+        # too: what the old owner wrote before it is still delivered, what
+        # it writes after it is dropped (fencing at the receiver).
+        for node in sorted(nodes | {rooms.node_id}):
+            self._to_node(node, "", "epoch", "")
+        # Local peers whose join went to an owner that is gone join again.
+        for peer_id in sorted(self._sent - set(self._members)):
+            local = self._local.get(peer_id)
+            if local is not None:
+                self._join_room(self._guarded(local), rooms.node_id)
+        for peer_id in gone:
+            self._owner_leave(peer_id)
+        rooms.wake()
+        return None
+
+    def renew(self) -> Deferred[None]:
+        """Keep the lease, and let the members of dead nodes go."""
+        rooms = self._rooms
+        sent = time.monotonic()
+        token = self.token
+        d = rooms.redis.execute(
+            "EVAL",
+            scripts.RENEW,
+            1,
+            rooms.key("room", self.name, "owner"),
+            token,
+            int(rooms.lease * 1000),
+        )
+
+        def renewed(reply: int) -> Any:
+            if self.token != token or self.room is None:
+                return None
+            if not reply:
+                self._log.warn("room {room}: lease lost; stepping down", room=self.name)
+                self.step_down()
+                return None
+            self._valid_until = sent + rooms.lease * SAFE_SHARE
+            took = time.monotonic() - sent
+            if took > rooms.lease / 3:
+                self._log.warn("room {room}: renewing took {took:.1f}s", room=self.name, took=took)
+            if time.monotonic() < rooms.judge_after:
+                # Redis restarted lately: the live nodes may not have
+                # registered again yet, so nobody is judged dead for now.
+                return None
+            return rooms.redis.execute(
+                "EVAL",
+                scripts.DEAD_MEMBERS,
+                1,
+                rooms.key("room", self.name, "peers"),
+                rooms.key("node", ""),
+            ).addCallback(self._dead)
+
+        return d.addCallback(renewed)
+
+    def _dead(self, peer_ids: list[bytes]) -> None:
+        for raw in peer_ids:
+            peer_id = _text(raw)
+            if self.room is not None and self._members.get(peer_id) != self._rooms.node_id:
+                self._log.info(
+                    "room {room}: peer {peer_id}'s node is gone", room=self.name, peer_id=peer_id
+                )
+                self._owner_leave(peer_id)
+
+    def reacquire(self) -> Deferred[None]:
+        """Redis lost its keys: take the room again and write its members back."""
+        rooms = self._rooms
+        room = self.room
+        assert room is not None
+        sent = time.monotonic()
+        d = rooms.redis.execute(
+            "EVAL",
+            scripts.ACQUIRE,
+            4,
+            rooms.key("room", self.name, "owner"),
+            rooms.key("room", self.name, "epoch"),
+            rooms.key("room", self.name, "in"),
+            rooms.key("room", self.name, "cursor"),
+            rooms.node_id,
+            int(rooms.lease * 1000),
+        )
+
+        def got(reply: list[Any]) -> Any:
+            epoch = int(reply[0])
+            if not epoch:
+                self.step_down()
+                return None
+            self.epoch = epoch
+            self.token = f"{rooms.node_id}|{epoch}"
+            self._valid_until = sent + rooms.lease * SAFE_SHARE
+            self.cursor = "0-0"
+            for peer_id, handle in room.peers.items():
+                self._record(peer_id, self._members.get(peer_id, rooms.node_id), handle.auth)
+            for node in sorted(set(self._members.values()) | {rooms.node_id}):
+                self._to_node(node, "", "epoch", "")
+            rooms.wake()
+            return None
+
+        return d.addCallback(got)
+
+    def step_down(self) -> None:
+        """
+        Stop acting as owner at once: drop the `Room` without a word to the
+        remote peers (a new owner has them), close the local ones.
+        """
+        room, self.room = self.room, None
+        self._resolved = False
+        self.token = ""
+        if room is None:
+            return
+        self._rooms.forsake(room)
+        for handle in list(self._local.values()):
+            handle.close(CLOSE_GOING_AWAY)
+
+    def _emptied(self, room: Room) -> None:
+        rooms = self._rooms
+        if self.room is not room:
+            return
+        rooms.redis.execute(
+            "EVAL",
+            scripts.RELEASE,
+            2,
+            rooms.key("room", self.name, "owner"),
+            rooms.key("room", self.name, "peers"),
+            self.token,
+        ).addErrback(lambda _: None)
+        self.room, self.token, self._resolved = None, "", False
+        rooms.release(self, room)
+
+    def _guarded(self, local: PeerHandle) -> PeerHandle:
+        """A local peer's handle that delivers only while the lease holds."""
+        send, admitted = local.send, local.admitted
+
+        def guarded_send(payload: bytes) -> None:
+            if self.lease_valid():
+                send(payload)
+            else:
+                self._lease_ran_out()
+
+        def close(code: int) -> None:
+            self._forget_refused(local.peer_id)
+            local.close(code)
+
+        def recorded(peer_ids: list[str]) -> None:
+            self._record(local.peer_id, self._rooms.node_id, local.auth)
+            if self.lease_valid():
+                admitted(peer_ids)
+
+        return PeerHandle(
+            local.peer_id, local.auth, guarded_send, local.close, recorded, local.peer
+        )
+
+    def _remote(self, node: str, peer_id: str, auth: AuthData) -> PeerHandle:
+        def send(payload: bytes) -> None:
+            self._to_node(node, peer_id, "send", payload)
+
+        def close(code: int) -> None:
+            self._forget_refused(peer_id)
+            self._to_node(node, peer_id, "close", str(code))
+
+        def admitted(peer_ids: list[str]) -> None:
+            self._record(peer_id, node, auth)
+            self._to_node(node, peer_id, "admitted", json.dumps(peer_ids))
+
+        return PeerHandle(peer_id, auth, send, close, admitted)
+
+    def _lease_ran_out(self) -> None:
+        if self.room is not None and self.token:
+            self._log.warn(
+                "room {room}: lease not renewed within {share:.0%} of its time; stepping down",
+                room=self.name,
+                share=SAFE_SHARE,
+            )
+            self.token = ""
+            self._rooms.soon(self.step_down)
+
+    def _to_node(self, node: str, peer_id: str, kind: str, data: bytes | str) -> None:
+        if not self.lease_valid():
+            self._lease_ran_out()
+            return
+        self._rooms.xadd(
+            self._rooms.key("inbox", node),
+            room=self.name,
+            epoch=self.epoch,
+            peer=peer_id,
+            kind=kind,
+            data=data,
+        )
+
+    def _forget_refused(self, peer_id: str) -> None:
+        if self.room is not None and peer_id not in self.room.peers:
+            self._members.pop(peer_id, None)
+
+    def _record(self, peer_id: str, node: str, auth: AuthData) -> None:
+        rooms = self._rooms
+        self._members[peer_id] = node
+        member = json.dumps(
+            {"node": node, "credentials": auth.credentials, "metadata": auth.metadata}
+        )
+        rooms.redis.execute(
+            "EVAL",
+            scripts.MEMBER_ADD,
+            2,
+            rooms.key("room", self.name, "owner"),
+            rooms.key("room", self.name, "peers"),
+            self.token,
+            peer_id,
+            member,
+        ).addErrback(self._log_failure, "record a member")
+
+    def _owner_leave(self, peer_id: str) -> None:
+        rooms = self._rooms
+        if self.room is not None:
+            self.room.leave(peer_id)
+        self._members.pop(peer_id, None)
+        rooms.redis.execute(
+            "EVAL",
+            scripts.MEMBER_DEL,
+            2,
+            rooms.key("room", self.name, "owner"),
+            rooms.key("room", self.name, "peers"),
+            self.token,
+            peer_id,
+        ).addErrback(self._log_failure, "forget a member")
+
+    def _join_room(self, handle: PeerHandle, node: str) -> None:
+        room = self.room
+        if room is None or handle.peer_id in room.peers or handle.peer_id in self._members:
+            return
+        self._members[handle.peer_id] = node
+        room.join(handle)
+
+    def _log_failure(self, failure: Failure, what: str) -> None:
+        self._log.warn(
+            "room {room}: could not {what}: {why}",
+            room=self.name,
+            what=what,
+            why=failure.getErrorMessage(),
+        )
+
+    # The jobs behind join, submit and leave.
+
+    def _join(self, handle: PeerHandle) -> None:
+        peer_id = handle.peer_id
+        if peer_id not in self._local:
+            return
+        self._sent.add(peer_id)
+        if self.room is not None:
+            self._join_room(self._guarded(handle), self._rooms.node_id)
+            return
+        auth = handle.auth
+        self._rooms.xadd(
+            self._rooms.key("room", self.name, "in"),
+            op="join",
+            peer=peer_id,
+            node=self._rooms.node_id,
+            auth=json.dumps({"credentials": auth.credentials, "metadata": auth.metadata}),
+        )
+        self._rooms.reactor.callLater(self._rooms.lease, self._check_answered, handle)
+
+    def _check_answered(self, handle: PeerHandle) -> None:
+        """
+        A join nobody answered went to an owner that had just let the room go
+        (or died): find the owner again and ask once more.  The owner ignores
+        a join it already has.
+        """
+        peer_id = handle.peer_id
+        if peer_id in self._local and peer_id not in self._answered:
+            self._log.info(
+                "room {room}: join of {peer_id} unanswered; again", room=self.name, peer_id=peer_id
+            )
+            self._resolved = False
+            self._run(lambda: self._join(handle))
+
+    def _submit(self, message: Message, received: float | None) -> None:
+        if self.room is not None:
+            self.room.submit(message, received)
+            return
+        self._rooms.xadd(
+            self._rooms.key("room", self.name, "in"),
+            op="submit",
+            peer=message.from_ or "",
+            message=message.to_json(),
+        )
+
+    def _leave(self, peer_id: str) -> None:
+        self._sent.discard(peer_id)
+        if self.room is not None:
+            self._owner_leave(peer_id)
+        else:
+            self._rooms.xadd(self._rooms.key("room", self.name, "in"), op="leave", peer=peer_id)
+        self._rooms.forget_if_idle(self)
+
+    # Entries from the room's stream (while owner) and from this node's inbox.
+
+    def from_stream(self, fields: dict[str, str]) -> None:
+        room = self.room
+        if room is None:
+            return
+        op, peer_id = fields.get("op"), fields.get("peer", "")
+        if op == "join":
+            auth = json.loads(fields.get("auth", "{}"))
+            handle = self._remote(
+                fields["node"],
+                peer_id,
+                AuthData(peer_id, auth.get("credentials") or {}, auth.get("metadata")),
+            )
+            self._join_room(handle, fields["node"])
+        elif op == "submit":
+            if peer_id not in room.peers:
+                return
+            try:
+                message = Message.from_json(fields.get("message", ""), from_=peer_id)
+            except InvalidMessage:
+                self._log.warn(
+                    "room {room}: dropped a relayed message that is not valid", room=self.name
+                )
+                return
+            room.submit(message)
+        elif op == "leave":
+            self._owner_leave(peer_id)
+
+    def from_inbox(self, fields: dict[str, str], raw: bytes) -> None:
+        epoch = int(fields.get("epoch", "0"))
+        if epoch < self.seen_epoch:
+            self._log.info(
+                "room {room}: dropped a delivery of stale epoch {epoch} (seen {seen})",
+                room=self.name,
+                epoch=epoch,
+                seen=self.seen_epoch,
+            )
+            return
+        self.seen_epoch = epoch
+        kind = fields.get("kind")
+        handle = self._local.get(fields.get("peer", ""))
+        if handle is None:
+            return
+        if kind in ("admitted", "close"):
+            self._answered.add(handle.peer_id)
+        if kind == "send":
+            handle.send(raw)
+        elif kind == "close":
+            handle.close(int(fields.get("data", "1000")))
+        elif kind == "admitted":
+            handle.admitted(json.loads(fields.get("data", "[]")))
+
+    @property
+    def idle(self) -> bool:
+        return not self._local and self.room is None and self._queue.idle
+
+
+def _nothing(*_: Any) -> None:
+    pass
+
+
+class _NotStartedAgain(Events):
+    """`Events` that pass everything on but a room's start."""
+
+    def __init__(self, inner: Events) -> None:
+        self._inner = inner
+
+    def room_started(self, room: str) -> None:
+        pass
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("room_started", "_inner", "__class__"):
+            return object.__getattribute__(self, name)
+        return getattr(object.__getattribute__(self, "_inner"), name)
+
+
+class ClusterRooms(Rooms):
+    """
+    The rooms of one node of a cluster.  `get_or_create` gives a `RoomRelay`;
+    the `Room` objects (iteration, `get`) are those this node owns now.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        factory: RoomFactory | None = None,
+        *,
+        redis_url: str,
+        lease: float = 10.0,
+        max_peers: int | None = 4,
+        reactor: Any = None,
+        node_id: str | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        super().__init__(factory, max_peers=max_peers, clock=reactor)
+        self.reactor = reactor
+        self.lease = lease
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self._incarnation = uuid.uuid4().hex
+        self.redis = RedisClient(redis_url, reactor, timeout=max(lease / 3, 0.5))
+        self._reader = RedisClient(redis_url, reactor, timeout=lease)
+        self._relays: dict[str, RoomRelay] = {}
+        self._configured: dict[str, Callable[[], Room]] = {}
+        # The node id is new at every start, so its inbox starts empty.
+        self._inbox_cursor = "0-0"
+        self._run_id: str | None = None
+        self._node_ok = 0.0
+        self._ticking = False
+        self._registered = False
+        self._quiet_ticks = 0
+        self.judge_after = 0.0
+        """Before this (monotonic), owners judge no member's node dead."""
+        self._last_tick = 0.0
+        self._tick = LoopingCall(self._heartbeat)
+        self._tick.clock = reactor
+        self._reading = False
+
+    def key(self, *parts: str) -> str:
+        return PREFIX + ":".join(parts)
+
+    # The Rooms seam, as a Peer uses it.
+
+    def start_room(
+        self, name: str, room_class: type[Room] = Room, options: Any = None, **kw: Any
+    ) -> Room:
+        """
+        Every node is started with the same rooms; each one runs the `Room`
+        only while it owns it.
+        """
+        cap = kw.get("max_peers", self.max_peers)
+        if not isinstance(cap, int | type(None)):
+            cap = self.max_peers
+        self._configured[name] = lambda: room_class(name, options, max_peers=cap, clock=self._clock)
+        return room_class(name, options, max_peers=cap, clock=self._clock)
+
+    def is_configured(self, name: str) -> bool:
+        return name in self._configured
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._configured or name in self._relays
+
+    def access(self, name: str) -> RoomRelay | None:
+        relay = self._relays.get(name)
+        if relay is None and (name in self._configured or self.factory is not None):
+            relay = self._relays[name] = RoomRelay(self, name)
+        return relay
+
+    def find(self, name: str) -> RoomRelay | None:
+        return self._relays.get(name)
+
+    def make_room(self, name: str) -> Room | None:
+        if name in self._configured:
+            return self._configured[name]()
+        if self.factory is not None:
+            return self.factory(name)
+        return None
+
+    def adopt(self, room: Room, *, continued: bool = False) -> None:
+        """Run `room` here (this node owns it now)."""
+        if not continued:
+            self._add(room)
+            return
+        events = self.events
+        self._events = _NotStartedAgain(events)
+        try:
+            self._add(room)
+        finally:
+            self._events = events
+            room.events = events
+
+    def forsake(self, room: Room) -> None:
+        """Drop `room` without stopping it: another node owns it now."""
+        room._queue.cancel()
+        if room in self.services:
+            self.services.remove(room)
+            self.namedServices.pop(room.name, None)
+            room.parent = None
+            room.running = False
+
+    def release(self, relay: RoomRelay, room: Room) -> None:
+        if self.get(room.name) is room:
+            self._remove(room)
+        self.forget_if_idle(relay)
+
+    def forget_if_idle(self, relay: RoomRelay) -> None:
+        def check() -> None:
+            if relay.idle and self._relays.get(relay.name) is relay:
+                del self._relays[relay.name]
+
+        self.soon(check)
+
+    def soon(self, fn: Callable[[], Any]) -> None:
+        self.reactor.callLater(0, fn)
+
+    def xadd(self, stream: str, **fields: Any) -> None:
+        args: list[Any] = ["XADD", stream, "MAXLEN", "~", STREAM_MAXLEN, "*"]
+        for name, value in fields.items():
+            args += [name, value]
+        self.redis.execute(*args).addErrback(self._xadd_failed, stream)
+
+    def _xadd_failed(self, failure: Failure, stream: str) -> None:
+        self._log.warn(
+            "could not write to {stream}: {why}", stream=stream, why=failure.getErrorMessage()
+        )
+
+    def wake(self) -> None:
+        """End the reader's wait, so it reads the streams of newly owned rooms too."""
+        self.xadd(self.key("inbox", self.node_id), kind="wake")
+
+    # The node's life.
+
+    def startService(self) -> None:
+        super().startService()
+        self._node_ok = time.monotonic()
+        self._tick.start(self.lease / 3, now=True)
+        self._reading = True
+        self._read()
+
+    def stopService(self) -> Deferred[None]:
+        self._reading = False
+        if self._tick.running:
+            self._tick.stop()
+        for relay in list(self._relays.values()):
+            for handle in list(relay._local.values()):
+                handle.send(wire.error(handle.peer_id, "Room closed", "shutdown").to_bytes())
+                handle.close(CLOSE_GOING_AWAY)
+        d: Deferred[None] = Deferred()
+        self._when_settled(d, time.monotonic() + self.lease * SAFE_SHARE / 2)
+        return d
+
+    def _when_settled(self, done: Deferred[None], deadline: float) -> None:
+        """
+        Hand the rooms over once this node's peers have left them and the
+        rooms have sent every ``left`` (or when the deadline comes).
+        """
+        busy = any(
+            relay._local or not relay._queue.idle or (relay.room and not relay.room._queue.idle)
+            for relay in self._relays.values()
+        )
+        if busy and time.monotonic() < deadline:
+            self.reactor.callLater(0.05, self._when_settled, done, deadline)
+        else:
+            self.reactor.callLater(0.1, self._hand_over, done)
+
+    def _hand_over(self, done: Deferred[None]) -> None:
+        waits = []
+        for relay in list(self._relays.values()):
+            if relay.room is not None:
+                room, token = relay.room, relay.token
+                relay.room = None
+                self.forsake(room)
+                waits.append(
+                    self.redis.execute(
+                        "EVAL",
+                        scripts.HAND_OVER,
+                        2,
+                        self.key("room", relay.name, "owner"),
+                        self.key("room", relay.name, "cursor"),
+                        token,
+                        relay.cursor,
+                        int(self.lease * 1000),
+                    ).addErrback(lambda _: None)
+                )
+        waits.append(
+            self.redis.execute("DEL", self.key("node", self.node_id)).addErrback(lambda _: None)
+        )
+
+        def closed(_: object) -> None:
+            self.redis.close()
+            self._reader.close()
+            self.running = False
+            done.callback(None)
+
+        DeferredList(waits).addBoth(closed)
+
+    def _heartbeat(self) -> None:
+        """
+        One tick.  It never makes the next tick wait: a tick whose commands
+        are still out holds the next one back for at most lease/2.
+        """
+        sent = time.monotonic()
+        if self._ticking and sent - self._last_tick < self.lease / 2:
+            return
+        self._ticking = True
+        if self._last_tick and sent - self._last_tick > self.lease / 2:
+            self._log.warn("cluster heartbeat {late:.1f}s late", late=sent - self._last_tick)
+        self._last_tick = sent
+        if sent - self._node_ok > self.lease * SAFE_SHARE:
+            self._presumed_dead("could not renew its node lease in time")
+        d = self.redis.execute("INFO", "server").addCallback(self._check_run_id)
+        d.addCallback(
+            lambda restarted: self.redis.execute(
+                "EVAL",
+                scripts.NODE_RENEW,
+                1,
+                self.key("node", self.node_id),
+                self._incarnation,
+                int(self.lease * 1000),
+            ).addCallback(self._node_renewed, sent, restarted)
+        )
+        d.addErrback(self._heartbeat_failed)
+
+        def done(_: object) -> None:
+            self._ticking = False
+
+        d.addBoth(done)
+
+    def _check_run_id(self, info: bytes) -> bool:
+        run_id = ""
+        for line in _text(info).splitlines():
+            if line.startswith("run_id:"):
+                run_id = line.partition(":")[2].strip()
+        restarted = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        return restarted
+
+    def _node_renewed(self, reply: int, sent: float, restarted: bool) -> Any:
+        self._node_ok = sent
+        if restarted:
+            self._log.warn("Redis restarted (new run id); taking the owned rooms again")
+            # The owners take their rooms back first: relays wait two ticks
+            # before they would take an ownerless room themselves.
+            self._quiet_ticks = 2
+            self.judge_after = time.monotonic() + self.lease
+            waits = []
+            for relay in self._relays.values():
+                relay.seen_epoch = 0
+                if relay.room is not None:
+                    waits.append(relay.reacquire())
+            return DeferredList(waits)
+        if reply == 0 and self._registered:
+            self._presumed_dead("found its node lease lapsed")
+        self._registered = True
+        waits = []
+        quiet, self._quiet_ticks = self._quiet_ticks > 0, max(self._quiet_ticks - 1, 0)
+        for relay in list(self._relays.values()):
+            if relay.room is not None:
+                waits.append(relay.renew())
+            elif relay._local and not quiet:
+                waits.append(relay.resolve())
+        return DeferredList(waits)
+
+    def _heartbeat_failed(self, failure: Failure) -> None:
+        self._log.warn("cluster heartbeat failed: {why}", why=failure.getErrorMessage())
+
+    def _presumed_dead(self, why: str) -> None:
+        """
+        The other nodes take this node for dead: its peers have left their
+        rooms there.  Let them go here too; their clients reconnect.
+        """
+        had = [r for r in self._relays.values() if r._local or r.room is not None]
+        if not had:
+            return
+        self._log.warn("this node {why}: closing its peers", why=why)
+        for relay in had:
+            relay.step_down()
+            for handle in list(relay._local.values()):
+                handle.close(CLOSE_GOING_AWAY)
+
+    # Reading the streams.
+
+    def _read(self) -> None:
+        if not self._reading:
+            return
+        owned = [r for r in self._relays.values() if r.room is not None]
+        streams = [self.key("inbox", self.node_id)] + [
+            self.key("room", r.name, "in") for r in owned
+        ]
+        ids = [self._inbox_cursor] + [r.cursor for r in owned]
+        block = int(self.lease * 1000 / 3)
+        d = self._reader.execute(
+            "XREAD",
+            "COUNT",
+            1000,
+            "BLOCK",
+            block,
+            "STREAMS",
+            *streams,
+            *ids,
+            timeout=self.lease / 3 + 5,
+        )
+        d.addCallbacks(self._got, self._read_failed, callbackArgs=(owned,))
+
+    def _got(self, reply: Any, owned: list[RoomRelay]) -> None:
+        inbox = self.key("inbox", self.node_id)
+        for stream, entries in reply or []:
+            name = _text(stream)
+            if entries:
+                self.redis.execute("XTRIM", name, "MINID", _text(entries[-1][0])).addErrback(
+                    lambda _: None
+                )
+            for entry_id, flat in entries:
+                fields: dict[str, str] = {}
+                raw = b""
+                for i in range(0, len(flat), 2):
+                    field = _text(flat[i])
+                    if field == "data":
+                        raw = flat[i + 1]
+                    fields[field] = _text(flat[i + 1])
+                if name == inbox:
+                    self._inbox_cursor = _text(entry_id)
+                    relay = self._relays.get(fields.get("room", ""))
+                    if relay is not None:
+                        relay.from_inbox(fields, raw)
+                else:
+                    room_name = name[len(self.key("room", "")) : -len(":in")]
+                    relay = self._relays.get(room_name)
+                    if relay is not None and relay in owned:
+                        relay.cursor = _text(entry_id)
+                        relay.from_stream(fields)
+        self._read()
+
+    def _read_failed(self, failure: Failure) -> None:
+        if not self._reading:
+            return
+        self._log.warn("cluster reader: {why}; retrying", why=failure.getErrorMessage())
+        self._reader.drop()
+        self.reactor.callLater(0.5, self._read)
