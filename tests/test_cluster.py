@@ -19,6 +19,7 @@ from websockets.sync.client import ClientConnection
 
 from .cluster_support import LEASE, Cluster, cluster  # noqa: F401
 from .support import Client, error, join, joined, left, open_socket, relayed
+from .test_twistd import free_port
 
 
 def test_peers_on_two_nodes_share_a_room(cluster: Cluster) -> None:  # noqa: F811
@@ -328,3 +329,40 @@ def abort(ws: ClientConnection) -> None:
     with contextlib.suppress(OSError):
         ws.socket.shutdown(socket.SHUT_RDWR)
     ws.socket.close()
+
+
+def test_nodes_behind_one_port_serve_one_room(cluster: Cluster) -> None:  # noqa: F811
+    """
+    ``make run-cluster``'s shape: nodes sharing one ``reuseport:`` port.
+    The kernel spreads the connections over the nodes, and the peers still
+    make one room.
+    """
+    shared = free_port()
+    endpoint = f"reuseport:{shared}:interface=127.0.0.1:backlog=128"
+    nodes = [cluster.node("--endpoint", endpoint, "--max-peers", "30") for _ in range(2)]
+    url = f"ws://127.0.0.1:{shared}/socket/one/"
+    clients: list[Client] = []
+    try:
+        # Join until each node holds two of them (the kernel spreads
+        # connections by their addresses; eight on one node: 2^-7).
+        def holding() -> list[int]:
+            return [
+                sum(f"peer {c.peer_id} connected to room one" in node.stdout for c in clients)
+                for node in nodes
+            ]
+
+        while len(clients) < 20 and min(holding()) < 2:
+            client = join(url)
+            assert len(client.authenticated["data"]["peers"]) == len(clients)
+            clients.append(client)
+        assert min(holding()) >= 2, holding()
+        last = clients[-1]
+        last.send("hello", "all", {"n": 1})
+        for client in clients[:-1]:
+            message = client.recv()
+            while message["event"] == "joined":
+                message = client.recv()
+            assert message == relayed("hello", {"n": 1}, last, "all")
+    finally:
+        for client in clients:
+            client.close()

@@ -14,7 +14,9 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,18 @@ from .webhook_receiver import Receiver
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "rtcsignal.json"
 PROMETHEUS = shutil.which("prometheus")
 SECRET = b"webhook secret for the tests"
+
+
+def check_metrics_headers(port: int) -> None:
+    """The metrics listener names no Twisted version either, 404s included."""
+    for path in ("/metrics", "/nothing-here"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+                headers = answer.headers
+        except urllib.error.HTTPError as e:
+            headers = e.headers
+        assert headers["Server"] == "rtcsignal", (path, headers["Server"])
+        assert headers["X-Content-Type-Options"] == "nosniff", path
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -201,6 +215,7 @@ def test_scrape_graph_and_subscribe(
 
         samples = scrape(metrics_port)
         check_samples(samples)
+        check_metrics_headers(metrics_port)
         poll(
             "the webhooks to be delivered",
             lambda: (

@@ -30,9 +30,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 from .events import Events
+from .headers import secure_response
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -291,10 +292,22 @@ class MetricsResource(Resource):
         return generate_latest(self._registry)
 
 
+class _MetricsRoot(Resource):
+    """
+    The root of a metrics listener: its answers, 404s included, carry the
+    same common headers as the pages (no Twisted version in ``Server``).
+    """
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        secure_response(request)
+        child: IResource = super().getChildWithDefault(path, request)
+        return child
+
+
 def metrics_root(metrics: Metrics) -> Resource:
     """
     The resource tree of a metrics listener: ``/metrics`` only.
     """
-    root = Resource()
+    root = _MetricsRoot()
     root.putChild(b"metrics", metrics.resource)
     return root
