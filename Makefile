@@ -111,6 +111,7 @@ bench: install bench/node_modules/.installed
 	$(BIN)/pip install --quiet ".[bench]"
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+	$(BIN)/python bench/metrics_overhead.py
 
 # A few seconds of every figure with small counts, without peerjs-server:
 # keeps the suite working (part of `make test`).
