@@ -12,6 +12,7 @@ from . import browser_support
 from .browser_support import Network, Server
 from .firefox import Firefox
 from .support import LiveServer, start_server
+from .test_twistd import Spawn, Twistd, spawn_in
 
 
 @pytest_twisted.async_yield_fixture
@@ -30,6 +31,20 @@ async def make_server() -> AsyncIterator[Callable[..., Awaitable[LiveServer]]]:
     yield make
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """
+    Start real ``twistd rtcsignal`` processes (see `test_twistd.spawn_in`);
+    they are killed after the test.
+    """
+    processes: list[Twistd] = []
+    try:
+        yield spawn_in(tmp_path, processes)
+    finally:
+        for twistd in processes:
+            twistd.kill()
 
 
 # The browser tests' (see browser_support).

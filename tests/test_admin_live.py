@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
 from .support import StrictClient, error, join_strict, joined, left
-from .test_twistd import Spawn, Twistd, spawn_in
+from .test_twistd import Spawn, Twistd
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTION = ROOT / "docs" / "admin-openapi.yaml"
@@ -27,16 +26,6 @@ TOKEN = "9f2c41d7e0b8a6f3c5d2e1f0a9b8c7d6"
 # a failure is a finding, never a flake.
 SEED = "20261201"
 EXAMPLES = "15"
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    processes: list[Twistd] = []
-    try:
-        yield spawn_in(tmp_path, processes)
-    finally:
-        for twistd in processes:
-            twistd.kill()
 
 
 @pytest.fixture

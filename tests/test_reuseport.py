@@ -8,8 +8,6 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -22,7 +20,7 @@ from twisted.python import usage
 from twisted_signal.reuseport import ReusePortEndpoint
 from twisted_signal.tap import Options
 
-from .test_twistd import Spawn, Twistd, free_port, spawn_in
+from .test_twistd import Spawn, Twistd, free_port
 
 
 def test_the_string_makes_a_reuseport_endpoint() -> None:
@@ -81,16 +79,6 @@ async def test_ipv6_interface() -> None:
         assert port.getHost().host == "::1"
     finally:
         await port.stopListening()
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    processes: list[Twistd] = []
-    try:
-        yield spawn_in(tmp_path, processes)
-    finally:
-        for twistd in processes:
-            twistd.kill()
 
 
 def health_on(port: int, tag: int) -> None:

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from twisted_signal.devcert import write_dev_certificate
 from twisted_signal.tap import Options
 from twisted_signal.tls import PROFILES, harden_context_factory, harden_endpoint
 
-from .test_twistd import Spawn, Twistd, free_port, spawn_in
+from .test_twistd import Spawn, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SSLYZE = Path(os.environ.get("SSLYZE") or ROOT / ".venv-sslyze" / "bin" / "sslyze")
@@ -205,16 +204,6 @@ def require_sslyze() -> Path:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    processes: list[Twistd] = []
-    try:
-        yield spawn_in(tmp_path, processes)
-    finally:
-        for twistd in processes:
-            twistd.kill()
 
 
 def scan(port: int, profile: str, folder: Path) -> tuple[dict[str, Any], dict[str, str]]:

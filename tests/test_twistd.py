@@ -129,16 +129,6 @@ def spawn_in(folder: Path, processes: list[Twistd]) -> Spawn:
     return spawn
 
 
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    processes: list[Twistd] = []
-    try:
-        yield spawn_in(tmp_path, processes)
-    finally:
-        for twistd in processes:
-            twistd.kill()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twistd]:
     """
