@@ -144,15 +144,32 @@ class SignalingService(MultiService):
             stopped.addCallback(
                 lambda _: webhooks.flush().addTimeout(max(0.0, deadline - clock.seconds()), clock)
             )
-        stopped.addTimeout(self.shutdown_grace, self._clock)
-        return stopped.addErrback(self._grace_over)
+        # The grace ends the wait, but cancels nothing: cancelling the
+        # MultiServices' DeferredLists would cancel every room's stop and
+        # leave their CancelledErrors unhandled.  Each room gives up on its
+        # own callbacks after its stop_timeout (set to the grace above).
+        done: Deferred[None] = Deferred()
+        timer = self._clock.callLater(self.shutdown_grace, self._grace_over, done)
 
-    def _grace_over(self, failure: Failure) -> None:
-        # addTimeout turns its own cancellation into a TimeoutError.
-        failure.trap(TimeoutError, CancelledError)
+        def finished(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+                done.callback(None)
+
+        stopped.addErrback(self._stop_failed).addCallback(finished)
+        return done
+
+    def _stop_failed(self, failure: Failure) -> None:
+        if failure.check(TimeoutError, CancelledError):
+            self._log.warn("the webhook queue did not drain within the shutdown grace")
+        else:
+            self._log.failure("stopping the server", failure)
+
+    def _grace_over(self, done: Deferred[None]) -> None:
         self._log.warn(
             "shutdown grace of {grace}s over; stopping anyway", grace=self.shutdown_grace
         )
+        done.callback(None)
 
 
 class _Request(Request):
