@@ -147,11 +147,16 @@ class ClusterFuzz(RuleBasedStateMachine):
             time.sleep(LEASE)
 
     def teardown(self) -> None:
-        for p in self.peers:
-            with contextlib.suppress(TimeoutError):
-                extra = p.client.recv(timeout=0.1)
-                pytest.fail(f"{p.peer_id} on node {p.node} got more: {extra}")
-            p.client.close()
+        # Every peer is checked before any is closed: closing one sends the
+        # others its (due) `left`, which is not "more".
+        try:
+            for p in self.peers:
+                with contextlib.suppress(TimeoutError):
+                    extra = p.client.recv(timeout=0.1)
+                    pytest.fail(f"{p.peer_id} on node {p.node} got more: {extra}")
+        finally:
+            for p in self.peers:
+                p.client.close()
 
 
 @pytest.fixture
