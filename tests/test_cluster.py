@@ -138,6 +138,22 @@ def test_a_killed_owner_s_room_moves_and_the_others_keep_talking(cluster: Cluste
     z.close()
 
 
+def test_the_peers_of_a_node_that_died_alone_in_a_room_are_not_restored(
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    # The room's only node dies with its peer: nobody is left to see that
+    # peer go, so it stays in the members hash.  The node that takes the
+    # room next must not restore it (no ghost in `peers`, no late `left`).
+    a = cluster.node()
+    ghost = join(a.socket_url("g"))
+    a.kill()
+    b = cluster.node()
+    with join(b.socket_url("g")) as x:
+        assert x.authenticated["data"]["peers"] == []
+        assert x.nothing_within(LEASE * 2)
+    ghost.close()
+
+
 def test_a_frozen_owner_does_not_deliver_after_its_lease(cluster: Cluster) -> None:  # noqa: F811
     a, b, c = cluster.node(), cluster.node(), cluster.node()
     x = join(a.socket_url("f"))  # a owns the room

@@ -168,10 +168,18 @@ class RoomRelay:
         self.epoch, self.cursor = epoch, cursor
         self.token = f"{rooms.node_id}|{epoch}"
         self._valid_until = sent + rooms.lease * SAFE_SHARE
-        d = rooms.redis.execute("HGETALL", rooms.key("room", self.name, "peers"))
-        return d.addCallback(self._take_over)
+        peers = rooms.key("room", self.name, "peers")
+        d = rooms.redis.execute("HGETALL", peers)
+        if time.monotonic() < rooms.judge_after:
+            # Redis restarted lately (see renew): nobody is judged dead yet.
+            return d.addCallback(self._take_over, [])
+        # Members of a node that died while no other node was in the room
+        # are still in the hash: nobody saw them go.  They must go now,
+        # before anyone joins, not be restored as if they were there.
+        dead = rooms.redis.execute("EVAL", scripts.DEAD_MEMBERS, 1, peers, rooms.key("node", ""))
+        return d.addCallback(lambda flat: dead.addCallback(lambda ids: self._take_over(flat, ids)))
 
-    def _take_over(self, flat: list[bytes]) -> Any:
+    def _take_over(self, flat: list[bytes], dead: list[bytes]) -> Any:
         rooms = self._rooms
         room = rooms.make_room(self.name)
         if room is None:
@@ -209,13 +217,18 @@ class RoomRelay:
         # it writes after it is dropped (fencing at the receiver).
         for node in sorted(nodes | {rooms.node_id}):
             self._to_node(node, "", "epoch", "")
+        # The members that are not there leave first (in room order), so
+        # that a peer joining now neither sees them nor gets their `left`.
+        gone += [
+            _text(p) for p in dead if self._members.get(_text(p), rooms.node_id) != rooms.node_id
+        ]
+        for peer_id in gone:
+            self._owner_leave(peer_id)
         # Local peers whose join went to an owner that is gone join again.
         for peer_id in sorted(self._sent - set(self._members)):
             local = self._local.get(peer_id)
             if local is not None:
                 self._join_room(self._guarded(local), rooms.node_id)
-        for peer_id in gone:
-            self._owner_leave(peer_id)
         rooms.wake()
         return None
 
