@@ -121,9 +121,14 @@ class RoomRelay:
         """
         Take the room if it has no owner; otherwise learn the owner's epoch.
         """
-        rooms = self._rooms
         sent = time.monotonic()
-        d = rooms.redis.execute(
+        d = self._acquire()
+        return d.addCallbacks(self._acquired, self._unresolved, callbackArgs=(sent,))
+
+    def _acquire(self) -> Deferred[Any]:
+        """Run the ACQUIRE script: the owner lease and epoch, or the owner's epoch."""
+        rooms = self._rooms
+        return rooms.redis.execute(
             "EVAL",
             scripts.ACQUIRE,
             4,
@@ -134,7 +139,6 @@ class RoomRelay:
             rooms.node_id,
             int(rooms.lease * 1000),
         )
-        return d.addCallbacks(self._acquired, self._unresolved, callbackArgs=(sent,))
 
     def _unresolved(self, failure: Failure) -> None:
         self._log.warn(
@@ -286,17 +290,7 @@ class RoomRelay:
         room = self.room
         assert room is not None
         sent = time.monotonic()
-        d = rooms.redis.execute(
-            "EVAL",
-            scripts.ACQUIRE,
-            4,
-            rooms.key("room", self.name, "owner"),
-            rooms.key("room", self.name, "epoch"),
-            rooms.key("room", self.name, "in"),
-            rooms.key("room", self.name, "cursor"),
-            rooms.node_id,
-            int(rooms.lease * 1000),
-        )
+        d = self._acquire()
 
         def got(reply: list[Any]) -> Any:
             epoch = int(reply[0])
