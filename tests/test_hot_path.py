@@ -28,6 +28,19 @@ from twisted_signal.rooms import Rooms
 from twisted_signal.settings import Settings
 
 
+def count_deferreds(case: SynchronousTestCase) -> list[Any]:
+    """Every Deferred made from now on, until `case` ends."""
+    made: list[Any] = []
+    original = defer.Deferred.__init__
+
+    def counting_init(self: defer.Deferred[Any], *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    case.patch(defer.Deferred, "__init__", counting_init)
+    return made
+
+
 class HotPathTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.room = Room("hot", None, clock=Clock())
@@ -42,14 +55,7 @@ class HotPathTests(SynchronousTestCase):
             self.room.join(handle)
 
     def test_sync_callbacks_make_no_deferreds(self) -> None:
-        made: list[Any] = []
-        original = defer.Deferred.__init__
-
-        def counting_init(self: defer.Deferred[Any], *args: Any, **kwargs: Any) -> None:
-            made.append(self)
-            original(self, *args, **kwargs)
-
-        self.patch(defer.Deferred, "__init__", counting_init)
+        made = count_deferreds(self)
         for n in range(100):
             self.room.submit(Message("candidate", {"n": n}, "a", "all"))
         self.assertEqual(made, [])
@@ -63,14 +69,7 @@ class HotPathTests(SynchronousTestCase):
         clock = Clock()
         metrics = Metrics(Rooms(None), clock=clock, process_metrics=False)
         self.room.events = metrics
-        made: list[Any] = []
-        original = defer.Deferred.__init__
-
-        def counting_init(self: defer.Deferred[Any], *args: Any, **kwargs: Any) -> None:
-            made.append(self)
-            original(self, *args, **kwargs)
-
-        self.patch(defer.Deferred, "__init__", counting_init)
+        made = count_deferreds(self)
         for n in range(100):
             self.room.submit(Message("candidate", {"n": n}, "a", "all"), received=0.0)
         self.assertEqual(made, [])
@@ -152,14 +151,7 @@ class PeerHotPathTests(SynchronousTestCase):
 
     def test_no_deferred_or_future(self) -> None:
         # txaio's futures on Twisted are Deferreds: this counts both.
-        made: list[Any] = []
-        original = defer.Deferred.__init__
-
-        def counting_init(self: defer.Deferred[Any], *args: Any, **kwargs: Any) -> None:
-            made.append(self)
-            original(self, *args, **kwargs)
-
-        self.patch(defer.Deferred, "__init__", counting_init)
+        made = count_deferreds(self)
         self._send_many(self._unicast())
         self._send_many("all")
         self.assertEqual(made, [])
