@@ -622,6 +622,9 @@ class ClusterRooms(Rooms):
         self._tick = LoopingCall(self._heartbeat)
         self._tick.clock = reactor
         self._reading = False
+        self._asked: dict[str, Deferred[Any]] = {}
+        self.answerers: dict[str, Callable[[dict[str, str]], None]] = {}
+        """What this node answers when another node asks (`ask`), by ``op``."""
 
     def key(self, *parts: str) -> str:
         return PREFIX + ":".join(parts)
@@ -710,6 +713,51 @@ class ClusterRooms(Rooms):
         self._log.warn(
             "could not write to {stream}: {why}", stream=stream, why=failure.getErrorMessage()
         )
+
+    def ask(self, stream: str, timeout: float, **fields: Any) -> Deferred[Any]:
+        """
+        Write a request to `stream` (a room's stream, read by its owner, or
+        another node's inbox, with ``kind="ask"`` and an ``op`` that node
+        `answerers` knows).  Fires with the JSON that `answer` sends back
+        through this node's inbox, or fails with `twisted.internet.defer.TimeoutError` when nothing
+        comes back in `timeout` seconds.
+        """
+        request = uuid.uuid4().hex
+        d: Deferred[Any] = Deferred()
+        self._asked[request] = d
+        self.xadd(stream, **fields, request=request, reply_to=self.node_id)
+
+        def done(result: Any) -> Any:
+            self._asked.pop(request, None)
+            return result
+
+        return d.addTimeout(timeout, self.reactor).addBoth(done)
+
+    def answer(self, request: Mapping[str, str], body: Any) -> None:
+        """Send `body` (JSON) back to the node that wrote `request` with `ask`."""
+        reply_to, request_id = request.get("reply_to"), request.get("request")
+        if reply_to and request_id:
+            self.xadd(
+                self.key("inbox", reply_to),
+                kind="answer",
+                request=request_id,
+                data=json.dumps(body),
+            )
+
+    def _from_inbox(self, fields: dict[str, str], raw: bytes) -> None:
+        kind = fields.get("kind")
+        if kind == "answer":
+            d = self._asked.pop(fields.get("request", ""), None)
+            if d is not None:
+                d.callback(json.loads(raw or b"null"))
+        elif kind == "ask":
+            answerer = self.answerers.get(fields.get("op", ""))
+            if answerer is not None:
+                answerer(fields)
+        else:
+            relay = self._relays.get(fields.get("room", ""))
+            if relay is not None:
+                relay.from_inbox(fields, raw)
 
     def wake(self) -> None:
         """End the reader's wait, so it reads the streams of newly owned rooms too."""
@@ -907,9 +955,7 @@ class ClusterRooms(Rooms):
                     fields[field] = _text(flat[i + 1])
                 if name == inbox:
                     self._inbox_cursor = _text(entry_id)
-                    relay = self._relays.get(fields.get("room", ""))
-                    if relay is not None:
-                        relay.from_inbox(fields, raw)
+                    self._from_inbox(fields, raw)
                 else:
                     room_name = name[len(self.key("room", "")) : -len(":in")]
                     relay = self._relays.get(room_name)
