@@ -273,7 +273,7 @@ class RoomRelay:
                 rooms.key("node", ""),
             ).addCallback(self._dead)
 
-        return d.addCallback(renewed)
+        return d.addCallback(renewed).addErrback(self._log_failure, "renew its lease")
 
     def _dead(self, peer_ids: list[bytes]) -> None:
         for raw in peer_ids:
@@ -308,7 +308,7 @@ class RoomRelay:
             rooms.wake()
             return None
 
-        return d.addCallback(got)
+        return d.addCallback(got).addErrback(self._log_failure, "take the room again")
 
     def step_down(self) -> None:
         """
@@ -563,6 +563,14 @@ class RoomRelay:
 
 def _nothing(*_: Any) -> None:
     pass
+
+
+def _run_id(info: bytes) -> str:
+    """The ``run_id`` of Redis's ``INFO server``: new at every start."""
+    for line in _text(info).splitlines():
+        if line.startswith("run_id:"):
+            return line.partition(":")[2].strip()
+    return ""
 
 
 class _NotStartedAgain(Events):
@@ -843,16 +851,16 @@ class ClusterRooms(Rooms):
         self._last_tick = sent
         if sent - self._node_ok > self.lease * SAFE_SHARE:
             self._presumed_dead("could not renew its node lease in time")
-        d = self.redis.execute("INFO", "server").addCallback(self._check_run_id)
+        d = self.redis.execute("INFO", "server").addCallback(_run_id)
         d.addCallback(
-            lambda restarted: self.redis.execute(
+            lambda run_id: self.redis.execute(
                 "EVAL",
                 scripts.NODE_RENEW,
                 1,
                 self.key("node", self.node_id),
                 self._incarnation,
                 int(self.lease * 1000),
-            ).addCallback(self._node_renewed, sent, restarted)
+            ).addCallback(self._node_renewed, sent, run_id)
         )
         d.addErrback(self._heartbeat_failed)
 
@@ -861,17 +869,12 @@ class ClusterRooms(Rooms):
 
         d.addBoth(done)
 
-    def _check_run_id(self, info: bytes) -> bool:
-        run_id = ""
-        for line in _text(info).splitlines():
-            if line.startswith("run_id:"):
-                run_id = line.partition(":")[2].strip()
+    def _node_renewed(self, reply: int, sent: float, run_id: str) -> Any:
+        self._node_ok = sent
+        # The run id is taken as seen only once this node has registered
+        # with that Redis: a tick that fails between the two sees it again.
         restarted = self._run_id is not None and run_id != self._run_id
         self._run_id = run_id
-        return restarted
-
-    def _node_renewed(self, reply: int, sent: float, restarted: bool) -> Any:
-        self._node_ok = sent
         if restarted:
             self._log.warn("Redis restarted (new run id); taking the owned rooms again")
             # The owners take their rooms back first: relays wait two ticks
@@ -883,7 +886,7 @@ class ClusterRooms(Rooms):
                 relay.seen_epoch = 0
                 if relay.room is not None:
                     waits.append(relay.reacquire())
-            return DeferredList(waits)
+            return DeferredList(waits, consumeErrors=True)
         if reply == 0 and self._registered:
             self._presumed_dead("found its node lease lapsed")
         self._registered = True
@@ -894,7 +897,7 @@ class ClusterRooms(Rooms):
                 waits.append(relay.renew())
             elif relay._local and not quiet:
                 waits.append(relay.resolve())
-        return DeferredList(waits)
+        return DeferredList(waits, consumeErrors=True)
 
     def _heartbeat_failed(self, failure: Failure) -> None:
         self._log.warn("cluster heartbeat failed: {why}", why=failure.getErrorMessage())

@@ -1,0 +1,96 @@
+"""
+One `ClusterRooms` (or two) in this process against a real Redis: asking
+another node, and seeing a Redis restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, TimeoutError, fail
+
+from twisted_signal.cluster import scripts
+from twisted_signal.cluster.node import ClusterRooms
+from twisted_signal.cluster.resp import RedisUnavailable
+
+from .cluster_support import Redis
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Redis]:
+    server = Redis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _sleep(seconds: float) -> Deferred[None]:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def _until(condition: Callable[[], bool], timeout: float = 10) -> Any:
+    from twisted.internet import reactor
+
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        assert reactor.seconds() < deadline, "timed out"
+        yield _sleep(0.05)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_node_answers_what_another_asks(redis: Redis) -> Any:
+    a = ClusterRooms(redis_url=redis.url, lease=1.0, node_id="asker")
+    b = ClusterRooms(redis_url=redis.url, lease=1.0, node_id="answerer")
+    b.answerers["echo"] = lambda fields: b.answer(fields, {"said": fields["what"]})
+    a.startService()
+    b.startService()
+    try:
+        answer = yield a.ask(b.key("inbox", "answerer"), 5, kind="ask", op="echo", what="hi")
+        assert answer == {"said": "hi"}
+        # An op nobody knows, or a node that is not there, gets no answer.
+        for stream, op in [(b.key("inbox", "answerer"), "unknown"), (b.key("inbox", "x"), "echo")]:
+            with pytest.raises(TimeoutError):
+                yield a.ask(stream, 0.3, kind="ask", op=op)
+        assert a._asked == {}
+    finally:
+        yield a.stopService()
+        yield b.stopService()
+        yield _sleep(0)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_redis_restart_is_seen_even_if_the_first_tick_after_it_fails(redis: Redis) -> Any:
+    node = ClusterRooms(redis_url=redis.url, lease=1.0, node_id="n")
+    node.startService()
+    try:
+        yield _until(lambda: node._registered)
+        assert node.judge_after == 0
+        # The first registration after the restart fails, after INFO has
+        # already shown the new run id.
+        execute = node.redis.execute
+        failed: list[tuple[Any, ...]] = []
+
+        def flaky(*args: Any, **kw: Any) -> Deferred[Any]:
+            if args[:2] == ("EVAL", scripts.NODE_RENEW) and not failed:
+                failed.append(args)
+                return fail(RedisUnavailable("the test failed this one"))
+            return execute(*args, **kw)
+
+        node.redis.execute = flaky  # type: ignore[method-assign]
+        redis.stop()
+        redis.start()
+        yield _until(lambda: node.judge_after > 0)
+        assert failed
+    finally:
+        yield node.stopService()
+        yield _sleep(0)
