@@ -119,7 +119,7 @@ bench-smoke: install bench/node_modules/.installed
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BENCH_SMOKE)
 
-bench-cluster: install system-packages
+bench-cluster: install system-packages bench/node_modules/.installed
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/python bench/cluster.py $(BENCH_ARGS)
 

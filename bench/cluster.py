@@ -6,13 +6,18 @@ Cluster mode figures, with a real redis-server and real ``twistd rtcsignal
   room's owner node ("same node"), and for two peers on a node that does not
   own the room, so every message goes relay -> Redis -> owner -> Redis ->
   relay ("across nodes");
-- throughput with ROOMS rooms of two peers each, served by 1 and then by 2
-  processes (each room's peers on one node; rooms spread over the nodes).
+- throughput with ROOMS rooms of two peers each (600-byte unicast
+  ``candidate`` messages, 32 in flight per peer, as in bench/suite.py),
+  served by 1 and then by 2 processes, driven by the Node load generator
+  (bench/loadgen.mjs); each room's peers are on one node and the rooms are
+  spread over the nodes.  With one process the node is pinned to core 0 and
+  the generator to core 1; with two, one node per core.
 
-It prints the CPU seconds used by the nodes, by Redis and by this generator,
-so you can see what limits scaling on the machine it runs on.
+It prints, for the measured interval, the CPU used by the nodes, by Redis and
+by the generator, so you can see what limits scaling on the machine it runs
+on, and appends the scaling figures to bench/results/cluster.jsonl.
 
-    .venv/bin/python bench/cluster.py [--messages 3000] [--rooms 8]
+    .venv/bin/python bench/cluster.py [--messages 3000] [--rooms 8] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -33,7 +38,16 @@ from pathlib import Path
 import websockets
 
 BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+NODE = shutil.which("node") or "/usr/bin/node"
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def pinned(core: int | None, argv: list[str]) -> list[str]:
+    taskset = shutil.which("taskset")
+    if core is None or taskset is None or (os.cpu_count() or 1) < 2:
+        return argv
+    return [taskset, "-c", str(core), *argv]
 
 
 def free_port() -> int:
@@ -62,11 +76,13 @@ class Processes:
         self.redis = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         self.nodes: list[tuple[subprocess.Popen[bytes], int]] = []
 
-    def node(self) -> int:
+    def node(self, core: int | None = None, *, cluster: bool = True) -> int:
         port = free_port()
-        argv = [str(BIN / "twistd"), "--pidfile=", "-n", "rtcsignal"]
+        argv = pinned(core, [str(BIN / "twistd"), "--pidfile=", "-n", "rtcsignal"])
         argv += ["--endpoint", f"tcp:{port}:interface=127.0.0.1", "--max-peers", "100"]
-        argv += ["--redis", f"redis://127.0.0.1:{self.redis_port}/0", "--resume-window", "0"]
+        argv += ["--resume-window", "0"]
+        if cluster:
+            argv += ["--redis", f"redis://127.0.0.1:{self.redis_port}/0"]
         argv += ["--rate-limit", "1000000/1", "--rate-burst", "1000000"]
         log = (self.folder / f"node-{port}.log").open("wb")
         process = subprocess.Popen(argv, cwd=self.folder, stdout=log, stderr=log)
@@ -171,29 +187,58 @@ async def paths(procs: Processes, n: int) -> None:
         await ws.close()  # type: ignore[attr-defined]
 
 
-async def scaling(procs: Processes, nodes: list[int], rooms: int, n: int) -> None:
-    pairs = [await pair(nodes[i % len(nodes)], f"s{len(nodes)}-{i}") for i in range(rooms)]
-    before_nodes, before_redis = procs.cpu()
-    before_self = own_cpu()
-    start = time.perf_counter()
-    await asyncio.gather(*(flood(a, b, b_id, n) for a, b, b_id in pairs))
-    elapsed = time.perf_counter() - start
-    after_nodes, after_redis = procs.cpu()
-    total = rooms * n / elapsed
+def scaling(
+    procs: Processes, ports: list[int], rooms: int, seconds: float, label: str
+) -> dict[str, float]:
+    """Deliveries per second of `rooms` pairs flooding over the nodes at `ports`."""
+    options = {
+        "protocol": "signal",
+        "ports": ports,
+        "scenario": "throughput",
+        "groups": rooms,
+        "size": 600,
+        "window": 32,
+        "warmup": 1,
+        "seconds": seconds,
+    }
+    core = 1 if len(ports) == 1 else None
+    argv = pinned(core, [NODE, str(HERE / "loadgen.mjs"), json.dumps(options)])
+    marks: dict[str, tuple[float, float]] = {}
+    gen = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=HERE, text=True)
+    assert gen.stdout is not None
+    result: dict[str, float] = {}
+    for line in gen.stdout:
+        message = json.loads(line)
+        if "mark" in message:
+            marks[message["mark"]] = procs.cpu()
+        else:
+            result = message
+    if gen.wait(60) != 0 or not result:
+        raise SystemExit("the load generator failed")
+    (nodes_start, redis_start), (nodes_stop, redis_stop) = marks["start"], marks["stop"]
+    figures = {
+        "processes": len(ports),
+        "rooms": rooms,
+        "deliveries_per_s": result["deliveries_per_s"],
+        "nodes_cpu": (nodes_stop - nodes_start) / seconds,
+        "redis_cpu": (redis_stop - redis_start) / seconds,
+        "loadgen_cpu": result["loadgen_cpu"],
+        "node_cpu_us_per_delivery": (nodes_stop - nodes_start) / result["delivered"] * 1e6,
+    }
     print(
-        f"{len(nodes)} process(es)  : {total:8.0f} msg/s over {rooms} rooms; CPU s: "
-        f"nodes {after_nodes - before_nodes:.1f}, redis {after_redis - before_redis:.1f}, "
-        f"generator {own_cpu() - before_self:.1f} (wall {elapsed:.1f})"
+        f"{label:<22}: {figures['deliveries_per_s']:8.0f} msg/s over {rooms} rooms;"
+        f" cores used: nodes {figures['nodes_cpu']:.2f}, redis {figures['redis_cpu']:.2f},"
+        f" generator {figures['loadgen_cpu']:.2f};"
+        f" node CPU per message {figures['node_cpu_us_per_delivery']:.1f} us"
     )
-    for a, b, _ in pairs:
-        await a.close()  # type: ignore[attr-defined]
-        await b.close()  # type: ignore[attr-defined]
+    return figures
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--rooms", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--logs", help="keep the nodes' logs in this folder")
     parser.add_argument("--only-scaling", action="store_true")
     args = parser.parse_args()
@@ -206,13 +251,31 @@ async def main() -> None:
             if not args.only_scaling:
                 await paths(procs, args.messages)
             procs.stop()
-            procs = Processes(Path(folder))
-            one = [procs.node()]
-            await scaling(procs, one, args.rooms, args.messages // 4)
-            procs.stop()
-            procs = Processes(Path(folder))
-            two = [procs.node(), procs.node()]
-            await scaling(procs, two, args.rooms, args.messages // 4)
+            figures = []
+            # One server without --redis first: what cluster mode itself costs.
+            setups = [
+                ([0], False, "1 server, no --redis"),
+                ([0], True, "1 cluster node"),
+                ([0, 1], True, "2 cluster nodes"),
+            ]
+            for cores, cluster, label in setups:
+                procs = Processes(Path(folder))
+                ports = [procs.node(core, cluster=cluster) for core in cores]
+                time.sleep(0.5)
+                figures.append(
+                    {"cluster": cluster} | scaling(procs, ports, args.rooms, args.seconds, label)
+                )
+                procs.stop()
+            single, one, two = figures
+            print(
+                f"1 node / no cluster: {one['deliveries_per_s'] / single['deliveries_per_s']:.2f}x"
+            )
+            print(f"2 processes / 1: {two['deliveries_per_s'] / one['deliveries_per_s']:.2f}x")
+            with (HERE / "results" / "cluster.jsonl").open("a") as results:
+                for figure in figures:
+                    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                    results.write(json.dumps({"at": at, "load": os.getloadavg()[0], **figure}))
+                    results.write("\n")
         finally:
             procs.stop()
 

@@ -21,11 +21,18 @@ const opts = JSON.parse(process.argv[2]);
 const HOST = opts.host ?? "127.0.0.1";
 const now = () => performance.now(); // ms, fractional
 
+// With "ports" (several servers, e.g. the nodes of a cluster), room
+// bench-<n> and all its peers go to ports[n % ports.length].
+function port(room) {
+  if (!opts.ports) return opts.port;
+  return opts.ports[Number(room.split("-").pop()) % opts.ports.length];
+}
+
 function url(room, id) {
   if (opts.protocol === "peerjs") {
     return `ws://${HOST}:${opts.port}/peerjs?key=peerjs&id=${id}&token=${randomUUID()}`;
   }
-  return `ws://${HOST}:${opts.port}/socket/${room}/`;
+  return `ws://${HOST}:${port(room)}/socket/${room}/`;
 }
 
 // One connected peer: resolves once the server has admitted it.
