@@ -25,7 +25,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python import usage
 
 from twisted_signal.cluster.node import ClusterRooms
-from twisted_signal.cluster.resp import RedisClient, RedisUnavailable
+from twisted_signal.cluster.resp import RedisClient, RedisRefused, RedisUnavailable
 from twisted_signal.tap import Options
 
 from .cluster_support import Redis
@@ -179,7 +179,7 @@ def test_tls_with_the_right_ca_and_a_client_certificate(server: Server) -> Any:
 @pytest.mark.parametrize(
     ("case", "why"),
     [
-        ("other CA", "TLS: the server's certificate is not signed by a trusted CA"),
+        ("other CA", "TLS: the server's certificate does not verify with the trusted CAs"),
         ("host name", "TLS: the server's certificate is not for this host name or address"),
         ("no client certificate", "TLS: the server wants a client certificate"),
     ],
@@ -289,3 +289,39 @@ def test_unusable_tls_files_are_usage_errors(server: Server, tmp_path: Path) -> 
         ["--redis", f"{base}ssl_ca_certs={files.ca}&ssl_certfile={files.cert}&key={files.key}"]
     )
     assert (options["redis"].ca, options["redis"].cert) == (str(files.ca), str(files.cert))
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_node_whose_redis_certificate_does_not_verify_says_so_once(server: Server) -> Any:
+    node = ClusterRooms(redis_url=server.rediss(ca=server.files.other_ca), lease=0.6)
+    with capturedLogs() as events:
+        node.startService()
+        try:
+            yield _sleep(1.5)  # about 7 heartbeats and 3 reads, all refused
+        finally:
+            yield node.stopService()
+            yield _sleep(0)
+    texts = [e.get("why", "") for e in events if e.get("log_level") >= LogLevel.warn]
+    # One line from each of its two connections (commands, stream reader).
+    assert texts.count(texts[0]) == len(texts) == 2, texts
+    assert texts[0].startswith("TLS: the server's certificate does not verify with the trusted CAs")
+    assert not node._registered
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_unreachable_redis_is_logged_once_and_so_is_its_return(tmp_path: Path) -> Any:
+    redis = Redis(tmp_path)
+    client = _client(redis.url)
+    try:
+        with capturedLogs() as events:
+            for _ in range(3):
+                with pytest.raises(RedisRefused):
+                    yield client.execute("PING")
+            redis.start()
+            assert (yield client.execute("PING")) == "PONG"
+        lines = [(e["log_level"], e.get("why")) for e in events if e["log_format"][:6] == "Redis "]
+        assert lines == [(LogLevel.warn, lines[0][1]), (LogLevel.info, None)], lines
+        assert "refused" in str(lines[0][1])
+    finally:
+        client.close()
+        redis.stop()

@@ -307,10 +307,15 @@ class Options(usage.Options):
             "redis",
             None,
             None,
-            "Cluster mode: share rooms with other nodes through this Redis (default: off).",
+            "Cluster mode: share rooms with other nodes through this Redis (default: off)",
             _redis_url,
         ],
-        ["redis-password-file", None, None, "The Redis password, read from this file."],
+        [
+            "redis-password-file",
+            None,
+            None,
+            "The Redis password (AUTH), read from this file rather than shown in ps in --redis.",
+        ],
         [
             "cluster-lease",
             None,

@@ -326,7 +326,7 @@ def describe(failure: Failure) -> str:
         text = "; ".join(reasons) or str(error)
         for clue, meaning in _TLS_CLUES:
             if clue in text:
-                return f"TLS: {meaning} ({text})"
+                return f"TLS: {meaning}: {text}"
         return f"TLS: {text}"
     if isinstance(error, RedisError):
         text = str(error)
@@ -338,7 +338,10 @@ def describe(failure: Failure) -> str:
 
 
 _TLS_CLUES = [
-    ("certificate verify failed", "the server's certificate is not signed by a trusted CA (ca=)"),
+    (
+        "certificate verify failed",
+        "the server's certificate does not verify with the trusted CAs (ca=, or the system's)",
+    ),
     ("certificate required", "the server wants a client certificate (cert= and key=)"),
     ("unknown ca", "the server does not trust this client's certificate"),
     ("bad certificate", "the server does not accept this client's certificate"),
