@@ -322,6 +322,27 @@ def test_an_unreachable_redis_is_logged_once_and_so_is_its_return(tmp_path: Path
         lines = [(e["log_level"], e.get("why")) for e in events if e["log_format"][:6] == "Redis "]
         assert lines == [(LogLevel.warn, lines[0][1]), (LogLevel.info, None)], lines
         assert "refused" in str(lines[0][1])
+        # A password for a Redis that has none is a mistake worth saying.
+        with_password = _client(redis.url.replace("//", "//:pw@"))
+        with pytest.raises(RedisRefused) as info:
+            yield with_password.execute("PING")
+        assert "Redis has no password set, but one was given: ERR AUTH" in str(info.value)
+        with_password.close()
     finally:
         client.close()
         redis.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_tls_server_that_never_answers_times_out() -> Any:
+    import socket
+
+    from twisted.internet import reactor
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        client = RedisClient(f"rediss://127.0.0.1:{port}/0", reactor, timeout=0.3)
+        with pytest.raises(RedisRefused) as info:
+            yield client.execute("PING", timeout=5)
+        assert "no answer in time while setting up the connection" in str(info.value)
+        client.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -319,22 +320,23 @@ def describe(failure: Failure) -> str:
     from service_identity import VerificationError
 
     error = failure.value
+    if isinstance(error, defer.TimeoutError):
+        return "no answer in time while setting up the connection (TLS, AUTH, SELECT or PING)"
     if isinstance(error, VerificationError):
         return "TLS: the server's certificate is not for this host name or address"
     if isinstance(error, SSL.Error):
         reasons = [str(r[-1]) for r in error.args[0] if isinstance(r, tuple)] if error.args else []
-        text = "; ".join(reasons) or str(error)
-        for clue, meaning in _TLS_CLUES:
-            if clue in text:
-                return f"TLS: {meaning}: {text}"
-        return f"TLS: {text}"
+        return _explain("; ".join(reasons) or str(error), "TLS: ", _TLS_CLUES)
     if isinstance(error, RedisError):
-        text = str(error)
-        for clue, meaning in _AUTH_CLUES:
-            if text.startswith(clue):
-                return f"{meaning} ({text})"
-        return f"Redis refused to set up the connection: {text}"
+        return _explain(str(error), "", _AUTH_CLUES, "Redis refused to set up the connection: ")
     return failure.getErrorMessage()
+
+
+def _explain(text: str, prefix: str, clues: list[tuple[str, str]], otherwise: str = "") -> str:
+    for clue, meaning in clues:
+        if clue in text:
+            return f"{prefix}{meaning}: {text}"
+    return f"{prefix}{otherwise}{text}"
 
 
 _TLS_CLUES = [
