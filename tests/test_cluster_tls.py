@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,11 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python import usage
 
 from twisted_signal.cluster.node import ClusterRooms
-from twisted_signal.cluster.resp import RedisClient, RedisRefused, RedisUnavailable
+from twisted_signal.cluster.resp import RedisClient, RedisRefused, RedisUnavailable, encode
 from twisted_signal.tap import Options
 
 from .cluster_support import Redis
-from .test_twistd import free_port
+from .test_twistd import Spawn, free_port
 
 PASSWORD = "s3cret/with:odd@chars"
 USER, USER_PASSWORD = "alice", "alice-pw"
@@ -346,3 +347,35 @@ def test_a_tls_server_that_never_answers_times_out() -> Any:
             yield client.execute("PING", timeout=5)
         assert "no answer in time while setting up the connection" in str(info.value)
         client.close()
+
+
+def test_twistd_serves_with_rediss_and_a_password_file(
+    server: Server, spawn: Spawn, tmp_path: Path
+) -> None:
+    import socket
+
+    secret = tmp_path / "redis-password"
+    secret.write_text(PASSWORD)
+    url = server.rediss().replace(f":{_quoted(PASSWORD)}@", "")
+    node = spawn("--redis", url, "--redis-password-file", str(secret), "--cluster-lease", "1")
+    deadline = time.monotonic() + 15
+    keys = b""
+    with socket.create_connection(("127.0.0.1", server.redis.port), timeout=5) as s:
+        s.sendall(encode(("AUTH", PASSWORD)))
+        assert s.recv(64) == b"+OK\r\n"
+        while b"rtcsignal:node:" not in keys and time.monotonic() < deadline:
+            time.sleep(0.1)
+            s.sendall(encode(("KEYS", "rtcsignal:node:*")))
+            keys = s.recv(4096)
+    assert b"rtcsignal:node:" in keys, node.output
+    assert PASSWORD not in node.output
+
+
+def test_twistd_with_an_unreadable_ca_is_one_line(spawn: Spawn, tmp_path: Path) -> None:
+    url = f"rediss://:{_quoted(PASSWORD)}@127.0.0.1:1/0?ca={tmp_path}/missing.pem"
+    twistd = spawn("--redis", url, ready=False)
+    assert twistd.wait_exit() != 0, twistd.output
+    output = (twistd.stdout + twistd.stderr).strip()
+    assert output.splitlines() == [output], output
+    assert f"ca={tmp_path}/missing.pem: No such file or directory" in output
+    assert "Traceback" not in output and _quoted(PASSWORD) not in output
