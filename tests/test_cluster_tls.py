@@ -177,6 +177,24 @@ def test_tls_with_the_right_ca_and_a_client_certificate(server: Server) -> Any:
         client.close()
 
 
+@pytest_twisted.inlineCallbacks
+def test_without_ca_the_system_s_cas_are_trusted(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    url = server.rediss().replace(f"ca={server.files.ca}&", "")
+    client = _client(url)  # the system's CAs do not know the test's CA
+    with pytest.raises(RedisUnavailable, match="does not verify with the trusted CAs"):
+        yield client.execute("PING")
+    client.close()
+    # OpenSSL takes the system's CAs from SSL_CERT_FILE when it is set.
+    monkeypatch.setenv("SSL_CERT_FILE", str(server.files.ca))
+    client = _client(url)
+    try:
+        assert (yield client.execute("PING")) == "PONG"
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize(
     ("case", "why"),
     [
