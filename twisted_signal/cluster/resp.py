@@ -2,6 +2,9 @@
 A small Redis client on Twisted: RESP2 over one connection, Deferred per
 command, in order.  It knows only what cluster mode sends (EVAL, XADD,
 XREAD BLOCK, INFO and a few plain commands), and reconnects by itself.
+Over ``rediss://`` it verifies the server's certificate and host name, and
+it sends ``AUTH`` on every connection when the URL (or
+``--redis-password-file``) has a password.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "RedisRefused",
     "RedisURL",
     "RedisUnavailable",
+    "client_tls",
     "parse_url",
     "redact",
 ]
@@ -301,6 +305,8 @@ def client_tls(url: RedisURL) -> IOpenSSLClientConnectionCreator:
             raise ValueError(f"{option}={path}: this key is not the key of cert={url.cert}")
         # pyOpenSSL takes cryptography's objects as they are.
         extra.update(certificate=leaf, privateKey=key, extraCertChain=chain)
+    # Redis speaks TLS 1.2 and 1.3; nothing older is worth offering.
+    extra["raiseMinimumTo"] = ssl.TLSVersion.TLSv1_2
     return ssl.optionsForClientTLS(url.host, trust, extraCertificateOptions=extra)
 
 
@@ -312,7 +318,7 @@ def _read(option: str, path: str) -> bytes:
         raise ValueError(f"{option}={path}: {e.strerror or e}") from None
 
 
-def describe(failure: Failure) -> str:
+def _describe(failure: Failure) -> str:
     """
     Why a connection to Redis failed, in a sentence an operator can act on.
     """
@@ -381,7 +387,7 @@ class _RedisProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         waiting, self._waiting = self._waiting, deque()
-        why = describe(reason) if waiting else ""
+        why = _describe(reason) if waiting else ""
         for d in waiting:
             d.errback(Failure(RedisUnavailable(why)))
         if self.on_lost is not None:
@@ -476,7 +482,7 @@ class RedisClient:
     def _connected(self, result: Any) -> Any:
         self._connecting = None
         if isinstance(result, Failure):
-            why = result.getErrorMessage() if result.check(RedisUnavailable) else describe(result)
+            why = result.getErrorMessage() if result.check(RedisUnavailable) else _describe(result)
             if why != self._failing:
                 self._failing = why
                 emit = (
