@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
@@ -26,6 +26,9 @@ from .service import SignalingService
 from .settings import Settings
 from .tls import PROFILES
 from .webhooks import Webhooks
+
+if TYPE_CHECKING:
+    from .cluster.resp import RedisURL
 
 __all__ = ["DEFAULT_ENDPOINT", "Options", "makeService"]
 
@@ -80,7 +83,7 @@ def _seconds(option: str, zero: str | None = None) -> Callable[[str], float]:
     return coerce
 
 
-def _redis_url(value: str) -> Any:
+def _redis_url(value: str) -> RedisURL:
     from .cluster.resp import parse_url, redact
 
     try:
@@ -436,8 +439,9 @@ class Options(usage.Options):
         if self["webhook"] is None and self["webhook-secret"] is not None:
             raise usage.UsageError("--webhook-secret needs --webhook")
 
-    def _redis(self) -> Any:
-        url, path = self["redis"], self["redis-password-file"]
+    def _redis(self) -> RedisURL | None:
+        url: RedisURL | None = self["redis"]
+        path = self["redis-password-file"]
         if url is None:
             if path is not None:
                 raise usage.UsageError("--redis-password-file needs --redis")
