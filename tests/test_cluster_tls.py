@@ -290,11 +290,22 @@ def test_unusable_tls_files_are_usage_errors(server: Server, tmp_path: Path) -> 
             serialization.NoEncryption(),
         )
     )
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        _key().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pw"),
+        )
+    )
+    both = tmp_path / "client-and-key.pem"
+    both.write_bytes(files.cert.read_bytes() + files.key.read_bytes())
     base = f"rediss://:{_quoted(PASSWORD)}@127.0.0.1:{server.tls_port}/0?"
     for query, error in [
         (f"ca={tmp_path}/missing.pem", f"ca={tmp_path}/missing.pem: No such file or directory"),
         (f"ca={files.key}", "no PEM certificate in it"),
-        (f"cert={files.cert}", f"cert={files.cert}: no PEM private key in it (give the key"),
+        (f"cert={files.cert}", f"cert={files.cert}: no usable PEM key in it (give the key"),
+        (f"cert={files.cert}&key={encrypted}", f"key={encrypted}: it is encrypted"),
         (f"cert={files.cert}&key={other_key}", "this key is not the key of cert="),
         (f"key={files.key}", "key= needs cert="),
     ]:
@@ -302,6 +313,8 @@ def test_unusable_tls_files_are_usage_errors(server: Server, tmp_path: Path) -> 
             Options().parseOptions(["--redis", base + query])
         assert error in str(info.value)
         assert PASSWORD not in str(info.value) and "\n" not in str(info.value)
+    # The key may follow the certificate in its file.
+    Options().parseOptions(["--redis", f"{base}cert={both}"])
     # The short names and redis-py's name the same files.
     options = Options()
     options.parseOptions(

@@ -268,6 +268,7 @@ def client_tls(url: RedisURL) -> IOpenSSLClientConnectionCreator:
         message is one line that names the file.
     """
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from OpenSSL import crypto
     from twisted.internet import ssl
@@ -296,8 +297,10 @@ def client_tls(url: RedisURL) -> IOpenSSLClientConnectionCreator:
         data = _read(option, path)
         try:
             key = serialization.load_pem_private_key(data, password=None)
-        except (TypeError, ValueError) as e:
-            why = "it is encrypted" if isinstance(e, TypeError) else "no PEM private key in it"
+        except (TypeError, ValueError, UnsupportedAlgorithm) as e:
+            why = (
+                "it is encrypted" if isinstance(e, TypeError) else "no usable PEM private key in it"
+            )
             hint = "" if url.key is not None else " (give the key with key=)"
             raise ValueError(f"{option}={path}: {why}{hint}") from None
         spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
