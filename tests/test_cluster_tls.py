@@ -304,7 +304,7 @@ def test_unusable_tls_files_are_usage_errors(server: Server, tmp_path: Path) -> 
     for query, error in [
         (f"ca={tmp_path}/missing.pem", f"ca={tmp_path}/missing.pem: No such file or directory"),
         (f"ca={files.key}", "no PEM certificate in it"),
-        (f"cert={files.cert}", f"cert={files.cert}: no usable PEM key in it (give the key"),
+        (f"cert={files.cert}", f"cert={files.cert}: no usable PEM private key in it (give"),
         (f"cert={files.cert}&key={encrypted}", f"key={encrypted}: it is encrypted"),
         (f"cert={files.cert}&key={other_key}", "this key is not the key of cert="),
         (f"key={files.key}", "key= needs cert="),
