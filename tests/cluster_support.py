@@ -41,6 +41,8 @@ class Redis:
     folder: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()
+    """More ``redis-server`` options (TLS, passwords)."""
 
     @property
     def url(self) -> str:
@@ -48,7 +50,7 @@ class Redis:
 
     def start(self) -> None:
         argv = [_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.folder), *self.args]
         log = (self.folder / "redis.log").open("ab")
         self.process = subprocess.Popen(argv, stdout=log, stderr=log)
         deadline = time.monotonic() + 10
@@ -56,7 +58,7 @@ class Redis:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)

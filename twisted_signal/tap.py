@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
@@ -26,6 +26,9 @@ from .service import SignalingService
 from .settings import Settings
 from .tls import PROFILES
 from .webhooks import Webhooks
+
+if TYPE_CHECKING:
+    from .cluster.resp import RedisURL
 
 __all__ = ["DEFAULT_ENDPOINT", "Options", "makeService"]
 
@@ -80,17 +83,19 @@ def _seconds(option: str, zero: str | None = None) -> Callable[[str], float]:
     return coerce
 
 
-def _redis_url(value: str) -> str:
-    from .cluster.resp import parse_url
+def _redis_url(value: str) -> RedisURL:
+    from .cluster.resp import parse_url, redact
 
     try:
-        parse_url(value)
+        return parse_url(value)
     except ValueError as e:
-        raise usage.UsageError(f"--redis {value!r}: {e}") from None
-    return value
+        raise usage.UsageError(f"--redis {redact(value)!r}: {e}") from None
 
 
-_redis_url.coerceDoc = "redis://host:port/db or unix:///path."  # type: ignore[attr-defined]
+_redis_url.coerceDoc = (  # type: ignore[attr-defined]
+    "redis://[[user]:password@]host:port/db, the same with rediss:// for TLS "
+    "(?ca=FILE&cert=FILE&key=FILE), or unix:///path."
+)
 
 
 def _whole(option: str, minimum: int) -> Callable[[str], int]:
@@ -305,9 +310,14 @@ class Options(usage.Options):
             "redis",
             None,
             None,
-            "Cluster mode: share rooms with other nodes through this Redis, as "
-            "redis://host:port/db or unix:///path (default: off).",
+            "Cluster mode: share rooms with other nodes through this Redis (default: off)",
             _redis_url,
+        ],
+        [
+            "redis-password-file",
+            None,
+            None,
+            "The Redis password (AUTH), read from this file rather than shown in ps in --redis.",
         ],
         [
             "cluster-lease",
@@ -422,11 +432,39 @@ class Options(usage.Options):
             resume_window=self["resume-window"],
             trusted_proxies=self["trust-forwarded-for"],
         )
+        self["redis"] = self._redis()
         self["webhook-secret"] = _secret(self, "webhook-secret")
         if self["webhook"] is not None and self["webhook-secret"] is None:
             raise usage.UsageError("--webhook needs --webhook-secret or --webhook-secret-file")
         if self["webhook"] is None and self["webhook-secret"] is not None:
             raise usage.UsageError("--webhook-secret needs --webhook")
+
+    def _redis(self) -> RedisURL | None:
+        url: RedisURL | None = self["redis"]
+        path = self["redis-password-file"]
+        if url is None:
+            if path is not None:
+                raise usage.UsageError("--redis-password-file needs --redis")
+            return None
+        from .cluster.resp import client_tls
+
+        if path is not None:
+            if url.password is not None:
+                raise usage.UsageError(
+                    "give the Redis password in --redis or in --redis-password-file, not both"
+                )
+            url = url.with_password(_read_secret("redis-password-file", path))
+        if url.username is not None and url.password is None:
+            raise usage.UsageError(
+                f"--redis {str(url)!r}: a user name needs a password "
+                "(in the URL or with --redis-password-file)"
+            )
+        if url.tls:
+            try:
+                client_tls(url)
+            except ValueError as e:
+                raise usage.UsageError(f"--redis {str(url)!r}: {e}") from None
+        return url
 
     def _token_verifier(self) -> TokenVerifier | None:
         secret = _secret(self, "jwt-secret")
@@ -474,14 +512,22 @@ def _secret(options: Options, name: str) -> str | None:
     if value is not None and path is not None:
         raise usage.UsageError(f"give --{name} or --{name}-file, not both")
     if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                value = f.read().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            reason = getattr(e, "strerror", None) or "not readable text"
-            raise usage.UsageError(f"--{name}-file {path!r}: {reason}") from None
+        return _read_secret(f"{name}-file", path)
     if value is not None and not value:
-        raise usage.UsageError(f"--{name}{'-file' if path else ''}: the secret is empty")
+        raise usage.UsageError(f"--{name}: the secret is empty")
+    return value
+
+
+def _read_secret(option: str, path: str) -> str:
+    """The secret in the file at `path` (given as --`option`), stripped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or "not readable text"
+        raise usage.UsageError(f"--{option} {path!r}: {reason}") from None
+    if not value:
+        raise usage.UsageError(f"--{option}: the secret is empty")
     return value
 
 

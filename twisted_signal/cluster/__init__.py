@@ -6,12 +6,21 @@ Nothing outside this package imports it unless cluster mode is on.
 """
 
 from .node import ClusterRooms, RoomRelay
-from .resp import RedisClient, RedisError, RedisUnavailable, parse_url
+from .resp import (
+    RedisClient,
+    RedisError,
+    RedisRefused,
+    RedisUnavailable,
+    RedisURL,
+    parse_url,
+)
 
 __all__ = [
     "ClusterRooms",
     "RedisClient",
     "RedisError",
+    "RedisRefused",
+    "RedisURL",
     "RedisUnavailable",
     "RoomRelay",
     "parse_url",

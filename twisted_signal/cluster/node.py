@@ -31,7 +31,7 @@ from ..message import InvalidMessage, Message
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
 from ..rooms import RoomFactory, Rooms
 from . import scripts
-from .resp import RedisClient
+from .resp import RedisClient, RedisRefused, RedisURL
 
 __all__ = ["ClusterRooms", "RoomRelay"]
 
@@ -600,7 +600,7 @@ class ClusterRooms(Rooms):
         self,
         factory: RoomFactory | None = None,
         *,
-        redis_url: str,
+        redis_url: str | RedisURL,
         lease: float = 10.0,
         max_peers: int | None = 4,
         reactor: Any = None,
@@ -900,7 +900,8 @@ class ClusterRooms(Rooms):
         return DeferredList(waits, consumeErrors=True)
 
     def _heartbeat_failed(self, failure: Failure) -> None:
-        self._log.warn("cluster heartbeat failed: {why}", why=failure.getErrorMessage())
+        if not failure.check(RedisRefused):  # the client has said why
+            self._log.warn("cluster heartbeat failed: {why}", why=failure.getErrorMessage())
 
     def _presumed_dead(self, why: str) -> None:
         """
@@ -970,6 +971,7 @@ class ClusterRooms(Rooms):
     def _read_failed(self, failure: Failure) -> None:
         if not self._reading:
             return
-        self._log.warn("cluster reader: {why}; retrying", why=failure.getErrorMessage())
+        if not failure.check(RedisRefused):  # the client has said why
+            self._log.warn("cluster reader: {why}; retrying", why=failure.getErrorMessage())
         self._reader.drop()
         self.reactor.callLater(0.5, self._read)

@@ -2,24 +2,45 @@
 A small Redis client on Twisted: RESP2 over one connection, Deferred per
 command, in order.  It knows only what cluster mode sends (EVAL, XADD,
 XREAD BLOCK, INFO and a few plain commands), and reconnects by itself.
+Over ``rediss://`` it verifies the server's certificate and host name, and
+it sends ``AUTH`` on every connection when the URL (or
+``--redis-password-file``) has a password.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IStreamClientEndpoint
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
 
-__all__ = ["RedisClient", "RedisError", "RedisUnavailable", "parse_url"]
+__all__ = [
+    "RedisClient",
+    "RedisError",
+    "RedisRefused",
+    "RedisURL",
+    "RedisUnavailable",
+    "client_tls",
+    "parse_url",
+    "redact",
+]
 
 
 class RedisError(Exception):
@@ -30,28 +51,149 @@ class RedisUnavailable(Exception):
     """No connection to Redis right now."""
 
 
-def parse_url(url: str) -> tuple[str, str, int, int]:
+class RedisRefused(RedisUnavailable):
     """
-    ``redis://host:port/db`` or ``unix:///path`` as (kind, host or path,
-    port, db).
+    No connection could be made or set up (unreachable, TLS, password).
+    The client has logged why, once until a connection works again, so
+    whoever retries need not log it again.
+    """
 
-    @raise ValueError: not such a URL.
+
+_SCHEMES = {"redis": "tcp", "rediss": "tls", "unix": "unix"}
+
+#: The TLS files a ``rediss://`` URL names in its query, by every accepted
+#: spelling: short (``ca``, ``cert``, ``key``) or redis-py's.
+_TLS_FILES = {
+    "ca": "ca",
+    "ssl_ca_certs": "ca",
+    "cert": "cert",
+    "ssl_certfile": "cert",
+    "key": "key",
+    "ssl_keyfile": "key",
+}
+
+
+@dataclass(frozen=True)
+class RedisURL:
     """
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
+    Where Redis is and how to talk to it, as parsed from ``--redis``.
+    `str` of it is the URL with the password hidden: safe to log.
+    """
+
+    kind: str
+    """``tcp`` (``redis://``), ``tls`` (``rediss://``) or ``unix``."""
+    host: str
+    """The host name or address, or the socket path for ``unix``."""
+    port: int = 0
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca: str | None = None
+    """A PEM file of the CAs to trust instead of the system's."""
+    cert: str | None = None
+    """A PEM file with this client's certificate (and chain, maybe its key)."""
+    key: str | None = None
+    """A PEM file with the client certificate's private key."""
+
+    @property
+    def tls(self) -> bool:
+        return self.kind == "tls"
+
+    def with_password(self, password: str) -> RedisURL:
+        return dataclasses.replace(self, password=password)
+
+    def __str__(self) -> str:
+        scheme = next(s for s, k in _SCHEMES.items() if k == self.kind)
+        userinfo = ""
+        if self.username is not None or self.password is not None:
+            userinfo = quote(self.username or "", safe="")
+            userinfo += ":***@" if self.password is not None else "@"
+        query = [
+            f"{name}={value}" for name in ("ca", "cert", "key") if (value := getattr(self, name))
+        ]
+        if self.kind == "unix":
+            if self.db:
+                query.insert(0, f"db={self.db}")
+            where = f"{userinfo}{self.host}"
+        else:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            where = f"{userinfo}{host}:{self.port}/{self.db}"
+        return f"{scheme}://{where}" + ("?" + "&".join(query) if query else "")
+
+
+def redact(url: str) -> str:
+    """
+    `url` with the password (anything between ``user:`` and the last ``@``)
+    replaced by ``***``, even when the URL does not parse.
+    """
+    return _USERINFO.sub(lambda m: f"{m[1]}:***@" if m[2] is not None else m[0], url, count=1)
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*)(:.*)?@")
+
+
+def parse_url(url: str) -> RedisURL:
+    """
+    Parse ``redis://[[user]:password@]host[:port][/db]``, the same with
+    ``rediss://`` (TLS; query ``ca``, ``cert``, ``key``) or
+    ``unix://[[user]:password@]/path[?db=N]``.  It reads no file.
+
+    @raise ValueError: not such a URL; the message never holds the password.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(
+            "the port must be a number (percent-encode any / : @ # ? in a password, "
+            "or give it with --redis-password-file)"
+        ) from None
+    kind = _SCHEMES.get(parts.scheme)
+    if kind is None:
+        raise ValueError("expected redis://host:port/db, rediss://host:port/db or unix:///path")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if password == "":
+        raise ValueError("the password in the URL is empty")
+    options = _query(parts.query, kind)
+    db_text = options.pop("db", None)
+    if kind == "unix":
         if not parts.path:
             raise ValueError("unix:// needs a socket path, as in unix:///run/redis.sock")
-        return "unix", parts.path, 0, 0
-    if parts.scheme == "rediss":
-        raise ValueError("rediss:// (TLS) is not supported yet; use a TLS tunnel or unix://")
-    if parts.scheme != "redis":
-        raise ValueError("expected redis://host:port/db or unix:///path")
+        host, port = parts.path, 0
+    else:
+        host, port = parts.hostname or "127.0.0.1", port or 6379
+        if parts.path.strip("/"):
+            if db_text is not None:
+                raise ValueError("the db is given twice (in the path and as db=)")
+            db_text = parts.path.strip("/")
     try:
-        port = parts.port or 6379
-        db = int(parts.path.strip("/") or 0)
+        db = int(db_text or 0)
     except ValueError:
-        raise ValueError("the port and the db must be numbers") from None
-    return "tcp", parts.hostname or "127.0.0.1", port, db
+        raise ValueError("the db must be a number") from None
+    if db < 0:
+        raise ValueError("the db must not be negative")
+    return RedisURL(kind, host, port, db, username, password, **options)
+
+
+def _query(query: str, kind: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        # Not parse_qsl: a "+" in a file name is a "+", not a space.
+        name, _, value = (unquote(part) for part in item.partition("="))
+        if name in _TLS_FILES and kind != "tls":
+            raise ValueError(f"{name}= is for rediss:// (TLS) only")
+        canonical = _TLS_FILES.get(name) or ("db" if name == "db" else None)
+        if canonical is None:
+            known = "db, ca, cert, key (or ssl_ca_certs, ssl_certfile, ssl_keyfile)"
+            known = known if kind == "tls" else "db"
+            raise ValueError(f"unknown query option {name!r} (known: {known})")
+        if canonical in options:
+            raise ValueError(f"{canonical}= is given twice")
+        if not value:
+            raise ValueError(f"{name}= needs a value")
+        options[canonical] = value
+    return options
 
 
 def encode(args: tuple[Any, ...]) -> bytes:
@@ -115,6 +257,116 @@ _SIMPLE: dict[bytes, Any] = {
 }
 
 
+def client_tls(url: RedisURL) -> IOpenSSLClientConnectionCreator:
+    """
+    The TLS settings of a ``rediss://`` URL: verify the server's certificate
+    and host name against the system's CAs, or only those in ``ca``, and
+    show the client certificate in ``cert`` (with its key in ``key``, or in
+    ``cert`` too) when the server asks for one.
+
+    @raise ValueError: a file is unreadable or not what it should be; the
+        message is one line that names the file.
+    """
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from OpenSSL import crypto
+    from twisted.internet import ssl
+
+    def certificates(option: str, path: str) -> list[x509.Certificate]:
+        data = _read(option, path)
+        try:
+            found = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            found = []
+        if not found:
+            raise ValueError(f"{option}={path}: no PEM certificate in it")
+        return found
+
+    if url.key is not None and url.cert is None:
+        raise ValueError("key= needs cert= (the client certificate)")
+    trust: Any = None
+    if url.ca is not None:
+        trust = ssl.trustRootFromCertificates(
+            [ssl.Certificate(crypto.X509.from_cryptography(c)) for c in certificates("ca", url.ca)]
+        )
+    extra: dict[str, Any] = {}
+    if url.cert is not None:
+        leaf, *chain = certificates("cert", url.cert)
+        option, path = ("key", url.key) if url.key is not None else ("cert", url.cert)
+        data = _read(option, path)
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (TypeError, ValueError, UnsupportedAlgorithm) as e:
+            why = (
+                "it is encrypted" if isinstance(e, TypeError) else "no usable PEM private key in it"
+            )
+            hint = "" if url.key is not None else " (give the key with key=)"
+            raise ValueError(f"{option}={path}: {why}{hint}") from None
+        spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+            raise ValueError(f"{option}={path}: this key is not the key of cert={url.cert}")
+        # pyOpenSSL takes cryptography's objects as they are.
+        extra.update(certificate=leaf, privateKey=key, extraCertChain=chain)
+    # Redis speaks TLS 1.2 and 1.3; nothing older is worth offering.
+    extra["raiseMinimumTo"] = ssl.TLSVersion.TLSv1_2
+    return ssl.optionsForClientTLS(url.host, trust, extraCertificateOptions=extra)
+
+
+def _read(option: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"{option}={path}: {e.strerror or e}") from None
+
+
+def _describe(failure: Failure) -> str:
+    """
+    Why a connection to Redis failed, in a sentence an operator can act on.
+    """
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+
+    error = failure.value
+    if isinstance(error, defer.TimeoutError):
+        return "no answer in time while setting up the connection (TLS, AUTH, SELECT or PING)"
+    if isinstance(error, VerificationError):
+        return "TLS: the server's certificate is not for this host name or address"
+    if isinstance(error, SSL.Error):
+        reasons = [str(r[-1]) for r in error.args[0] if isinstance(r, tuple)] if error.args else []
+        return _explain("; ".join(reasons) or str(error), "TLS: ", _TLS_CLUES)
+    if isinstance(error, RedisError):
+        return _explain(str(error), "", _AUTH_CLUES, "Redis refused to set up the connection: ")
+    return failure.getErrorMessage()
+
+
+def _explain(text: str, prefix: str, clues: list[tuple[str, str]], otherwise: str = "") -> str:
+    for clue, meaning in clues:
+        if clue in text:
+            return f"{prefix}{meaning}: {text}"
+    return f"{prefix}{otherwise}{text}"
+
+
+_TLS_CLUES = [
+    (
+        "certificate verify failed",
+        "the server's certificate does not verify with the trusted CAs (ca=, or the system's)",
+    ),
+    ("certificate required", "the server wants a client certificate (cert= and key=)"),
+    ("unknown ca", "the server does not trust this client's certificate"),
+    ("bad certificate", "the server does not accept this client's certificate"),
+    ("wrong version number", "the server does not speak TLS on this port"),
+]
+
+_AUTH_CLUES = [
+    ("WRONGPASS", "Redis refused the user name or password"),
+    ("NOAUTH", "Redis wants a password (in the URL or --redis-password-file)"),
+    ("ERR AUTH", "Redis has no password set, but one was given"),
+    ("ERR invalid password", "Redis refused the password"),
+]
+
+
 class _RedisProtocol(Protocol):
     def __init__(self) -> None:
         self._parser = _Parser()
@@ -138,8 +390,9 @@ class _RedisProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         waiting, self._waiting = self._waiting, deque()
+        why = _describe(reason) if waiting else ""
         for d in waiting:
-            d.errback(Failure(RedisUnavailable(str(reason.value))))
+            d.errback(Failure(RedisUnavailable(why)))
         if self.on_lost is not None:
             self.on_lost()
 
@@ -149,24 +402,44 @@ class RedisClient:
     One connection to Redis, made on first use and again after it is lost.
     While there is none, commands fail with `RedisUnavailable` at once: the
     cluster code retries on its own schedule, so nothing queues up unbounded.
+
+    Every connection is set up before it is used: TLS (``rediss://``) with
+    the server's certificate verified, then ``AUTH`` when there is a
+    password, then ``SELECT`` of the db (or a ``PING``), so that a refused
+    certificate or password shows up, and is logged, as such.  Failures are
+    logged once each until a connection works again, not once per retry.
     """
 
     _log = Logger()
 
-    def __init__(self, url: str, reactor: Any, *, timeout: float = 5.0) -> None:
-        kind, host, port, self._db = parse_url(url)
+    def __init__(self, url: str | RedisURL, reactor: Any, *, timeout: float = 5.0) -> None:
+        """
+        @raise ValueError: `url` is not a Redis URL, names a user but no
+            password, or names a TLS file that cannot be used.
+        """
+        self._url = parse_url(url) if isinstance(url, str) else url
+        if self._url.username is not None and self._url.password is None:
+            raise ValueError("a Redis user name needs a password")
         self._reactor = reactor
         self._timeout = timeout
         self._endpoint: IStreamClientEndpoint
+        kind, host, port = self._url.kind, self._url.host, self._url.port
         if kind == "unix":
             self._endpoint = UNIXClientEndpoint(reactor, host, timeout=timeout)
         elif ":" in host:
             self._endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
         else:
             self._endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        if self._url.tls:
+            self._endpoint = wrapClientTLS(client_tls(self._url), self._endpoint)
         self._protocol: _RedisProtocol | None = None
         self._connecting: Deferred[Any] | None = None
         self._closed = False
+        self._failing: str | None = None
+
+    @property
+    def url(self) -> RedisURL:
+        return self._url
 
     def execute(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
         """Send one command; fires with its reply."""
@@ -182,22 +455,47 @@ class RedisClient:
     def _connect(self) -> Deferred[_RedisProtocol]:
         if self._connecting is None:
             connecting: Deferred[Any] = self._endpoint.connect(Factory.forProtocol(_RedisProtocol))
-            connecting.addCallback(self._select)
+            connecting.addCallback(self._set_up)
+            connecting.addTimeout(self._timeout, self._reactor)
             connecting.addBoth(self._connected)
             self._connecting = connecting
         waiter: Deferred[_RedisProtocol] = Deferred()
         self._connecting.addBoth(_pass_to, waiter)
         return waiter
 
-    def _select(self, protocol: _RedisProtocol) -> Any:
-        if not self._db:
-            return protocol
-        return protocol.execute("SELECT", self._db).addCallback(lambda _: protocol)
+    def _set_up(self, protocol: _RedisProtocol) -> Deferred[_RedisProtocol]:
+        """AUTH (with the user name if there is one), then SELECT or PING."""
+        url = self._url
+        last = ("SELECT", url.db) if url.db else ("PING",)
+        d: Deferred[Any]
+        if url.password is None:
+            d = protocol.execute(*last)
+        else:
+            user = () if url.username is None else (url.username,)
+            d = protocol.execute("AUTH", *user, url.password)
+            d.addCallback(lambda _: protocol.execute(*last))
+
+        def failed(failure: Failure) -> Failure:
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+            return failure
+
+        return d.addCallbacks(lambda _: protocol, failed)
 
     def _connected(self, result: Any) -> Any:
         self._connecting = None
         if isinstance(result, Failure):
-            return Failure(RedisUnavailable(str(result.value)))
+            why = result.getErrorMessage() if result.check(RedisUnavailable) else _describe(result)
+            if why != self._failing:
+                self._failing = why
+                emit = (
+                    self._log.error if "TLS" in why or result.check(RedisError) else self._log.warn
+                )
+                emit("Redis {url}: {why}", url=str(self._url), why=why)
+            return Failure(RedisRefused(f"{self._url}: {why}"))
+        if self._failing is not None:
+            self._failing = None
+            self._log.info("Redis {url}: connected again", url=str(self._url))
         self._protocol = result
         result.on_lost = self._lost
         if self._closed:
