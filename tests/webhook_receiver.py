@@ -48,6 +48,11 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as real receivers do: an HTTP/1.0 answer closes the
+            # connection, and the client's pool may send the next delivery on
+            # it before it sees the close (a failed attempt, then a retry).
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver._lock:
