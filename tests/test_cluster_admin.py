@@ -77,6 +77,9 @@ def test_a_node_that_does_not_own_the_room_lists_posts_kicks_and_stops(
     ]:
         problem(admin.call(method, path), 404, "No such room", "nope")
     problem(admin.post("nope", {"event": "x", "to": "all"}), 404, "No such room", "nope")
+    for room, status, error_ in [("nope", 404, "No such room"), ("lobby", 400, "Invalid JSON")]:
+        answer = admin.call("POST", f"/admin/rooms/{room}/messages", raw=b"{not json")
+        problem(answer, status, error_)
 
     # A message from the server, all or nothing, in room order.
     assert admin.post("lobby", {"event": "notice", "data": 1, "to": "all"}).status_code == 202
@@ -94,6 +97,12 @@ def test_a_node_that_does_not_own_the_room_lists_posts_kicks_and_stops(
     assert x.closed_with() == 1008
     assert y.recv() == left(x.peer_id)
     assert admin.call("GET", "/admin/rooms/lobby").json()["peers"] == [y.peer_id]
+    # And one on the node asked, which is not the owner either.
+    v = join_strict(b.socket_url("lobby"))
+    assert y.recv() == joined(v.peer_id)
+    assert admin.call("DELETE", f"/admin/rooms/lobby/peers/{v.peer_id}").status_code == 204
+    assert v.closed_with() == 1008
+    assert y.recv() == left(v.peer_id)
 
     # Stopped: every peer on every node gets "Room closed"; a configured
     # room is then listed as nobody's, with no peers.

@@ -221,20 +221,13 @@ class AdminResource(Resource):
 
     def _post(self, request: Request, segments: list[str]) -> Deferred[_Answer]:
         name = segments[1]
-        content_type = request.getHeader(b"content-type") or b""
-        if content_type.split(b";")[0].strip().lower() != _JSON:
-            raise _Refusal(
-                _problem(415, "Unsupported Media Type", "send the message as application/json")
-            )
-        body = request.content.read(self._max_body_bytes + 1) if request.content else b""
-        if len(body) > self._max_body_bytes:
-            raise _Refusal(
-                _problem(413, "Payload Too Large", f"the body is over {self._max_body_bytes} bytes")
-            )
         try:
-            sent = Message.from_json(body, from_=None)
-        except InvalidMessage as e:
-            raise _Refusal(_problem(400, e.description, e.details)) from None
+            sent = self._message(request)
+        except _Refusal as refusal:
+            # An unknown room is a 404 whatever the body; the room is looked
+            # up only on this error path, so a good message costs one call.
+            answer = refusal.answer
+            return self.rooms.summary(name).addCallbacks(lambda _: answer, _refused)
 
         def posted(_: object) -> _Answer:
             self._log.info(
@@ -247,6 +240,23 @@ class AdminResource(Resource):
             return _Answer(202, json.loads(sent.to_json()))
 
         return self.rooms.post(name, sent).addCallbacks(posted, _refused)
+
+    def _message(self, request: Request) -> Message:
+        """The posted message, or a `_Refusal` (415, 413 or 400)."""
+        content_type = request.getHeader(b"content-type") or b""
+        if content_type.split(b";")[0].strip().lower() != _JSON:
+            raise _Refusal(
+                _problem(415, "Unsupported Media Type", "send the message as application/json")
+            )
+        body = request.content.read(self._max_body_bytes + 1) if request.content else b""
+        if len(body) > self._max_body_bytes:
+            raise _Refusal(
+                _problem(413, "Payload Too Large", f"the body is over {self._max_body_bytes} bytes")
+            )
+        try:
+            return Message.from_json(body, from_=None)
+        except InvalidMessage as e:
+            raise _Refusal(_problem(400, e.description, e.details)) from None
 
     def _describe(self, request: Request, segments: list[str]) -> _Answer:
         if self._openapi is None:
