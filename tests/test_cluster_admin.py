@@ -12,18 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import pytest
-
 from .cluster_support import Cluster, cluster  # noqa: F401
 from .support import error, join_strict, joined, left
 from .test_admin import Admin, problem, server_message
+from .test_admin_live import TOKEN, token_file  # noqa: F401
 from .test_twistd import Twistd
 from .webhook_receiver import Receiver
 
 if TYPE_CHECKING:
     from .support import LiveServer
 
-TOKEN = "c1uster-admin.token"
 UNKNOWN = "0b1e7a4c-6f1d-4c55-9a55-51c2b5f4e0a1"
 
 
@@ -42,21 +40,13 @@ def admin_of(twistd: Twistd) -> Admin:
     return Admin(cast("LiveServer", _Node(twistd)), TOKEN)
 
 
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "admin-token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def admin_nodes(cluster: Cluster, token_file: Path, n: int, *args: str) -> list[Twistd]:  # noqa: F811
     return [cluster.node("--admin-token-file", str(token_file), *args) for _ in range(n)]
 
 
 def test_a_node_that_does_not_own_the_room_lists_posts_kicks_and_stops(
     cluster: Cluster,  # noqa: F811
-    token_file: Path,
+    token_file: Path,  # noqa: F811
 ) -> None:
     a, b = admin_nodes(cluster, token_file, 2, "--room", "lobby:8")
     admin = admin_of(b)
@@ -128,7 +118,7 @@ def test_a_node_that_does_not_own_the_room_lists_posts_kicks_and_stops(
 
 def test_a_configured_room_nobody_runs_is_taken_by_the_node_asked(
     cluster: Cluster,  # noqa: F811
-    token_file: Path,
+    token_file: Path,  # noqa: F811
 ) -> None:
     a, b = admin_nodes(cluster, token_file, 2, "--room", "hall:3", "--no-auto-rooms")
     admin = admin_of(b)
@@ -141,7 +131,10 @@ def test_a_configured_room_nobody_runs_is_taken_by_the_node_asked(
         assert admin_of(a).rooms() == [{"name": "hall", "peers": [x.peer_id], "max_peers": 3}]
 
 
-def test_an_owner_that_does_not_answer_is_a_503(cluster: Cluster, token_file: Path) -> None:  # noqa: F811
+def test_an_owner_that_does_not_answer_is_a_503(
+    cluster: Cluster,  # noqa: F811
+    token_file: Path,  # noqa: F811
+) -> None:
     a, b = admin_nodes(cluster, token_file, 2, "--room", "lobby")
     admin = admin_of(b)
     with join_strict(a.socket_url("lobby")) as x:
@@ -157,6 +150,12 @@ def test_an_owner_that_does_not_answer_is_a_503(cluster: Cluster, token_file: Pa
         assert "did not answer" in answer.json()["details"]
         assert answer.headers["Retry-After"] == "1"
         assert 2.5 < took < 10
+    # Without Redis, every node says so at once.
+    cluster.redis.stop()
+    for path in ("/admin/rooms", "/admin/rooms/lobby"):
+        answer = admin.call("GET", path)
+        problem(answer, 503, "Service Unavailable")
+        assert "Redis" in answer.json()["details"]
 
 
 # Webhooks: each room event once, from whichever node runs the room.

@@ -188,7 +188,8 @@ class AdminResource(Resource):
     # The routes.
 
     def _list(self, request: Request, segments: list[str]) -> Deferred[_Answer]:
-        return self.rooms.summaries().addCallback(lambda rooms: _Answer(200, {"rooms": rooms}))
+        d = self.rooms.summaries()
+        return d.addCallbacks(lambda rooms: _Answer(200, {"rooms": rooms}), _refused)
 
     def _show(self, request: Request, segments: list[str]) -> Deferred[_Answer]:
         d = self.rooms.summary(segments[1])
