@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+
+import pytest
 
 from .cluster_support import Cluster, cluster  # noqa: F401
 from .support import error, join_strict, joined, left
@@ -161,6 +164,21 @@ def test_an_owner_that_does_not_answer_is_a_503(
 # Webhooks: each room event once, from whichever node runs the room.
 
 
+HOOK_SECRET = "hook-s3cret"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(HOOK_SECRET.encode()) as receiver:
+        yield receiver
+
+
+def webhook_nodes(cluster: Cluster, receiver: Receiver) -> list[Twistd]:  # noqa: F811
+    """Two nodes with the same webhook URL and secret."""
+    hooks = ("--webhook", receiver.url, "--webhook-secret", HOOK_SECRET)
+    return [cluster.node(*hooks) for _ in range(2)]
+
+
 def _events(receiver: Receiver, expected: int, timeout: float = 15.0) -> list[tuple[str, Any]]:
     deadline = time.monotonic() + timeout
     while len(receiver.events) < expected and time.monotonic() < deadline:
@@ -170,59 +188,57 @@ def _events(receiver: Receiver, expected: int, timeout: float = 15.0) -> list[tu
     return [(e["event"], e["peer_id"]) for e in receiver.events if e["room"] == "w"]
 
 
-def test_webhooks_fire_once_per_event_across_nodes(cluster: Cluster) -> None:  # noqa: F811
-    secret = "hook-s3cret"
-    with Receiver(secret.encode()) as receiver:
-        hooks = ("--webhook", receiver.url, "--webhook-secret", secret)
-        a, b = cluster.node(*hooks), cluster.node(*hooks)
-        x = join_strict(a.socket_url("w"))  # node a runs the on-demand room
-        y = join_strict(b.socket_url("w"))
-        assert x.recv() == joined(y.peer_id)
-        z = join_strict(b.socket_url("w"))
-        assert x.recv() == joined(z.peer_id) == y.recv()
-        y.close()
-        assert x.recv() == left(y.peer_id) == z.recv()
-        x.close()
-        assert z.recv() == left(x.peer_id)
-        z.close()
-        events = _events(receiver, 8)
-        assert "failed" not in a.output + b.output, a.output + b.output
-        assert events[0] == ("room_started", None)
-        assert events[-1] == ("room_finished", None)
-        assert sorted(events[1:-1]) == sorted(
-            [("peer_joined", c.peer_id) for c in (x, y, z)]
-            + [("peer_left", c.peer_id) for c in (x, y, z)]
-        )
-        for c in (x, y, z):  # each peer joined before it left
-            assert events.index(("peer_joined", c.peer_id)) < events.index(("peer_left", c.peer_id))
+def test_webhooks_fire_once_per_event_across_nodes(
+    cluster: Cluster,  # noqa: F811
+    receiver: Receiver,
+) -> None:
+    a, b = webhook_nodes(cluster, receiver)
+    x = join_strict(a.socket_url("w"))  # node a runs the on-demand room
+    y = join_strict(b.socket_url("w"))
+    assert x.recv() == joined(y.peer_id)
+    z = join_strict(b.socket_url("w"))
+    assert x.recv() == joined(z.peer_id) == y.recv()
+    y.close()
+    assert x.recv() == left(y.peer_id) == z.recv()
+    x.close()
+    assert z.recv() == left(x.peer_id)
+    z.close()
+    events = _events(receiver, 8)
+    assert "failed" not in a.output + b.output, a.output + b.output
+    assert events[0] == ("room_started", None)
+    assert events[-1] == ("room_finished", None)
+    assert sorted(events[1:-1]) == sorted(
+        [("peer_joined", c.peer_id) for c in (x, y, z)]
+        + [("peer_left", c.peer_id) for c in (x, y, z)]
+    )
+    for c in (x, y, z):  # each peer joined before it left
+        assert events.index(("peer_joined", c.peer_id)) < events.index(("peer_left", c.peer_id))
 
 
 def test_a_room_handed_over_on_shutdown_neither_starts_nor_finishes_twice(
     cluster: Cluster,  # noqa: F811
+    receiver: Receiver,
 ) -> None:
-    secret = "hook-s3cret"
-    with Receiver(secret.encode()) as receiver:
-        hooks = ("--webhook", receiver.url, "--webhook-secret", secret)
-        a, b = cluster.node(*hooks), cluster.node(*hooks)
-        x = join_strict(a.socket_url("w"))
-        y = join_strict(b.socket_url("w"))
-        assert x.recv() == joined(y.peer_id)
-        a.process.send_signal(signal.SIGTERM)  # a hands the room over to b
-        assert x.recv() == error(x.peer_id, "Room closed", "shutdown")
-        assert a.wait_exit(10) == -signal.SIGTERM, a.output
-        assert y.recv(timeout=10) == left(x.peer_id)
-        with join_strict(b.socket_url("w")) as z:
-            assert y.recv(timeout=10) == joined(z.peer_id)
-            y.close()
-            assert z.recv(timeout=10) == left(y.peer_id)
-        events = _events(receiver, 8)
-        assert events == [
-            ("room_started", None),
-            ("peer_joined", x.peer_id),
-            ("peer_joined", y.peer_id),
-            ("peer_left", x.peer_id),
-            ("peer_joined", z.peer_id),
-            ("peer_left", y.peer_id),
-            ("peer_left", z.peer_id),
-            ("room_finished", None),
-        ]
+    a, b = webhook_nodes(cluster, receiver)
+    x = join_strict(a.socket_url("w"))
+    y = join_strict(b.socket_url("w"))
+    assert x.recv() == joined(y.peer_id)
+    a.process.send_signal(signal.SIGTERM)  # a hands the room over to b
+    assert x.recv() == error(x.peer_id, "Room closed", "shutdown")
+    assert a.wait_exit(10) == -signal.SIGTERM, a.output
+    assert y.recv(timeout=10) == left(x.peer_id)
+    with join_strict(b.socket_url("w")) as z:
+        assert y.recv(timeout=10) == joined(z.peer_id)
+        y.close()
+        assert z.recv(timeout=10) == left(y.peer_id)
+    events = _events(receiver, 8)
+    assert events == [
+        ("room_started", None),
+        ("peer_joined", x.peer_id),
+        ("peer_joined", y.peer_id),
+        ("peer_left", x.peer_id),
+        ("peer_joined", z.peer_id),
+        ("peer_left", y.peer_id),
+        ("peer_left", z.peer_id),
+        ("room_finished", None),
+    ]
