@@ -526,6 +526,9 @@ async def test_a_bad_message_body_is_refused_and_nothing_is_sent(
             problem(admin.call("POST", path, raw=raw), 400, description, details)
         big = json.dumps({"event": "x", "to": "all", "data": "d" * 3000}).encode()
         problem(admin.call("POST", path, raw=big), 413, "Payload Too Large")
+        # An unknown room is a 404 whatever the body.
+        nowhere = "/admin/rooms/nope/messages"
+        problem(admin.call("POST", nowhere, raw=b"{not json"), 404, "No such room", "nope")
         for content_type in ("text/plain", "application/x-www-form-urlencoded"):
             answer = admin.call(
                 "POST", path, {"event": "x", "to": "all"}, content_type=content_type

@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_signal import AuthData, Message, Refused, Room, Rooms
+from twisted_signal.errors import NoSuchPeer, NoSuchRoom
 
 from .test_room import (
     ALICE,
@@ -403,6 +404,54 @@ class StopTests(RoomsTestCase):
         self.clock.advance(room.stop_timeout)
         self.successResultOf(d)
         self.assertEqual(room.calls("on_terminate"), [None])
+
+
+class AdminInterfaceTests(RoomsTestCase):
+    """
+    What the admin API calls: each answers through a Deferred, at once on
+    one server, and fails with `NoSuchRoom` or `NoSuchPeer`.
+    """
+
+    def test_summaries_and_summary(self) -> None:
+        rooms = self.make_rooms(RecordingRoom)
+        room = self.start_room(rooms, "a")
+        self.connect_all(room, ALICE, BOB)
+        auto = rooms.get_or_create("auto")
+        assert auto is not None
+        self.connect_all(auto, CAROL)
+        a = {"name": "a", "peers": [ALICE, BOB], "max_peers": 4}
+        auto_summary = {"name": "auto", "peers": [CAROL], "max_peers": None}
+        self.assertEqual(self.successResultOf(rooms.summaries()), [a, auto_summary])
+        self.assertEqual(self.successResultOf(rooms.summary("a")), a)
+        for d in (
+            rooms.summary("nope"),
+            rooms.stop("nope"),
+            rooms.disconnect("nope", ALICE),
+            rooms.post("nope", Message("x", to="all")),
+        ):
+            self.assertEqual(self.failureResultOf(d, NoSuchRoom).value.name, "nope")
+
+    def test_post_is_all_or_nothing(self) -> None:
+        rooms = self.make_rooms()
+        room = self.start_room(rooms, "a")
+        alice, bob = self.connect_all(room, ALICE, BOB)
+        refused = rooms.post("a", Message("x", to=(ALICE, CAROL)))
+        self.assertEqual(self.failureResultOf(refused, NoSuchPeer).value.peer_ids, [CAROL])
+        self.assertEqual(alice.messages + bob.messages, [])
+        self.successResultOf(rooms.post("a", Message("x", to=(BOB,))))
+        self.assertEqual(alice.messages, [])
+        self.assertEqual(len(bob.messages), 1)
+
+    def test_disconnect_and_stop(self) -> None:
+        rooms = self.make_rooms()
+        room = self.start_room(rooms, "a")
+        alice, _ = self.connect_all(room, ALICE, BOB, leave_on_close=True)
+        self.failureResultOf(rooms.disconnect("a", CAROL), NoSuchPeer)
+        self.successResultOf(rooms.disconnect("a", ALICE))
+        self.assertEqual(alice.close_codes, [1008])
+        self.assertEqual(list(room.peers), [BOB])
+        self.successResultOf(rooms.stop("a"))
+        self.assertNotIn("a", rooms)
 
 
 class LogTests(RoomsTestCase):

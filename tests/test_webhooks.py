@@ -282,6 +282,30 @@ async def test_a_hanging_or_failing_receiver_does_not_slow_signaling(mode: str) 
             abandon(hooks)
 
 
+@pytest.mark.parametrize("http", ["HTTP/1.1", "HTTP/1.0"])
+@pytest_twisted.ensureDeferred
+async def test_back_to_back_deliveries_need_no_retry(http: str) -> None:
+    """
+    A receiver that closes every connection after its answer (HTTP/1.0)
+    gets each delivery at the first attempt, as a keep-alive one does.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    with Receiver(SECRET, http=http) as receiver:
+        hooks = Webhooks(receiver.url, SECRET, clock=reactor, backoff=5.0)
+        try:
+            for i in range(6):
+                hooks.peer_joined("r", f"p{i}")
+            deadline = time.monotonic() + 10
+            while len(receiver.events) < 6 and time.monotonic() < deadline:
+                await deferLater(reactor, 0.02, lambda: None)
+            assert [e["peer_id"] for e in receiver.events] == [f"p{i}" for i in range(6)]
+            assert hooks.deliveries["retried"] == 0, hooks.deliveries
+        finally:
+            abandon(hooks)
+
+
 @pytest_twisted.ensureDeferred
 async def test_live_churn_against_a_dead_receiver_stays_bounded() -> None:
     from twisted.internet import reactor

@@ -32,10 +32,11 @@ def docs_verify() -> Callable[..., dict[str, Any]]:
 class Receiver:
     """
     `mode` is ``"ok"`` (verify, record, answer 204), ``"fail"`` (answer 500)
-    or ``"hang"`` (never answer, until `close`).
+    or ``"hang"`` (never answer, until `close`); `http` is the version it
+    answers with.
     """
 
-    def __init__(self, secret: bytes, mode: str = "ok") -> None:
+    def __init__(self, secret: bytes, mode: str = "ok", *, http: str = "HTTP/1.1") -> None:
         self.secret = secret
         self.mode = mode
         self.events: list[dict[str, Any]] = []
@@ -48,6 +49,10 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1 keeps the connection; "HTTP/1.0" closes it after
+            # every answer, without saying so in a Connection header.
+            protocol_version = http
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver._lock:

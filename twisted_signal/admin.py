@@ -3,9 +3,10 @@ The admin API (``/admin/...``): list rooms, stop one, disconnect a peer,
 send a server message into a room.  JSON in and out, every request with
 ``Authorization: Bearer <token>``; `docs/admin-openapi.yaml` describes it.
 
-It works only through `Rooms` and `Room` methods (`get`, iteration,
-`stop_room`, `Room.peers`, `Room.disconnect`, `Room.forward`), never through
-the peers' connections, so another registry of rooms can stand behind it.
+It works only through the admin-facing methods of `Rooms` (`summaries`,
+`summary`, `stop`, `disconnect`, `post`), each returning a `Deferred`, never
+through rooms or the peers' connections, so another registry of rooms can
+stand behind it: a cluster node answers them for rooms other nodes own.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from .errors import NoSuchPeer
+from .errors import NoSuchPeer, NoSuchRoom, RoomUnavailable
 from .message import InvalidMessage, Message
-from .room import Room
-from .rooms import Rooms
+from .rooms import Rooms, room_summary
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -61,13 +61,6 @@ def is_bearer_token(value: str) -> bool:
     token68 characters of RFC 6750: letters, digits, ``-._~+/``, then ``=``).
     """
     return _TOKEN68.match(value) is not None
-
-
-def room_summary(room: Room) -> dict[str, Any]:
-    """
-    A room as the admin API shows it.
-    """
-    return {"name": room.name, "peers": list(room.peers), "max_peers": room.max_peers}
 
 
 @dataclass(frozen=True)
@@ -104,7 +97,8 @@ class AdminResource(Resource):
     Answers: 401 without the token (before anything else, so nothing about
     the rooms leaks), 404 for an unknown path, room or peer, 405 for a wrong
     method (with ``Allow``), 415 for a body not sent as JSON, 413 for one
-    over `max_body_bytes`, 400 for one that is not a valid message.  Every
+    over `max_body_bytes`, 400 for one that is not a valid message, 503 when
+    (in cluster mode) the node that owns the room does not answer.  Every
     answer is JSON (the OpenAPI description is YAML) and is sent with
     ``Cache-Control: no-store``.
     """
@@ -193,35 +187,63 @@ class AdminResource(Resource):
 
     # The routes.
 
-    def _list(self, request: Request, segments: list[str]) -> _Answer:
-        return _Answer(200, {"rooms": [room_summary(room) for room in self.rooms]})
+    def _list(self, request: Request, segments: list[str]) -> Deferred[_Answer]:
+        d = self.rooms.summaries()
+        return d.addCallbacks(lambda rooms: _Answer(200, {"rooms": rooms}), _refused)
 
-    def _show(self, request: Request, segments: list[str]) -> _Answer:
-        return _Answer(200, room_summary(self._room(segments[1])))
+    def _show(self, request: Request, segments: list[str]) -> Deferred[_Answer]:
+        d = self.rooms.summary(segments[1])
+        return d.addCallbacks(lambda summary: _Answer(200, summary), _refused)
 
     def _stop(self, request: Request, segments: list[str]) -> Deferred[_Answer]:
-        room = self._room(segments[1])
-        self._log.info(
-            "admin: {remote} stopped room {room}", remote=_remote(request), room=room.name
-        )
-        return self.rooms.stop_room(room.name).addCallback(lambda _: _Answer(204))
+        name = segments[1]
+
+        def stopped(_: object) -> _Answer:
+            self._log.info(
+                "admin: {remote} stopped room {room}", remote=_remote(request), room=name
+            )
+            return _Answer(204)
+
+        return self.rooms.stop(name).addCallbacks(stopped, _refused)
 
     def _kick(self, request: Request, segments: list[str]) -> Deferred[_Answer]:
-        room, peer_id = self._room(segments[1]), segments[3]
-        try:
-            gone = room.disconnect(peer_id)
-        except NoSuchPeer as e:
-            raise _Refusal(_problem(404, "No such peer", e.peer_ids)) from None
-        self._log.info(
-            "admin: {remote} disconnected peer {peer_id} from room {room}",
-            remote=_remote(request),
-            peer_id=peer_id,
-            room=room.name,
-        )
-        return gone.addCallback(lambda _: _Answer(204))
+        name, peer_id = segments[1], segments[3]
 
-    def _post(self, request: Request, segments: list[str]) -> _Answer:
-        room = self._room(segments[1])
+        def gone(_: object) -> _Answer:
+            self._log.info(
+                "admin: {remote} disconnected peer {peer_id} from room {room}",
+                remote=_remote(request),
+                peer_id=peer_id,
+                room=name,
+            )
+            return _Answer(204)
+
+        return self.rooms.disconnect(name, peer_id).addCallbacks(gone, _refused)
+
+    def _post(self, request: Request, segments: list[str]) -> Deferred[_Answer]:
+        name = segments[1]
+        try:
+            sent = self._message(request)
+        except _Refusal as refusal:
+            # An unknown room is a 404 whatever the body; the room is looked
+            # up only on this error path, so a good message costs one call.
+            answer = refusal.answer
+            return self.rooms.summary(name).addCallbacks(lambda _: answer, _refused)
+
+        def posted(_: object) -> _Answer:
+            self._log.info(
+                "admin: {remote} sent {event!r} to {to} in room {room}",
+                remote=_remote(request),
+                event=sent.event,
+                to=sent.to,
+                room=name,
+            )
+            return _Answer(202, json.loads(sent.to_json()))
+
+        return self.rooms.post(name, sent).addCallbacks(posted, _refused)
+
+    def _message(self, request: Request) -> Message:
+        """The posted message, or a `_Refusal` (415, 413 or 400)."""
         content_type = request.getHeader(b"content-type") or b""
         if content_type.split(b";")[0].strip().lower() != _JSON:
             raise _Refusal(
@@ -233,33 +255,15 @@ class AdminResource(Resource):
                 _problem(413, "Payload Too Large", f"the body is over {self._max_body_bytes} bytes")
             )
         try:
-            sent = Message.from_json(body, from_=None)
+            return Message.from_json(body, from_=None)
         except InvalidMessage as e:
             raise _Refusal(_problem(400, e.description, e.details)) from None
-        try:
-            room.forward(sent)
-        except NoSuchPeer as e:
-            raise _Refusal(_problem(404, "No such peer", e.peer_ids)) from None
-        self._log.info(
-            "admin: {remote} sent {event!r} to {to} in room {room}",
-            remote=_remote(request),
-            event=sent.event,
-            to=sent.to,
-            room=room.name,
-        )
-        return _Answer(202, json.loads(sent.to_json()))
 
     def _describe(self, request: Request, segments: list[str]) -> _Answer:
         if self._openapi is None:
             with open(OPENAPI_PATH, "rb") as f:
                 self._openapi = f.read()
         return _Answer(200, raw=self._openapi, content_type=_YAML)
-
-    def _room(self, name: str) -> Room:
-        room = self.rooms.get(name)
-        if room is None:
-            raise _Refusal(_problem(404, "No such room", name))
-        return room
 
     # Writing.
 
@@ -277,6 +281,18 @@ class AdminResource(Resource):
         request.setHeader(b"content-type", answer.content_type)
         request.setHeader(b"content-length", b"%d" % len(body))
         return b"" if request.method == b"HEAD" else body
+
+
+def _refused(failure: Failure) -> _Answer:
+    """The answer to a room or peer that is not there, or an owner that did not answer."""
+    e = failure.value
+    if isinstance(e, NoSuchRoom):
+        return _problem(404, "No such room", e.name)
+    if isinstance(e, NoSuchPeer):
+        return _problem(404, "No such peer", e.peer_ids)
+    if isinstance(e, RoomUnavailable):
+        return _problem(503, "Service Unavailable", str(e), retry_after=b"1")
+    failure.raiseException()
 
 
 def _allow(handlers: dict[str, Handler]) -> bytes:

@@ -8,7 +8,15 @@ from collections.abc import Iterable
 
 from .message import InvalidMessage
 
-__all__ = ["BadRequest", "InvalidMessage", "NoSuchPeer", "Refused", "Unauthorized"]
+__all__ = [
+    "BadRequest",
+    "InvalidMessage",
+    "NoSuchPeer",
+    "NoSuchRoom",
+    "Refused",
+    "RoomUnavailable",
+    "Unauthorized",
+]
 
 
 class BadRequest(Exception):
@@ -43,3 +51,22 @@ class NoSuchPeer(Exception):
     def __init__(self, peer_ids: Iterable[str]) -> None:
         self.peer_ids = list(peer_ids)
         super().__init__(f"no such peer: {', '.join(self.peer_ids)}")
+
+
+class NoSuchRoom(KeyError):
+    """
+    An admin call named a room that does not exist (the admin API answers
+    404 ``"No such room"``).
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class RoomUnavailable(Exception):
+    """
+    In cluster mode, the node that owns the room did not answer an admin call
+    in time, or Redis could not be reached (the admin API answers 503).  The
+    change may still be applied later, when the owner reads it.
+    """

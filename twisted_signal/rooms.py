@@ -10,16 +10,18 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
+from .errors import NoSuchRoom
 from .events import NO_EVENTS, Events
+from .message import Message
 from .room import Room, RoomAccess
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-__all__ = ["ROOM_NAME", "RoomFactory", "Rooms", "is_room_name"]
+__all__ = ["ROOM_NAME", "RoomFactory", "Rooms", "is_room_name", "room_summary"]
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.~-]{1,64}\Z")
 
@@ -36,6 +38,13 @@ RoomFactory = Callable[[str], Room]
 
 def is_room_name(name: str) -> bool:
     return ROOM_NAME.match(name) is not None
+
+
+def room_summary(room: Room) -> dict[str, Any]:
+    """
+    A room as the admin API shows it.
+    """
+    return {"name": room.name, "peers": list(room.peers), "max_peers": room.max_peers}
 
 
 class Rooms(MultiService):
@@ -140,6 +149,36 @@ class Rooms(MultiService):
         if room is None:
             raise KeyError(name)
         return self._remove(room)
+
+    # What the admin API calls (`twisted_signal.admin`).  Each fails with
+    # `NoSuchRoom` for a room that is not here; a cluster node answers them
+    # for every room of the cluster.
+
+    def summaries(self) -> Deferred[list[dict[str, Any]]]:
+        """The `room_summary` of every room."""
+        return succeed([room_summary(room) for room in self])
+
+    def summary(self, name: str) -> Deferred[dict[str, Any]]:
+        """The `room_summary` of one room."""
+        return self._on_room(name, room_summary)
+
+    def stop(self, name: str) -> Deferred[None]:
+        """`stop_room`: fires once the room is gone."""
+        return self._on_room(name, lambda room: self.stop_room(room.name))
+
+    def disconnect(self, name: str, peer_id: str) -> Deferred[None]:
+        """`Room.disconnect`: fires once the peer is gone, or fails with `NoSuchPeer`."""
+        return self._on_room(name, lambda room: room.disconnect(peer_id))
+
+    def post(self, name: str, message: Message) -> Deferred[None]:
+        """`Room.forward` (all or nothing: fails with `NoSuchPeer`)."""
+        return self._on_room(name, lambda room: room.forward(message))
+
+    def _on_room(self, name: str, action: Callable[[Room], Any]) -> Deferred[Any]:
+        room = self.get(name)
+        if room is None:
+            return fail(NoSuchRoom(name))
+        return maybeDeferred(action, room)
 
     def stopService(self) -> Deferred[None]:
         for room in self:

@@ -334,5 +334,21 @@ class _TreqPost:
             reactor=self._reactor,
         )
         return d.addCallback(
-            lambda response: treq.content(response).addCallback(lambda _: int(response.code))
+            lambda response: treq.content(response).addCallback(lambda _: self._done(response))
         )
+
+    def _done(self, response: Any) -> int:
+        """
+        An HTTP/1.0 receiver without keep-alive closes each connection after
+        its answer, but Twisted's pool keeps it (twisted#7843): the next POST
+        would go out on a closed connection, fail, and wait for a retry.  So
+        from then on every request asks for ``Connection: close``, and the
+        connection just returned to the pool is dropped.
+        """
+        if tuple(response.version[1:]) < (1, 1) and not any(
+            b"keep-alive" in value.lower()
+            for value in response.headers.getRawHeaders(b"connection", [])
+        ):
+            self._pool.persistent = False
+            self._pool.closeCachedConnections()
+        return int(response.code)

@@ -18,18 +18,19 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import message as wire
 from ..context import AuthData
+from ..errors import NoSuchPeer, NoSuchRoom, RoomUnavailable
 from ..events import Events
 from ..hooks import SerialQueue
 from ..message import InvalidMessage, Message
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
-from ..rooms import RoomFactory, Rooms
+from ..rooms import RoomFactory, Rooms, is_room_name
 from . import scripts
 from .resp import RedisClient, RedisRefused, RedisURL
 
@@ -325,9 +326,30 @@ class RoomRelay:
             handle.close(CLOSE_GOING_AWAY)
 
     def _emptied(self, room: Room) -> None:
-        rooms = self._rooms
         if self.room is not room:
             return
+        self._let_go()
+        self._rooms.release(self, room)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop the room this node owns (the admin API): its peers on every node
+        get "Room closed" and leave, then the room is let go.  A node with
+        it among its configured rooms starts it again on its next join.
+        """
+        room = self.room
+        assert room is not None
+
+        def gone(_: object) -> None:
+            if self.room is room:
+                self._let_go()
+            self._rooms.forget_if_idle(self)
+
+        return self._rooms._remove(room).addCallback(gone)
+
+    def _let_go(self) -> None:
+        """Delete the owner key and the members (owner-checked): nobody owns it now."""
+        rooms = self._rooms
         rooms.redis.execute(
             "EVAL",
             scripts.RELEASE,
@@ -337,7 +359,6 @@ class RoomRelay:
             self.token,
         ).addErrback(lambda _: None)
         self.room, self.token, self._resolved = None, "", False
-        rooms.release(self, room)
 
     def _guarded(self, local: PeerHandle) -> PeerHandle:
         """A local peer's handle that delivers only while the lease holds."""
@@ -531,6 +552,8 @@ class RoomRelay:
             room.submit(message)
         elif op == "leave":
             self._owner_leave(peer_id)
+        elif op == "control":
+            self._rooms.answer_control(self.name, fields)
 
     def from_inbox(self, fields: dict[str, str], raw: bytes) -> None:
         epoch = int(fields.get("epoch", "0"))
@@ -633,6 +656,9 @@ class ClusterRooms(Rooms):
         self._asked: dict[str, Deferred[Any]] = {}
         self.answerers: dict[str, Callable[[dict[str, str]], None]] = {}
         """What this node answers when another node asks (`ask`), by ``op``."""
+        self._caps: dict[str, int | None] = {}
+        self.admin_timeout = max(lease / 2, 3.0)
+        """How long an admin call waits for the room's owner node (then 503)."""
 
     def key(self, *parts: str) -> str:
         return PREFIX + ":".join(parts)
@@ -650,6 +676,7 @@ class ClusterRooms(Rooms):
         if not isinstance(cap, int | type(None)):
             cap = self.max_peers
         self._configured[name] = lambda: room_class(name, options, max_peers=cap, clock=self._clock)
+        self._caps[name] = cap
         return room_class(name, options, max_peers=cap, clock=self._clock)
 
     def is_configured(self, name: str) -> bool:
@@ -770,6 +797,174 @@ class ClusterRooms(Rooms):
     def wake(self) -> None:
         """End the reader's wait, so it reads the streams of newly owned rooms too."""
         self.xadd(self.key("inbox", self.node_id), kind="wake")
+
+    # The admin API (`twisted_signal.admin`), for every room of the cluster.
+    # The owner applies each call with the `Rooms` methods of one server, in
+    # room order: another node writes it to the room's stream as a
+    # ``control`` entry (`ask`) and the owner answers.
+
+    def summaries(self) -> Deferred[list[dict[str, Any]]]:
+        """
+        Every room of the cluster: the configured ones (owned or not), then
+        the others that have an owner, by name.
+        """
+        return Deferred.fromCoroutine(self._summaries())
+
+    def summary(self, name: str) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._control(name, "summary", {}))
+
+    def stop(self, name: str) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._control(name, "stop", {}))
+
+    def disconnect(self, name: str, peer_id: str) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._control(name, "disconnect", {"peer": peer_id}))
+
+    def post(self, name: str, message: Message) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._control(name, "post", {"message": message.to_json()}))
+
+    def stop_room(self, name: str) -> Deferred[None]:
+        """
+        Stop a room this node owns (see `RoomRelay.stop`).
+
+        @raise KeyError: this node does not own it.
+        """
+        relay = self._relays.get(name)
+        if relay is None or not relay.lease_valid():
+            raise KeyError(name)
+        return relay.stop()
+
+    def answer_control(self, name: str, fields: dict[str, str]) -> None:
+        """The owner of `name` applies a ``control`` entry of its stream and answers."""
+        try:
+            args = json.loads(fields.get("args") or "{}")
+        except ValueError:
+            args = {}
+        d = Deferred.fromCoroutine(self._apply(name, fields.get("action", ""), args))
+        d.addCallbacks(
+            lambda body: self.answer(fields, {"ok": body}),
+            self._control_failed,
+            errbackArgs=(name, fields),
+        )
+
+    def _control_failed(self, failure: Failure, name: str, fields: dict[str, str]) -> None:
+        e = failure.value
+        if isinstance(e, NoSuchPeer):
+            self.answer(fields, {"error": "No such peer", "details": e.peer_ids})
+        elif isinstance(e, NoSuchRoom):
+            self.answer(fields, {"error": "No such room"})
+        else:
+            self._log.failure("admin call on room {room} failed", failure, room=name)
+            self.answer(fields, {"error": "Internal Server Error"})
+
+    async def _summaries(self) -> list[dict[str, Any]]:
+        try:
+            owned = await self._owned_rooms()
+        except Exception as e:
+            raise RoomUnavailable(f"cannot reach Redis: {e}") from None
+        names = list(self._configured) + sorted(owned - set(self._configured))
+        answers = await DeferredList(
+            [Deferred.fromCoroutine(self._summary_if_any(name)) for name in names],
+            consumeErrors=True,
+        )
+        summaries = []
+        for _, result in answers:
+            if isinstance(result, Failure):
+                result.raiseException()
+            if result is not None:
+                summaries.append(result)
+        return summaries
+
+    async def _owned_rooms(self) -> set[str]:
+        """The rooms that have an owner now: SCAN (never KEYS) for their owner keys."""
+        names: set[str] = set()
+        prefix, suffix = self.key("room", ""), ":owner"
+        cursor = "0"
+        while True:
+            cursor_raw, keys = await self.redis.execute(
+                "SCAN", cursor, "MATCH", self.key("room", "*", "owner"), "COUNT", 1000
+            )
+            for raw in keys:
+                name = _text(raw)[len(prefix) : -len(suffix)]
+                if is_room_name(name):
+                    names.add(name)
+            cursor = _text(cursor_raw)
+            if cursor == "0":
+                return names
+
+    async def _summary_if_any(self, name: str) -> dict[str, Any] | None:
+        try:
+            summary: dict[str, Any] = await self._control(name, "summary", {})
+        except NoSuchRoom:
+            return None
+        return summary
+
+    def _owns(self, name: str) -> bool:
+        relay = self._relays.get(name)
+        return relay is not None and relay.lease_valid()
+
+    async def _control(self, name: str, action: str, args: dict[str, Any]) -> Any:
+        if not is_room_name(name):
+            raise NoSuchRoom(name)
+        if self._owns(name):
+            return await self._apply(name, action, args)
+        try:
+            owner = await self.redis.execute("GET", self.key("room", name, "owner"))
+        except Exception as e:
+            raise RoomUnavailable(f"cannot reach Redis: {e}") from None
+        if owner is None:
+            if name not in self._configured:
+                raise NoSuchRoom(name)
+            if action == "summary":
+                return {"name": name, "peers": [], "max_peers": self._caps[name]}
+            # Nobody runs this configured room: take it, and apply it here.
+            await self._take(name)
+            if self._owns(name):
+                return await self._apply(name, action, args)
+        try:
+            answer = await self.ask(
+                self.key("room", name, "in"),
+                self.admin_timeout,
+                op="control",
+                action=action,
+                args=json.dumps(args),
+            )
+        except TimeoutError:
+            raise RoomUnavailable(
+                f"the node that owns room {name} did not answer within {self.admin_timeout:g}s"
+            ) from None
+        if "ok" in answer:
+            return answer["ok"]
+        if answer.get("error") == "No such peer":
+            raise NoSuchPeer(answer.get("details") or [])
+        if answer.get("error") == "No such room":
+            raise NoSuchRoom(name)
+        raise RuntimeError(f"the node that owns room {name} failed to apply {action}")
+
+    async def _apply(self, name: str, action: str, args: dict[str, Any]) -> Any:
+        """An admin call on a room this node owns: what one server does."""
+        if not self._owns(name):
+            raise NoSuchRoom(name)
+        if action == "summary":
+            return await super().summary(name)
+        if action == "stop":
+            return await super().stop(name)
+        if action == "disconnect":
+            return await super().disconnect(name, str(args.get("peer")))
+        if action == "post":
+            return await super().post(name, Message.from_json(args.get("message", "")))
+        raise ValueError(f"unknown admin action {action!r}")
+
+    async def _take(self, name: str) -> None:
+        """Own the configured room `name` if nobody else does (the relay's resolve)."""
+        relay = self.access(name)
+        if relay is None:
+            return
+        if relay.room is None:
+            relay._resolved = False
+        taken: Deferred[None] = Deferred()
+        relay._run(lambda: taken.callback(None))
+        await taken
+        self.forget_if_idle(relay)
 
     # The node's life.
 
