@@ -34,9 +34,10 @@ from .resume import Link, Resumption
 from .room import PeerHandle, RoomAccess
 from .rooms import Rooms, is_room_name
 from .settings import Settings
+from .wheel import Wheel
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 
 __all__ = ["Peer", "PeerFactory"]
 
@@ -75,7 +76,7 @@ class Peer(WebSocketServerProtocol):
     """
 
     factory: PeerFactory
-    maxMessagePayloadSize: int  # set by Autobahn from the factory's options
+    maxMessagePayloadSize: int  # the factory's option (see PeerFactory.buildProtocol)
     _log = Logger()
 
     def __init__(self) -> None:
@@ -91,8 +92,11 @@ class Peer(WebSocketServerProtocol):
         self._queue = SerialQueue("peer")
         self._admission: Deferred[None] | None = None
         self._admitted_once = False
-        self._idle: IDelayedCall | None = None
+        self._wheel_slot: int | None = None
         self._last_seen = 0.0
+        self._ping_sent = 0.0
+        """When the unanswered ping went out (0: none is)."""
+        self._next_ping = 0.0
         self._limiter: RateLimiter | None = None
         self._link: Link | None = None
         self._resuming: tuple[Link, _Carried] | None = None
@@ -280,7 +284,11 @@ class Peer(WebSocketServerProtocol):
         settings = factory.settings
         now = factory.clock.seconds()
         self._last_seen = now
-        self._idle = factory.clock.callLater(settings.idle_timeout, self._check_idle)
+        self._next_ping = now + settings.ping_interval
+        idle_at = now + settings.idle_timeout
+        factory.wheel.schedule(
+            self, min(idle_at, self._next_ping) if settings.ping_interval else idle_at
+        )
         self._limiter = RateLimiter(
             settings.rate, settings.rate_period, settings.rate_burst, settings.flood_timeout, now
         )
@@ -432,24 +440,62 @@ class Peer(WebSocketServerProtocol):
         super().onPing(payload)
 
     def onPong(self, payload: bytes) -> None:
-        self._last_seen = self.factory.clock.seconds()
+        self._last_seen = now = self.factory.clock.seconds()
+        if self._ping_sent:
+            # Answered: the next ping is due an interval from now, which may
+            # come before the answered ping's timeout the wheel waits for.
+            self._ping_sent = 0.0
+            self._next_ping = now + self.factory.settings.ping_interval
+            self.factory.wheel.schedule(self, self._next_ping)
         super().onPong(payload)
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
         self._client_sent_close = True
         return super().onCloseFrame(code, reasonRaw)
 
-    def _check_idle(self) -> None:
-        timeout = self.factory.settings.idle_timeout
-        remaining = self._last_seen + timeout - self.factory.clock.seconds()
-        if remaining > 0:
-            self._idle = self.factory.clock.callLater(remaining, self._check_idle)
-        else:
-            self._idle = None
+    def _wheel_fired(self, now: float) -> float | None:
+        """
+        Keepalive (SPEC 1.4 step 6), checked by the factory's wheel at the
+        next deadline: the idle timeout, the next ping, or a ping's timeout.
+        """
+        if self.state != _OPEN:
+            return None
+        settings = self.factory.settings
+        idle_at = self._last_seen + settings.idle_timeout
+        if now >= idle_at:
             self._log.info(
-                "peer {peer_id} idle for {timeout}s", peer_id=self.peer_id, timeout=timeout
+                "peer {peer_id} idle for {timeout}s",
+                peer_id=self.peer_id,
+                timeout=settings.idle_timeout,
             )
             self._close(1000)
+            return None
+        if not settings.ping_interval:
+            return idle_at
+        ping_at = self._ping(now, settings)
+        return None if ping_at is None else min(idle_at, ping_at)
+
+    def _ping(self, now: float, settings: Settings) -> float | None:
+        """
+        Send the ping that is due, or drop a peer that has not answered its
+        ping in time; any traffic from the client answers, as a pong does
+        (like Autobahn's ``autoPingRestartOnAnyTraffic``).
+        """
+        sent = self._ping_sent
+        if sent and self._last_seen <= sent:
+            timeout_at = sent + settings.ping_timeout
+            if now < timeout_at:
+                return timeout_at
+            self.onAutoPingTimeout()  # Autobahn's: drops the connection, not clean
+            return None
+        if sent:
+            self._ping_sent = 0.0
+            self._next_ping = sent + settings.ping_interval
+        if now < self._next_ping:
+            return self._next_ping
+        self._ping_sent = now
+        self.sendPing()
+        return now + settings.ping_timeout
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._gone:
@@ -457,9 +503,7 @@ class Peer(WebSocketServerProtocol):
         self._gone = True
         if self._initialised:
             self.factory.events.closed(code)
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        self.factory.wheel.cancel(self)
         self._queue.cancel()
         if not self._initialised or self._superseded:
             return
@@ -671,15 +715,18 @@ class PeerFactory(WebSocketServerFactory):
         self._origins = frozenset(_normal_origin(o) for o in settings.allowed_origins)
         # Autobahn's defaults are permissive: no payload limit, no pings, any
         # origin, any number of connections.  The origin and connection
-        # checks are ours (the contract orders them after 401 and 404).
+        # checks are ours (the contract orders them after 401 and 404), and
+        # so are the pings: Autobahn's make two timers per peer, the wheel
+        # one timer for all of them.
+        self.wheel = Wheel(self.clock, _resolution(settings))
+        """The keepalive timers of every peer (see `Peer._wheel_fired`)."""
+        self._configured: type[Peer] | None = None
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_bytes,
             maxMessagePayloadSize=settings.max_message_bytes,
             failByDrop=False,
             openHandshakeTimeout=settings.handshake_timeout,
             closeHandshakeTimeout=settings.close_timeout,
-            autoPingInterval=settings.ping_interval,
-            autoPingTimeout=settings.ping_timeout if settings.ping_interval else 0,
             trustXForwardedFor=settings.trusted_proxies,
             # Origins are ours to judge (403, after 401 and 404); Autobahn
             # would refuse "null" with a 400 before we are asked.
@@ -692,6 +739,24 @@ class PeerFactory(WebSocketServerFactory):
         self._batched_timer = _Timers(self.clock)
         self._last_payload = b""
         self._last_prepared = PreparedMessage(b"", False, False, True)
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        super().setProtocolOptions(*args, **kwargs)
+        self._configured = None
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        # Autobahn copies its 29 options from the factory onto each new
+        # protocol (and pretty-prints them for a debug line, whether debug is
+        # on or not): a third of a join's CPU and a fifth of an idle
+        # connection's memory.  The options are the same for every peer of a
+        # factory, so they are class attributes of a subclass made once.
+        configured = self._configured
+        if configured is None or configured.__bases__ != (self.protocol,):
+            peer_class = cast("type[Peer]", self.protocol)
+            configured = self._configured = _configured(peer_class, self)
+        peer = configured()
+        peer.factory = self
+        return peer
 
     def prepared(self, payload: bytes) -> PreparedMessage:
         """
@@ -714,6 +779,37 @@ class PeerFactory(WebSocketServerFactory):
         if not self._origins or not origin or origin == "*":
             return True
         return _normal_origin(origin) in self._origins
+
+
+def _configured(peer_class: type[Peer], factory: PeerFactory) -> type[Peer]:
+    """
+    `peer_class` with `factory`'s Autobahn options as class attributes (and
+    none left for Autobahn to copy per connection).
+    """
+    options: dict[str, Any] = {}
+    for name in peer_class.CONFIG_ATTRS:
+        value = getattr(factory, name)
+        # A function (perMessageCompressionAccept) must not become a method.
+        options[name] = staticmethod(value) if callable(value) else value
+    namespace = {
+        **options,
+        "CONFIG_ATTRS": (),
+        "__module__": peer_class.__module__,
+        "__qualname__": peer_class.__qualname__,
+        "__doc__": peer_class.__doc__,
+    }
+    return type(peer_class.__name__, (peer_class,), namespace)
+
+
+def _resolution(settings: Settings) -> float:
+    """
+    How coarse the keepalive timers may be: a second, or a quarter of the
+    shortest keepalive setting when that is under four seconds.
+    """
+    periods = [settings.ping_timeout, settings.idle_timeout]
+    if settings.ping_interval:
+        periods.append(settings.ping_interval)
+    return min(1.0, min(periods) / 4)
 
 
 class _Timers:
