@@ -9,6 +9,7 @@ reaches it only through a `PeerHandle`.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["Peer", "PeerFactory"]
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+_NO_SEND_QUEUE = cast("deque[Any]", ())
+"""Autobahn's send queue until a write needs one (a write to it would fail loudly)."""
 _PONG = b"pong"
 _PING = b"ping"
 _LOGGED_ERRORS = 10
@@ -276,6 +279,7 @@ class Peer(WebSocketServerProtocol):
     # The open connection (SPEC 1.4 steps 3 to 6).
 
     def onOpen(self) -> None:
+        self._forget_handshake()
         if self._gone:
             return
         assert self.context is not None and self.auth is not None
@@ -350,19 +354,38 @@ class Peer(WebSocketServerProtocol):
         self.send_to_client(
             wire.authenticated(self.peer_id, peer_ids, self._ice_servers(), **extra)
         )
-        if self._admission is not None and not self._admission.called:
-            self._admission.callback(None)
+        admission, self._admission = self._admission, None
+        if admission is not None and not admission.called:
+            admission.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own logs every read at debug level, formatting its
         # arguments whether or not debug is on; hand the bytes on, nothing else.
         self._dataReceived(data)
 
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        # Autobahn's queue for chopped and synchronous writes, which only its
+        # own test modes make: an empty deque is most of a kilobyte per
+        # connection, so there is one only once a write needs it.
+        self.send_queue = _NO_SEND_QUEUE
+
+    def _forget_handshake(self) -> None:
+        # Autobahn keeps the upgrade request and its answer on the protocol
+        # for as long as the connection lasts (a kilobyte and a half); nothing
+        # reads them after the upgrade.
+        self.http_request_data = b""
+        self.http_response_data = self.http_status_line = self.http_request_uri = ""
+        self.http_headers = {}
+        self.http_request_params = {}
+
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own formats a debug log line's arguments for every
         # write; an ordinary write is just this.
         transport = self.transport
         if sync or chopsize or self.send_queue or transport is None:
+            if self.send_queue is _NO_SEND_QUEUE:
+                self.send_queue = deque()
             super().sendData(data, sync, chopsize)
         else:
             transport.write(data)
