@@ -145,5 +145,5 @@ class Wheel:
                     self.schedule(entry, when)
         while slots and slots[0] not in self._buckets:
             heapq.heappop(slots)
-        if slots and self._armed is None:
+        if slots and (self._armed is None or slots[0] < self._armed_slot):
             self._arm(slots[0])
