@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import struct
+import weakref
 from typing import Any
 
 import orjson
@@ -221,6 +222,11 @@ class PeerHotPathTests(SynchronousTestCase):
         self.assertTrue(USES_NVX)
 
 
+class _TCPLikeTransport(StringTransport):
+    protocol: Any = None
+    """The transport's protocol, as a TCP transport has (the upgrade replaces it)."""
+
+
 class PeerJoinTests(SynchronousTestCase):
     """
     What a joined, idle peer must not cost: a timer of its own, the upgrade
@@ -280,3 +286,24 @@ class PeerJoinTests(SynchronousTestCase):
         self._connect()
         self.factory.setProtocolOptions(maxFramePayloadSize=4096)
         self.assertEqual(vars(type(self._connect()))["maxFramePayloadSize"], 4096)
+
+    def test_the_http_connection_is_let_go_after_the_upgrade(self) -> None:
+        from twisted_signal.service import SignalingSite
+        from twisted_signal.web import SignalingResource
+
+        resource = SignalingResource(self.factory.rooms, clock=self.clock)
+        site = SignalingSite(resource, handshake_timeout=10.0, clock=self.clock)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert protocol is not None
+        transport = _TCPLikeTransport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        channel = weakref.ref(protocol._channel)
+        protocol.dataReceived(_UPGRADE)
+        peer = transport.protocol
+        self.assertIsInstance(peer, Peer)
+        self.assertEqual(peer.state, WebSocketProtocol.STATE_OPEN)
+        del protocol
+        gc.collect()
+        self.assertIsNone(channel())
+        self.assertIsNone(transport.producer)
