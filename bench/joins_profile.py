@@ -49,6 +49,11 @@ def upgrade(room: str) -> bytes:
     ).encode()
 
 
+class _Transport(StringTransport):
+    protocol: Any = None
+    """As a TCP transport has (the upgrade gives it to the `Peer`)."""
+
+
 class Bench:
     def __init__(self, peers: int, site: bool = False) -> None:
         # The real reactor's clock (it is never run): its timers are a heap,
@@ -66,7 +71,7 @@ class Bench:
             self.factory = resource.factory
             self.site = SignalingSite(resource, handshake_timeout=10.0, clock=self.clock)
         self.requests = [upgrade(f"bench-{n // 2}") for n in range(peers)]
-        self.transports = [StringTransport() for _ in range(peers)]
+        self.transports = [_Transport() for _ in range(peers)]
         self.address = IPv4Address("TCP", "127.0.0.1", 40000)
         self.peers: list[Peer] = []
 
@@ -75,7 +80,7 @@ class Bench:
         for request, transport in zip(self.requests, self.transports, strict=True):
             protocol = factory.buildProtocol(address)
             assert protocol is not None
-            transport.protocol = protocol  # as a TCP transport has
+            transport.protocol = protocol
             protocol.makeConnection(transport)
             protocol.dataReceived(request)
             # Through the site, the upgrade hands the transport to the Peer.
