@@ -713,6 +713,11 @@ class PeerFactory(WebSocketServerFactory):
     """
     Makes a `Peer` (or your subclass) per connection, with Autobahn's
     permissive defaults replaced by the server's.
+
+    Each peer is an instance of a subclass of `protocol` made once per
+    factory, holding Autobahn's options as class attributes (Autobahn would
+    copy them onto every connection): ``isinstance(peer, factory.protocol)``
+    holds, ``type(peer) is factory.protocol`` does not.
     """
 
     def __init__(
