@@ -7,17 +7,21 @@ the slow JSON codec or the nesting walk for an ordinary frame.
 
 from __future__ import annotations
 
+import gc
 import json
 import struct
+import weakref
 from typing import Any
 
 import orjson
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_signal import AuthData, Message, Peer, PeerHandle, Room
@@ -216,3 +220,90 @@ class PeerHotPathTests(SynchronousTestCase):
         from autobahn.websocket import USES_NVX
 
         self.assertTrue(USES_NVX)
+
+
+class _TCPLikeTransport(StringTransport):
+    protocol: Any = None
+    """The transport's protocol, as a TCP transport has (the upgrade replaces it)."""
+
+
+class PeerJoinTests(SynchronousTestCase):
+    """
+    What a joined, idle peer must not cost: a timer of its own, the upgrade
+    request, or a copy of Autobahn's options.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        rooms = Rooms(lambda name: Room(name, clock=self.clock), clock=self.clock)
+        rooms.startService()
+        self.addCleanup(rooms.stopService)
+        self.factory = PeerFactory(rooms, settings=Settings(), clock=self.clock)
+
+    def _connect(self) -> Peer:
+        peer = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert isinstance(peer, Peer)
+        peer.makeConnection(StringTransport())
+        peer.dataReceived(_UPGRADE)
+        self.assertEqual(peer.state, WebSocketProtocol.STATE_OPEN)
+        self.assertIsNotNone(peer.room)
+        return peer
+
+    def _timers(self) -> int:
+        return sum(1 for call in self.clock.getDelayedCalls() if call.active())
+
+    def test_no_timer_per_peer(self) -> None:
+        self._connect()
+        before = self._timers()
+        peers = [self._connect() for _ in range(20)]
+        self.assertEqual(self._timers(), before)
+        self.assertEqual(len(self.factory.wheel), 21)
+        for peer in peers:
+            peer.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.factory.wheel), 1)
+
+    def test_the_upgrade_request_is_not_kept(self) -> None:
+        from autobahn.websocket.types import ConnectionRequest
+
+        peer = self._connect()
+        gc.collect()
+        self.assertEqual([o for o in gc.get_objects() if isinstance(o, ConnectionRequest)], [])
+        self.assertEqual((peer.http_headers, peer.http_request_data), ({}, b""))
+        self.assertEqual(peer.http_response_data, "")
+        self.assertIsNone(peer._admission)
+        self.assertFalse(peer.send_queue)
+
+    def test_no_copy_of_autobahn_options_per_peer(self) -> None:
+        peer = self._connect()
+        own = set(vars(peer)) & set(Peer.CONFIG_ATTRS)
+        self.assertIn("maxFramePayloadSize", Peer.CONFIG_ATTRS)
+        self.assertEqual(own, set())
+        self.assertEqual(vars(type(peer))["maxFramePayloadSize"], Settings().max_message_bytes)
+        self.assertEqual(vars(type(peer))["autoPingInterval"], 0)  # the wheel pings instead
+        self.assertIsInstance(peer, self.factory.protocol)
+
+    def test_options_set_later_apply_to_new_peers(self) -> None:
+        self._connect()
+        self.factory.setProtocolOptions(maxFramePayloadSize=4096)
+        self.assertEqual(vars(type(self._connect()))["maxFramePayloadSize"], 4096)
+
+    def test_the_http_connection_is_let_go_after_the_upgrade(self) -> None:
+        from twisted_signal.service import SignalingSite
+        from twisted_signal.web import SignalingResource
+
+        resource = SignalingResource(self.factory.rooms, clock=self.clock)
+        site = SignalingSite(resource, handshake_timeout=10.0, clock=self.clock)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert protocol is not None
+        transport = _TCPLikeTransport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        channel = weakref.ref(protocol._channel)
+        protocol.dataReceived(_UPGRADE)
+        peer = transport.protocol
+        self.assertIsInstance(peer, Peer)
+        self.assertEqual(peer.state, WebSocketProtocol.STATE_OPEN)
+        del protocol
+        gc.collect()
+        self.assertIsNone(channel())
+        self.assertIsNone(transport.producer)

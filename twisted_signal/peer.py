@@ -9,6 +9,7 @@ reaches it only through a `PeerHandle`.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -34,13 +35,16 @@ from .resume import Link, Resumption
 from .room import PeerHandle, RoomAccess
 from .rooms import Rooms, is_room_name
 from .settings import Settings
+from .wheel import Wheel
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 
 __all__ = ["Peer", "PeerFactory"]
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+_NO_SEND_QUEUE = cast("deque[Any]", ())
+"""Autobahn's send queue until a write needs one (a write to it would fail loudly)."""
 _PONG = b"pong"
 _PING = b"ping"
 _LOGGED_ERRORS = 10
@@ -75,7 +79,7 @@ class Peer(WebSocketServerProtocol):
     """
 
     factory: PeerFactory
-    maxMessagePayloadSize: int  # set by Autobahn from the factory's options
+    maxMessagePayloadSize: int  # the factory's option (see PeerFactory.buildProtocol)
     _log = Logger()
 
     def __init__(self) -> None:
@@ -91,8 +95,11 @@ class Peer(WebSocketServerProtocol):
         self._queue = SerialQueue("peer")
         self._admission: Deferred[None] | None = None
         self._admitted_once = False
-        self._idle: IDelayedCall | None = None
+        self._wheel_slot: int | None = None
         self._last_seen = 0.0
+        self._ping_sent = 0.0
+        """When the unanswered ping went out (0: none is)."""
+        self._next_ping = 0.0
         self._limiter: RateLimiter | None = None
         self._link: Link | None = None
         self._resuming: tuple[Link, _Carried] | None = None
@@ -272,6 +279,7 @@ class Peer(WebSocketServerProtocol):
     # The open connection (SPEC 1.4 steps 3 to 6).
 
     def onOpen(self) -> None:
+        self._forget_handshake()
         if self._gone:
             return
         assert self.context is not None and self.auth is not None
@@ -280,7 +288,11 @@ class Peer(WebSocketServerProtocol):
         settings = factory.settings
         now = factory.clock.seconds()
         self._last_seen = now
-        self._idle = factory.clock.callLater(settings.idle_timeout, self._check_idle)
+        self._next_ping = now + settings.ping_interval
+        idle_at = now + settings.idle_timeout
+        factory.wheel.schedule(
+            self, min(idle_at, self._next_ping) if settings.ping_interval else idle_at
+        )
         self._limiter = RateLimiter(
             settings.rate, settings.rate_period, settings.rate_burst, settings.flood_timeout, now
         )
@@ -342,19 +354,38 @@ class Peer(WebSocketServerProtocol):
         self.send_to_client(
             wire.authenticated(self.peer_id, peer_ids, self._ice_servers(), **extra)
         )
-        if self._admission is not None and not self._admission.called:
-            self._admission.callback(None)
+        admission, self._admission = self._admission, None
+        if admission is not None and not admission.called:
+            admission.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own logs every read at debug level, formatting its
         # arguments whether or not debug is on; hand the bytes on, nothing else.
         self._dataReceived(data)
 
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        # Autobahn's queue for chopped and synchronous writes, which only its
+        # own test modes make: an empty deque is most of a kilobyte per
+        # connection, so there is one only once a write needs it.
+        self.send_queue = _NO_SEND_QUEUE
+
+    def _forget_handshake(self) -> None:
+        # Autobahn keeps the upgrade request and its answer on the protocol
+        # for as long as the connection lasts (a kilobyte and a half); nothing
+        # reads them after the upgrade.
+        self.http_request_data = b""
+        self.http_response_data = self.http_status_line = self.http_request_uri = ""
+        self.http_headers = {}
+        self.http_request_params = {}
+
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own formats a debug log line's arguments for every
         # write; an ordinary write is just this.
         transport = self.transport
         if sync or chopsize or self.send_queue or transport is None:
+            if self.send_queue is _NO_SEND_QUEUE:
+                self.send_queue = deque()
             super().sendData(data, sync, chopsize)
         else:
             transport.write(data)
@@ -432,24 +463,62 @@ class Peer(WebSocketServerProtocol):
         super().onPing(payload)
 
     def onPong(self, payload: bytes) -> None:
-        self._last_seen = self.factory.clock.seconds()
+        self._last_seen = now = self.factory.clock.seconds()
+        if self._ping_sent:
+            # Answered: the next ping is due an interval from now, which may
+            # come before the answered ping's timeout the wheel waits for.
+            self._ping_sent = 0.0
+            self._next_ping = now + self.factory.settings.ping_interval
+            self.factory.wheel.schedule(self, self._next_ping)
         super().onPong(payload)
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
         self._client_sent_close = True
         return super().onCloseFrame(code, reasonRaw)
 
-    def _check_idle(self) -> None:
-        timeout = self.factory.settings.idle_timeout
-        remaining = self._last_seen + timeout - self.factory.clock.seconds()
-        if remaining > 0:
-            self._idle = self.factory.clock.callLater(remaining, self._check_idle)
-        else:
-            self._idle = None
+    def _wheel_fired(self, now: float) -> float | None:
+        """
+        Keepalive (SPEC 1.4 step 6), checked by the factory's wheel at the
+        next deadline: the idle timeout, the next ping, or a ping's timeout.
+        """
+        if self.state != _OPEN:
+            return None
+        settings = self.factory.settings
+        idle_at = self._last_seen + settings.idle_timeout
+        if now >= idle_at:
             self._log.info(
-                "peer {peer_id} idle for {timeout}s", peer_id=self.peer_id, timeout=timeout
+                "peer {peer_id} idle for {timeout}s",
+                peer_id=self.peer_id,
+                timeout=settings.idle_timeout,
             )
             self._close(1000)
+            return None
+        if not settings.ping_interval:
+            return idle_at
+        ping_at = self._ping(now, settings)
+        return None if ping_at is None else min(idle_at, ping_at)
+
+    def _ping(self, now: float, settings: Settings) -> float | None:
+        """
+        Send the ping that is due, or drop a peer that has not answered its
+        ping in time; any traffic from the client answers, as a pong does
+        (like Autobahn's ``autoPingRestartOnAnyTraffic``).
+        """
+        sent = self._ping_sent
+        if sent and self._last_seen <= sent:
+            timeout_at = sent + settings.ping_timeout
+            if now < timeout_at:
+                return timeout_at
+            self.onAutoPingTimeout()  # Autobahn's: drops the connection, not clean
+            return None
+        if sent:
+            self._ping_sent = 0.0
+            self._next_ping = sent + settings.ping_interval
+        if now < self._next_ping:
+            return self._next_ping
+        self._ping_sent = now
+        self.sendPing()
+        return now + settings.ping_timeout
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._gone:
@@ -457,9 +526,7 @@ class Peer(WebSocketServerProtocol):
         self._gone = True
         if self._initialised:
             self.factory.events.closed(code)
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        self.factory.wheel.cancel(self)
         self._queue.cancel()
         if not self._initialised or self._superseded:
             return
@@ -646,6 +713,11 @@ class PeerFactory(WebSocketServerFactory):
     """
     Makes a `Peer` (or your subclass) per connection, with Autobahn's
     permissive defaults replaced by the server's.
+
+    Each peer is an instance of a subclass of `protocol` made once per
+    factory, holding Autobahn's options as class attributes (Autobahn would
+    copy them onto every connection): ``isinstance(peer, factory.protocol)``
+    holds, ``type(peer) is factory.protocol`` does not.
     """
 
     def __init__(
@@ -671,15 +743,18 @@ class PeerFactory(WebSocketServerFactory):
         self._origins = frozenset(_normal_origin(o) for o in settings.allowed_origins)
         # Autobahn's defaults are permissive: no payload limit, no pings, any
         # origin, any number of connections.  The origin and connection
-        # checks are ours (the contract orders them after 401 and 404).
+        # checks are ours (the contract orders them after 401 and 404), and
+        # so are the pings: Autobahn's make two timers per peer, the wheel
+        # one timer for all of them.
+        self.wheel = Wheel(self.clock, _resolution(settings))
+        """The keepalive timers of every peer (see `Peer._wheel_fired`)."""
+        self._configured: type[Peer] | None = None
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_bytes,
             maxMessagePayloadSize=settings.max_message_bytes,
             failByDrop=False,
             openHandshakeTimeout=settings.handshake_timeout,
             closeHandshakeTimeout=settings.close_timeout,
-            autoPingInterval=settings.ping_interval,
-            autoPingTimeout=settings.ping_timeout if settings.ping_interval else 0,
             trustXForwardedFor=settings.trusted_proxies,
             # Origins are ours to judge (403, after 401 and 404); Autobahn
             # would refuse "null" with a 400 before we are asked.
@@ -692,6 +767,24 @@ class PeerFactory(WebSocketServerFactory):
         self._batched_timer = _Timers(self.clock)
         self._last_payload = b""
         self._last_prepared = PreparedMessage(b"", False, False, True)
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        super().setProtocolOptions(*args, **kwargs)
+        self._configured = None
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        # Autobahn copies its 29 options from the factory onto each new
+        # protocol (and pretty-prints them for a debug line, whether debug is
+        # on or not): a third of a join's CPU and a fifth of an idle
+        # connection's memory.  The options are the same for every peer of a
+        # factory, so they are class attributes of a subclass made once.
+        configured = self._configured
+        if configured is None or configured.__bases__ != (self.protocol,):
+            peer_class = cast("type[Peer]", self.protocol)
+            configured = self._configured = _configured(peer_class, self)
+        peer = configured()
+        peer.factory = self
+        return peer
 
     def prepared(self, payload: bytes) -> PreparedMessage:
         """
@@ -714,6 +807,37 @@ class PeerFactory(WebSocketServerFactory):
         if not self._origins or not origin or origin == "*":
             return True
         return _normal_origin(origin) in self._origins
+
+
+def _configured(peer_class: type[Peer], factory: PeerFactory) -> type[Peer]:
+    """
+    `peer_class` with `factory`'s Autobahn options as class attributes (and
+    none left for Autobahn to copy per connection).
+    """
+    options: dict[str, Any] = {}
+    for name in peer_class.CONFIG_ATTRS:
+        value = getattr(factory, name)
+        # A function (perMessageCompressionAccept) must not become a method.
+        options[name] = staticmethod(value) if callable(value) else value
+    namespace = {
+        **options,
+        "CONFIG_ATTRS": (),
+        "__module__": peer_class.__module__,
+        "__qualname__": peer_class.__qualname__,
+        "__doc__": peer_class.__doc__,
+    }
+    return type(peer_class.__name__, (peer_class,), namespace)
+
+
+def _resolution(settings: Settings) -> float:
+    """
+    How coarse the keepalive timers may be: a second, or a quarter of the
+    shortest keepalive setting when that is under four seconds.
+    """
+    periods = [settings.ping_timeout, settings.idle_timeout]
+    if settings.ping_interval:
+        periods.append(settings.ping_interval)
+    return min(1.0, min(periods) / 4)
 
 
 class _Timers:
