@@ -12,13 +12,15 @@ room itself sees only `PeerHandle`s.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,10 +30,14 @@ from ..context import AuthData
 from ..events import Events
 from ..hooks import SerialQueue
 from ..message import InvalidMessage, Message
+from ..resume import MAX_QUEUED, Departure, GiveAway
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
 from ..rooms import RoomFactory, Rooms
 from . import scripts
 from .resp import RedisClient
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
 
 __all__ = ["ClusterRooms", "RoomRelay"]
 
@@ -43,6 +49,8 @@ SAFE_SHARE = 0.8
 #: memory of a stream whose reader is gone.  Trimming by length alone would
 #: drop entries that a reader under load has not read yet.
 STREAM_MAXLEN = 1_000_000
+#: What a node id in a resume token may look like (`ClusterRooms.claim_elsewhere`).
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
 def _text(value: Any) -> str:
@@ -94,6 +102,13 @@ class RoomRelay:
         return MappingProxyType({**self._known, **self._local})
 
     def join(self, handle: PeerHandle) -> None:
+        arrival = self._rooms.arrivals.get(handle.peer_id)
+        if arrival is not None and arrival.handle is None:
+            # Resumed here, held on another node: it moves, it does not join.
+            handle = arrival.wrap(handle)
+            self._local[handle.peer_id] = handle
+            self._run(lambda: self._move_here(handle, arrival.origin))
+            return
         self._local[handle.peer_id] = handle
         self._run(lambda: self._join(handle))
 
@@ -103,6 +118,7 @@ class RoomRelay:
     def leave(self, peer_id: str) -> None:
         self._local.pop(peer_id, None)
         self._answered.discard(peer_id)
+        self._rooms.drop_arrival(peer_id)
         self._run(lambda: self._leave(peer_id))
 
     def _moved(self, peer_id: str, peer: Any) -> None:
@@ -497,11 +513,80 @@ class RoomRelay:
 
     def _leave(self, peer_id: str) -> None:
         self._sent.discard(peer_id)
+        node = self._rooms.node_id
         if self.room is not None:
-            self._owner_leave(peer_id)
+            if self._members.get(peer_id, node) == node:
+                self._owner_leave(peer_id)
         else:
-            self._rooms.xadd(self._rooms.key("room", self.name, "in"), op="leave", peer=peer_id)
+            self._rooms.xadd(
+                self._rooms.key("room", self.name, "in"), op="leave", peer=peer_id, node=node
+            )
         self._rooms.forget_if_idle(self)
+
+    # Resume across nodes (docs/cluster.md, "Resume on another node").
+
+    def _move_here(self, handle: PeerHandle, origin: str) -> None:
+        """
+        A peer held on node `origin` resumed on this node: the owner swaps
+        its handle over to here, in room order.
+        """
+        peer_id = handle.peer_id
+        if peer_id not in self._local:
+            return
+        self._sent.add(peer_id)
+        node = self._rooms.node_id
+        if self.room is not None:
+            self.room._queue.run(self._move_in, peer_id, node, self._guarded(handle))
+            return
+        auth = handle.auth
+        self._rooms.xadd(
+            self._rooms.key("room", self.name, "in"),
+            op="move",
+            peer=peer_id,
+            node=node,
+            origin=origin,
+            auth=json.dumps({"credentials": auth.credentials, "metadata": auth.metadata}),
+        )
+
+    def _move_in(self, peer_id: str, node: str, handle: PeerHandle) -> None:
+        """
+        (Owner, a job of the room's queue.)  From now on the room reaches
+        the peer on `node`: it is admitted there, and the node that had it
+        is told, after everything it was sent for the peer.
+        """
+        room = self.room
+        if room is None:
+            return
+        current = room.peers.get(peer_id)
+        if current is None:
+            # It left meanwhile (its old node died, or gave up waiting): it
+            # can only join again, as any newcomer does.
+            self._log.info(
+                "room {room}: {peer_id} moved to node {node} after it left; it joins again",
+                room=self.name,
+                peer_id=peer_id,
+                node=node,
+            )
+            self._members.pop(peer_id, None)
+            self._join_room(handle, node)
+            self._rooms.handover(node, self.name, peer_id, [])
+            return
+        origin = self._members.get(peer_id, "")
+        room._restore(handle)
+        handle.admitted([p for p in room.peers if p != peer_id])
+        self._log.info(
+            "room {room}: {peer_id} moved from node {origin} to node {node}",
+            room=self.name,
+            peer_id=peer_id,
+            origin=origin,
+            node=node,
+        )
+        if origin == self._rooms.node_id:
+            self._rooms.departed(self, peer_id, node)
+        elif origin and origin != node:
+            self._to_node(origin, peer_id, "moved", node)
+        else:
+            self._rooms.handover(node, self.name, peer_id, [])
 
     # Entries from the room's stream (while owner) and from this node's inbox.
 
@@ -530,7 +615,18 @@ class RoomRelay:
                 return
             room.submit(message)
         elif op == "leave":
-            self._owner_leave(peer_id)
+            node = fields.get("node")
+            if node is None or self._members.get(peer_id, node) == node:
+                self._owner_leave(peer_id)
+        elif op == "move":
+            node = fields.get("node", "")
+            current = room.peers.get(peer_id)
+            if current is not None:
+                auth_data = current.auth
+            else:
+                auth = json.loads(fields.get("auth", "{}"))
+                auth_data = AuthData(peer_id, auth.get("credentials") or {}, auth.get("metadata"))
+            room._queue.run(self._move_in, peer_id, node, self._remote(node, peer_id, auth_data))
 
     def from_inbox(self, fields: dict[str, str], raw: bytes) -> None:
         epoch = int(fields.get("epoch", "0"))
@@ -544,6 +640,9 @@ class RoomRelay:
             return
         self.seen_epoch = epoch
         kind = fields.get("kind")
+        if kind == "moved":
+            self._rooms.departed(self, fields.get("peer", ""), fields.get("data", ""))
+            return
         handle = self._local.get(fields.get("peer", ""))
         if handle is None:
             return
@@ -563,6 +662,75 @@ class RoomRelay:
 
 def _nothing(*_: Any) -> None:
     pass
+
+
+class _Arrival:
+    """
+    A peer that resumed on this node while node `origin` held it.  What the
+    room sends it waits here until the owner has admitted it on this node
+    and `origin` has handed over what it had queued; then the connection
+    gets ``authenticated``, the handed-over queue, and what came meanwhile,
+    in that order (the newest `MAX_QUEUED` of them, as on one node).
+    """
+
+    __slots__ = ("finished", "handle", "handover", "meanwhile", "origin", "peers", "timer")
+    _log = Logger()
+
+    def __init__(self, origin: str, timer: IDelayedCall, finished: Callable[[], Any]) -> None:
+        self.origin = origin
+        self.timer = timer
+        self.finished = finished
+        self.handle: PeerHandle | None = None
+        self.peers: list[str] | None = None
+        self.handover: list[bytes] | None = None
+        self.meanwhile: deque[bytes] | None = deque(maxlen=MAX_QUEUED)
+        """None once the connection is live."""
+
+    def wrap(self, handle: PeerHandle) -> PeerHandle:
+        """The handle through which the room reaches the peer here."""
+        self.handle = handle
+        return PeerHandle(
+            handle.peer_id, handle.auth, self.send, handle.close, self.admitted, handle.peer
+        )
+
+    def send(self, payload: bytes) -> None:
+        meanwhile = self.meanwhile
+        if meanwhile is not None:
+            meanwhile.append(payload)
+        elif self.handle is not None:
+            self.handle.send(payload)
+
+    def admitted(self, peer_ids: list[str]) -> None:
+        self.peers = peer_ids
+        self._go_live()
+
+    def handed_over(self, payloads: list[bytes]) -> None:
+        self.handover = payloads
+        self._go_live()
+
+    def cancel(self) -> None:
+        if self.timer.active():
+            self.timer.cancel()
+
+    def _go_live(self) -> None:
+        handle, meanwhile = self.handle, self.meanwhile
+        if handle is None or meanwhile is None or self.peers is None or self.handover is None:
+            return
+        self.meanwhile = None
+        self.cancel()
+        self.finished()
+        self._log.info(
+            "peer {peer_id} moved here from node {origin}: {handed} handed over, {since} since",
+            peer_id=handle.peer_id,
+            origin=self.origin,
+            handed=len(self.handover),
+            since=len(meanwhile),
+        )
+        handle.admitted(self.peers)
+        queued = deque(self.handover, maxlen=MAX_QUEUED)
+        queued.extend(meanwhile)
+        for payload in queued:
+            handle.send(payload)
 
 
 class _NotStartedAgain(Events):
@@ -625,6 +793,13 @@ class ClusterRooms(Rooms):
         self._asked: dict[str, Deferred[Any]] = {}
         self.answerers: dict[str, Callable[[dict[str, str]], None]] = {}
         """What this node answers when another node asks (`ask`), by ``op``."""
+        self.token_prefix = f"{self.node_id}."
+        self._give_away: GiveAway | None = None
+        self.arrivals: dict[str, _Arrival] = {}
+        """Peers resumed here that another node held, until they are live."""
+        self._departures: dict[str, tuple[Departure, IDelayedCall]] = {}
+        """Peers held here that another node has claimed, until they move."""
+        self.answerers["claim"] = self._claim
 
     def key(self, *parts: str) -> str:
         return PREFIX + ":".join(parts)
@@ -744,9 +919,174 @@ class ClusterRooms(Rooms):
                 data=json.dumps(body),
             )
 
+    # Resume on another node (docs/cluster.md).
+
+    def give_away_with(self, give_away: GiveAway) -> None:
+        self._give_away = give_away
+
+    def claim_elsewhere(
+        self, token: str, room: str, identity: str | None
+    ) -> Deferred[AuthData | None] | None:
+        """
+        Ask the node named in `token` (``<node>.<random>``) to give its peer
+        up (``op=claim``).  A dead node, a refusal or no answer within a
+        lease is None: the connection joins as a new peer.
+        """
+        origin, dot, _ = token.partition(".")
+        if not dot or origin == self.node_id or not _NODE_ID.match(origin):
+            return None
+
+        def alive(exists: int) -> Any:
+            if not exists:
+                return None
+            return self.ask(
+                self.key("inbox", origin),
+                self.lease,
+                kind="ask",
+                op="claim",
+                token=token,
+                room=room,
+                identity=json.dumps(identity),
+            )
+
+        def claimed(answer: Any) -> AuthData | None:
+            if not isinstance(answer, dict) or not isinstance(answer.get("peer_id"), str):
+                return None
+            peer_id: str = answer["peer_id"]
+            late = self.reactor.callLater(self.lease * 2, self._arrival_late, peer_id)
+            self.arrivals[peer_id] = _Arrival(
+                origin, late, lambda: self.arrivals.pop(peer_id, None)
+            )
+            return AuthData(peer_id, answer.get("credentials") or {}, answer.get("metadata"))
+
+        def failed(failure: Failure) -> None:
+            self._log.warn(
+                "could not claim a resume token of node {node}: {why}; "
+                "the connection joins as a new peer",
+                node=origin,
+                why=f"no answer within {self.lease}s"
+                if failure.check(TimeoutError)
+                else failure.getErrorMessage(),
+            )
+
+        d = self.redis.execute("EXISTS", self.key("node", origin))
+        return d.addCallback(alive).addCallback(claimed).addErrback(failed)
+
+    def _arrival_late(self, peer_id: str) -> None:
+        arrival = self.arrivals.get(peer_id)
+        if arrival is None:
+            return
+        handle = arrival.handle
+        if handle is None:
+            self.arrivals.pop(peer_id, None)  # its connection never got that far
+        elif arrival.peers is None:
+            self.arrivals.pop(peer_id, None)
+            self._log.warn(
+                "peer {peer_id} resumed here but no owner admitted it in {t}s; closing it",
+                peer_id=peer_id,
+                t=self.lease * 2,
+            )
+            handle.close(CLOSE_GOING_AWAY)
+        else:
+            self._log.warn(
+                "node {node} handed nothing over for peer {peer_id} in {t}s: "
+                "what it had queued for it is lost",
+                node=arrival.origin,
+                peer_id=peer_id,
+                t=self.lease * 2,
+            )
+            arrival.handed_over([])
+
+    def drop_arrival(self, peer_id: str) -> None:
+        arrival = self.arrivals.pop(peer_id, None)
+        if arrival is not None:
+            arrival.cancel()
+
+    def handover(self, node: str, room: str, peer_id: str, payloads: list[bytes]) -> None:
+        """Send `node` what was queued here for `peer_id`, which lives there now."""
+        data = json.dumps([p.decode() for p in payloads])
+        self.xadd(self.key("inbox", node), kind="handover", room=room, peer=peer_id, data=data)
+
+    def _handed_over(self, fields: dict[str, str], raw: bytes) -> None:
+        # Not fenced by epoch: it comes from the node that held the peer,
+        # which may not be the owner; only that node writes it.
+        arrival = self.arrivals.get(fields.get("peer", ""))
+        if arrival is not None:
+            arrival.handed_over([p.encode() for p in json.loads(raw or b"[]")])
+
+    def _claim(self, request: dict[str, str]) -> None:
+        """Another node asks for a peer held here (``op=claim``)."""
+        give_away = self._give_away
+        identity = json.loads(request.get("identity") or "null")
+        departure = (
+            give_away(
+                request.get("token", ""),
+                request.get("room", ""),
+                identity if isinstance(identity, str) else None,
+            )
+            if give_away is not None
+            else None
+        )
+        if departure is None:
+            self.answer(request, None)
+            return
+        auth = departure.auth
+        peer_id = auth.peer_id
+        late = self.reactor.callLater(self.lease * 3, self._not_moved, peer_id)
+        self._departures[peer_id] = (departure, late)
+        self._log.info(
+            "peer {peer_id} of room {room} claimed by node {node}",
+            peer_id=peer_id,
+            room=request.get("room"),
+            node=request.get("reply_to"),
+        )
+        self.answer(
+            request,
+            {"peer_id": peer_id, "credentials": auth.credentials, "metadata": auth.metadata},
+        )
+
+    def departed(self, relay: RoomRelay, peer_id: str, node: str) -> None:
+        """
+        The owner has moved `peer_id` to `node`, after everything it sent
+        here for it: hand the queue over and end the peer here, no leave.
+        """
+        entry = self._departures.pop(peer_id, None)
+        if entry is None:
+            self.handover(node, relay.name, peer_id, [])
+            return
+        departure, late = entry
+        if late.active():
+            late.cancel()
+        queue = departure.link.queue
+        self.handover(node, relay.name, peer_id, list(queue))
+        self._log.info(
+            "peer {peer_id} of room {room} moved to node {node}; {n} queued handed over",
+            peer_id=peer_id,
+            room=relay.name,
+            node=node,
+            n=len(queue),
+        )
+        queue.clear()
+        relay._local.pop(peer_id, None)
+        relay._answered.discard(peer_id)
+        relay._sent.discard(peer_id)
+        departure.moved()
+        self.forget_if_idle(relay)
+
+    def _not_moved(self, peer_id: str) -> None:
+        entry = self._departures.pop(peer_id, None)
+        if entry is not None:
+            self._log.info(
+                "peer {peer_id} was claimed by another node but never moved there; it leaves",
+                peer_id=peer_id,
+            )
+            entry[0].lost()
+
     def _from_inbox(self, fields: dict[str, str], raw: bytes) -> None:
         kind = fields.get("kind")
-        if kind == "answer":
+        if kind == "handover":
+            self._handed_over(fields, raw)
+        elif kind == "answer":
             d = self._asked.pop(fields.get("request", ""), None)
             if d is not None:
                 d.callback(json.loads(raw or b"null"))
@@ -776,6 +1116,11 @@ class ClusterRooms(Rooms):
         self._reading = False
         if self._tick.running:
             self._tick.stop()
+        for arrival in self.arrivals.values():
+            arrival.cancel()
+        for _, late in self._departures.values():
+            if late.active():
+                late.cancel()
         for relay in list(self._relays.values()):
             for handle in list(relay._local.values()):
                 handle.send(wire.error(handle.peer_id, "Room closed", "shutdown").to_bytes())

@@ -1,0 +1,146 @@
+"""
+Resume (SPEC 5.4) across the nodes of a cluster: a peer held on one node
+comes back as itself on another, with what was queued for it, in order.
+A real Redis and real nodes (see docs/cluster.md, "Resume on another node").
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from .cluster_support import LEASE, Cluster, cluster  # noqa: F401
+from .support import Client, join, joined, left, relayed
+from .test_cluster import abort
+from .test_twistd import Twistd
+
+WINDOW = ("--resume-window", "30", "--rate-limit", "1000/1")
+
+
+def lose(node: Twistd, client: Client) -> str:
+    """Drop `client`'s connection without a close frame; wait until `node` holds it."""
+    token = str(client.authenticated["data"]["resume_token"])
+    abort(client.ws)
+    deadline = time.monotonic() + 10
+    while f"peer {client.peer_id} held for" not in node.stdout:
+        assert time.monotonic() < deadline, node.output
+        time.sleep(0.05)
+    return token
+
+
+def numbers(client: Client, count: int) -> list[int]:
+    return [int(client.recv()["data"]) for _ in range(count)]
+
+
+@pytest.mark.parametrize("held_on_owner", [False, True], ids=["held-on-relay", "held-on-owner"])
+def test_resume_on_another_node_keeps_the_queue_and_its_order(
+    cluster: Cluster,  # noqa: F811
+    held_on_owner: bool,
+) -> None:
+    """
+    The peer is held on node `a` and comes back on node `b`; one of them
+    owns the room.  Its sender keeps sending all the while, and nobody sees
+    it leave or join.
+    """
+    a, b = cluster.node(*WINDOW), cluster.node(*WINDOW)
+    owner, other = (a, b) if held_on_owner else (b, a)
+    x = join(owner.socket_url("move"))  # the first to join owns the room
+    y = join(a.socket_url("move"))
+    w = join(other.socket_url("move"))
+    assert x.recv() == joined(y.peer_id) and x.recv() == joined(w.peer_id)
+    assert y.recv() == joined(w.peer_id)
+    token = lose(a, y)
+    assert token.startswith(token.split(".")[0] + ".") and "." in token
+    for n in range(1, 6):
+        x.send("n", [y.peer_id], n)  # queued on a
+
+    def keep_sending() -> None:
+        for n in range(6, 41):
+            x.send("n", [y.peer_id], n)
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    again = join(b.socket_url("move", f"resume={token}"))
+    sender.join()
+    assert again.peer_id == y.peer_id
+    assert set(again.authenticated["data"]["peers"]) == {x.peer_id, w.peer_id}
+    assert again.authenticated["data"]["resume_token"] != token
+    assert numbers(again, 40) == list(range(1, 41))
+    # Live: both ways, and nobody saw a leave or a join.
+    again.send("hello", [x.peer_id, w.peer_id], "back")
+    assert x.recv() == relayed("hello", "back", again, [x.peer_id, w.peer_id])
+    assert w.recv() == relayed("hello", "back", again, [x.peer_id, w.peer_id])
+    x.send("n", [y.peer_id], 41)
+    assert numbers(again, 1) == [41]
+    assert x.nothing_within(0.3) and w.nothing_within(0.1) and again.nothing_within(0.1)
+    assert f"peer {y.peer_id} of room move moved to node" in a.stdout, a.output
+    for c in (x, w, again):
+        c.close()
+
+
+def test_a_token_works_once_and_in_its_room_only_on_any_node(cluster: Cluster) -> None:  # noqa: F811
+    a, b = cluster.node(*WINDOW), cluster.node(*WINDOW)
+    x = join(b.socket_url("once"))
+    y = join(a.socket_url("once"))
+    assert x.recv() == joined(y.peer_id)
+    token = lose(a, y)
+    # Another room's token: a new peer there; the held peer stays held.
+    elsewhere = join(b.socket_url("elsewhere", f"resume={token}"))
+    assert elsewhere.peer_id != y.peer_id and elsewhere.authenticated["data"]["peers"] == []
+    again = join(b.socket_url("once", f"resume={token}"))
+    assert again.peer_id == y.peer_id
+    # Used up: on the node that issued it and on any other.
+    for node in (a, b):
+        fresh = join(node.socket_url("once", f"resume={token}"))
+        assert fresh.peer_id != y.peer_id
+        assert set(fresh.authenticated["data"]["peers"]) == {x.peer_id, y.peer_id}
+        assert x.recv() == joined(fresh.peer_id)
+        assert again.recv() == joined(fresh.peer_id)
+        fresh.close()
+        assert x.recv() == left(fresh.peer_id)
+        assert again.recv() == left(fresh.peer_id)
+    # The token the new node gave works on the first node, even while the
+    # connection it was given to still looks open: that one is cut, quietly.
+    second = again.authenticated["data"]["resume_token"]
+    back = join(a.socket_url("once", f"resume={second}"))
+    assert back.peer_id == y.peer_id
+    with pytest.raises(ConnectionClosed):
+        again.recv()
+    x.send("hi", [y.peer_id], 1)
+    assert back.recv() == relayed("hi", 1, x, [y.peer_id])
+    assert x.nothing_within(0.3)
+    for c in (x, back, elsewhere):
+        c.close()
+
+
+def test_the_holding_node_killed_while_the_claim_is_in_flight(cluster: Cluster) -> None:  # noqa: F811
+    """
+    Nobody answers the claim: after at most a lease the connection joins as
+    a new peer, and the held peer leaves once its node is seen dead.
+    """
+    a, b = cluster.node(*WINDOW), cluster.node(*WINDOW)
+    x = join(b.socket_url("dies"))
+    y = join(a.socket_url("dies"))
+    assert x.recv() == joined(y.peer_id)
+    token = lose(a, y)
+    a.process.send_signal(signal.SIGSTOP)  # alive for Redis a little longer
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        claim = pool.submit(join, b.socket_url("dies", f"resume={token}"))
+        time.sleep(0.3)  # the claim is out, unanswered
+        a.kill()
+        fresh = claim.result(timeout=LEASE + 8)
+        took = time.monotonic() - started
+    assert fresh.peer_id != y.peer_id
+    assert took < LEASE + 8
+    news = [x.recv(timeout=3 * LEASE + 5), x.recv(timeout=3 * LEASE + 5)]
+    assert sorted(news, key=str) == sorted([joined(fresh.peer_id), left(y.peer_id)], key=str)
+    assert "could not claim a resume token of node" in b.stdout, b.output
+    for c in (x, fresh):
+        c.close()
