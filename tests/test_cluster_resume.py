@@ -12,7 +12,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from twisted.internet.task import Clock
 from websockets.exceptions import ConnectionClosed
+
+from twisted_signal.cluster.node import _Arrival
+from twisted_signal.context import AuthData
+from twisted_signal.resume import MAX_QUEUED
+from twisted_signal.room import PeerHandle
 
 from .cluster_support import LEASE, Cluster, cluster  # noqa: F401
 from .support import Client, join, joined, left, relayed
@@ -144,3 +150,59 @@ def test_the_holding_node_killed_while_the_claim_is_in_flight(cluster: Cluster) 
     assert "could not claim a resume token of node" in b.stdout, b.output
     for c in (x, fresh):
         c.close()
+
+
+def test_with_tokens_only_the_same_identity_resumes_on_another_node(cluster: Cluster) -> None:  # noqa: F811
+    import jwt
+
+    secret = "a secret long enough for the HS256 algorithm"
+
+    def jwt_for(sub: str) -> str:
+        return str(jwt.encode({"room": "demo", "sub": sub}, secret, algorithm="HS256"))
+
+    a, b = (cluster.node(*WINDOW, "--jwt-secret", secret) for _ in range(2))
+    bob = join(b.socket_url("demo", f"token={jwt_for('bob')}"))
+    alice = join(a.socket_url("demo", f"token={jwt_for('alice')}"))
+    assert bob.recv() == joined(alice.peer_id)
+    stolen = lose(a, alice)
+    # Mallory has a valid token of her own and Alice's resume token.
+    mallory = join(b.socket_url("demo", f"token={jwt_for('mallory')}&resume={stolen}"))
+    assert mallory.peer_id != alice.peer_id
+    assert bob.recv() == joined(mallory.peer_id)
+    # Alice herself still can: the refused claim did not use the token up.
+    back = join(b.socket_url("demo", f"token={jwt_for('alice')}&resume={stolen}"))
+    assert back.peer_id == alice.peer_id
+    assert bob.nothing_within(0.3)
+    for c in (bob, mallory, back):
+        c.close()
+
+
+def test_an_arrival_goes_live_with_the_handed_over_queue_first() -> None:
+    """
+    What the owner sends the peer here before the old node's queue arrives
+    waits, and comes after that queue, behind ``authenticated``.
+    """
+    clock = Clock()
+    got: list[object] = []
+    finished: list[bool] = []
+    real = PeerHandle("p", AuthData("p"), got.append, got.append, got.append)
+    arrival = _Arrival("a", clock.callLater(10, lambda: None), lambda: finished.append(True))
+    handle = arrival.wrap(real)
+    handle.send(b"3")  # the owner moved the peer here: new deliveries come here
+    handle.admitted(["x"])
+    handle.send(b"4")
+    assert got == [] and not finished
+    arrival.handed_over([b"1", b"2"])  # what the old node had queued
+    assert got == [["x"], b"1", b"2", b"3", b"4"] and finished
+    assert not arrival.timer.active()
+    handle.send(b"5")
+    assert got[-1] == b"5"
+    # At most MAX_QUEUED wait, the newest ones, as on one node.
+    got.clear()
+    arrival = _Arrival("a", clock.callLater(10, lambda: None), lambda: None)
+    handle = arrival.wrap(real)
+    for n in range(MAX_QUEUED):
+        handle.send(b"%d" % (MAX_QUEUED + n))
+    handle.admitted([])
+    arrival.handed_over([b"%d" % n for n in range(MAX_QUEUED)])
+    assert got[1:] == [b"%d" % n for n in range(MAX_QUEUED, 2 * MAX_QUEUED)]
