@@ -71,7 +71,8 @@ class Peer(WebSocketServerProtocol):
     Each may return a plain value, a `Deferred`, or be ``async def``.  A peer
     that resumes (SPEC 5.4) on a new connection keeps its id, credentials and
     `peer_state`: `on_init` and `on_terminate` are called once per peer, not
-    once per connection.
+    once per connection (in cluster mode, once per node: a peer that resumes
+    on another node runs `on_init` there and `on_terminate` here).
     """
 
     factory: PeerFactory
