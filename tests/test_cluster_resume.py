@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
@@ -61,14 +62,16 @@ def test_resume_on_another_node_keeps_the_queue_and_its_order(
     assert x.recv() == joined(y.peer_id) and x.recv() == joined(w.peer_id)
     assert y.recv() == joined(w.peer_id)
     token = lose(a, y)
-    assert token.startswith(token.split(".")[0] + ".") and "." in token
+    assert "." in token  # <node>.<random>
     for n in range(1, 6):
         x.send("n", [y.peer_id], n)  # queued on a
+        w.send("n", [y.peer_id], n)
 
     def keep_sending() -> None:
         for n in range(6, 41):
             x.send("n", [y.peer_id], n)
-            time.sleep(0.01)
+            w.send("n", [y.peer_id], n)
+            time.sleep(0.005)
 
     sender = threading.Thread(target=keep_sending)
     sender.start()
@@ -77,7 +80,11 @@ def test_resume_on_another_node_keeps_the_queue_and_its_order(
     assert again.peer_id == y.peer_id
     assert set(again.authenticated["data"]["peers"]) == {x.peer_id, w.peer_id}
     assert again.authenticated["data"]["resume_token"] != token
-    assert numbers(again, 40) == list(range(1, 41))
+    got: dict[str, list[int]] = {x.peer_id: [], w.peer_id: []}
+    for _ in range(80):
+        message = again.recv()
+        got[message["from"]].append(int(message["data"]))
+    assert got == {x.peer_id: list(range(1, 41)), w.peer_id: list(range(1, 41))}
     # Live: both ways, and nobody saw a leave or a join.
     again.send("hello", [x.peer_id, w.peer_id], "back")
     assert x.recv() == relayed("hello", "back", again, [x.peer_id, w.peer_id])
@@ -206,3 +213,62 @@ def test_an_arrival_goes_live_with_the_handed_over_queue_first() -> None:
     handle.admitted([])
     arrival.handed_over([b"%d" % n for n in range(MAX_QUEUED)])
     assert got[1:] == [b"%d" % n for n in range(MAX_QUEUED, 2 * MAX_QUEUED)]
+
+
+SLOW_INIT = """
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from twisted_signal import Peer
+
+FLAG = Path({flag!r})
+
+
+class SlowInit(Peer):
+    def on_init(self, context, auth, options):
+        if FLAG.exists():
+            return deferLater(reactor, {delay}, lambda: None)
+        return None
+"""
+
+
+def test_the_holding_node_killed_after_it_answered_the_claim(
+    cluster: Cluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """
+    The claim is answered, then the node that held the peer dies before it
+    can hand its queue over: the peer goes live on the new node without
+    that queue (two leases after the claim), and it does not leave.
+    """
+    flag = tmp_path / "slow"
+    (tmp_path / "slowinit.py").write_text(SLOW_INIT.format(flag=str(flag), delay=LEASE))
+    a = cluster.node(*WINDOW)
+    b = cluster.node(*WINDOW, "--peer-class", "slowinit.SlowInit", pythonpath=tmp_path)
+    x = join(b.socket_url("late"))
+    y = join(a.socket_url("late"))
+    assert x.recv() == joined(y.peer_id)
+    token = lose(a, y)
+    x.send("n", [y.peer_id], 1)  # queued on a, lost with it
+    time.sleep(0.2)
+    flag.touch()  # on_init on b now takes a lease: a dies meanwhile
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        resumed = pool.submit(join, b.socket_url("late", f"resume={token}"))
+        deadline = started + 10
+        while f"peer {y.peer_id} of room late claimed by node" not in a.stdout:
+            assert time.monotonic() < deadline, a.output
+            time.sleep(0.02)
+        a.kill()
+        again = resumed.result(timeout=2 * LEASE + 8)
+    assert again.peer_id == y.peer_id
+    assert time.monotonic() - started >= 2 * LEASE - 0.5  # it waited for the handover
+    x.send("n", [y.peer_id], 2)
+    assert numbers(again, 1) == [2]
+    # Its node died, but the peer lives on b now: nobody sees it leave.
+    assert x.nothing_within(0.5)
+    assert "handed nothing over for peer" in b.stdout, b.output
+    for c in (x, again):
+        c.close()
