@@ -107,7 +107,7 @@ class RoomRelay:
             # Resumed here, held on another node: it moves, it does not join.
             handle = arrival.wrap(handle)
             self._local[handle.peer_id] = handle
-            self._run(lambda: self._move_here(handle, arrival.origin))
+            self._run(lambda: self._move_here(handle))
             return
         self._local[handle.peer_id] = handle
         self._run(lambda: self._join(handle))
@@ -525,10 +525,10 @@ class RoomRelay:
 
     # Resume across nodes (docs/cluster.md, "Resume on another node").
 
-    def _move_here(self, handle: PeerHandle, origin: str) -> None:
+    def _move_here(self, handle: PeerHandle) -> None:
         """
-        A peer held on node `origin` resumed on this node: the owner swaps
-        its handle over to here, in room order.
+        A peer held on another node resumed on this one: the owner swaps its
+        handle over to here, in room order (it knows the member's node).
         """
         peer_id = handle.peer_id
         if peer_id not in self._local:
@@ -544,7 +544,6 @@ class RoomRelay:
             op="move",
             peer=peer_id,
             node=node,
-            origin=origin,
             auth=json.dumps({"credentials": auth.credentials, "metadata": auth.metadata}),
         )
 
