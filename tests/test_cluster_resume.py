@@ -244,7 +244,9 @@ def test_the_holding_node_killed_after_it_answered_the_claim(
     that queue (two leases after the claim), and it does not leave.
     """
     flag = tmp_path / "slow"
-    (tmp_path / "slowinit.py").write_text(SLOW_INIT.format(flag=str(flag), delay=LEASE))
+    # Long enough for a to be killed, short enough that its node key has not
+    # lapsed yet when the peer moves (else the owner lets the peer go first).
+    (tmp_path / "slowinit.py").write_text(SLOW_INIT.format(flag=str(flag), delay=0.5))
     a = cluster.node(*WINDOW)
     b = cluster.node(*WINDOW, "--peer-class", "slowinit.SlowInit", pythonpath=tmp_path)
     x = join(b.socket_url("late"))
@@ -253,7 +255,7 @@ def test_the_holding_node_killed_after_it_answered_the_claim(
     token = lose(a, y)
     x.send("n", [y.peer_id], 1)  # queued on a, lost with it
     time.sleep(0.2)
-    flag.touch()  # on_init on b now takes a lease: a dies meanwhile
+    flag.touch()  # on_init on b now takes a while: a dies meanwhile
     with ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
         resumed = pool.submit(join, b.socket_url("late", f"resume={token}"))
