@@ -672,12 +672,32 @@ class _Arrival:
     in that order (the newest `MAX_QUEUED` of them, as on one node).
     """
 
-    __slots__ = ("finished", "handle", "handover", "meanwhile", "origin", "peers", "timer")
+    __slots__ = (
+        "_lease",
+        "_schedule",
+        "finished",
+        "handle",
+        "handover",
+        "meanwhile",
+        "origin",
+        "peers",
+        "timer",
+    )
     _log = Logger()
 
-    def __init__(self, origin: str, timer: IDelayedCall, finished: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        origin: str,
+        lease: float,
+        schedule: Callable[[float], IDelayedCall],
+        finished: Callable[[], Any],
+    ) -> None:
         self.origin = origin
-        self.timer = timer
+        self._lease = lease
+        self._schedule = schedule
+        # Until the connection joins (on_init may take a while), then two
+        # leases to be admitted, then one more for the handover.
+        self.timer = schedule(lease * 4)
         self.finished = finished
         self.handle: PeerHandle | None = None
         self.peers: list[str] | None = None
@@ -688,6 +708,7 @@ class _Arrival:
     def wrap(self, handle: PeerHandle) -> PeerHandle:
         """The handle through which the room reaches the peer here."""
         self.handle = handle
+        self._arm(self._lease * 2)
         return PeerHandle(
             handle.peer_id, handle.auth, self.send, handle.close, self.admitted, handle.peer
         )
@@ -701,6 +722,8 @@ class _Arrival:
 
     def admitted(self, peer_ids: list[str]) -> None:
         self.peers = peer_ids
+        if self.handover is None:
+            self._arm(self._lease)
         self._go_live()
 
     def handed_over(self, payloads: list[bytes]) -> None:
@@ -710,6 +733,10 @@ class _Arrival:
     def cancel(self) -> None:
         if self.timer.active():
             self.timer.cancel()
+
+    def _arm(self, delay: float) -> None:
+        self.cancel()
+        self.timer = self._schedule(delay)
 
     def _go_live(self) -> None:
         handle, meanwhile = self.handle, self.meanwhile
@@ -952,9 +979,11 @@ class ClusterRooms(Rooms):
             if not isinstance(answer, dict) or not isinstance(answer.get("peer_id"), str):
                 return None
             peer_id: str = answer["peer_id"]
-            late = self.reactor.callLater(self.lease * 2, self._arrival_late, peer_id)
             self.arrivals[peer_id] = _Arrival(
-                origin, late, lambda: self.arrivals.pop(peer_id, None)
+                origin,
+                self.lease,
+                lambda delay: self.reactor.callLater(delay, self._arrival_late, peer_id),
+                lambda: self.arrivals.pop(peer_id, None),
             )
             return AuthData(peer_id, answer.get("credentials") or {}, answer.get("metadata"))
 
@@ -992,7 +1021,7 @@ class ClusterRooms(Rooms):
                 "what it had queued for it is lost",
                 node=arrival.origin,
                 peer_id=peer_id,
-                t=self.lease * 2,
+                t=self.lease,
             )
             arrival.handed_over([])
 
