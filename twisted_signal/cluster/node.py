@@ -625,7 +625,13 @@ class RoomRelay:
             else:
                 auth = json.loads(fields.get("auth", "{}"))
                 auth_data = AuthData(peer_id, auth.get("credentials") or {}, auth.get("metadata"))
-            room._queue.run(self._move_in, peer_id, node, self._remote(node, peer_id, auth_data))
+            local = self._local.get(peer_id) if node == self._rooms.node_id else None
+            if local is not None:
+                # Its own move, written before this node took the room over.
+                handle = self._guarded(local)
+            else:
+                handle = self._remote(node, peer_id, auth_data)
+            room._queue.run(self._move_in, peer_id, node, handle)
 
     def from_inbox(self, fields: dict[str, str], raw: bytes) -> None:
         epoch = int(fields.get("epoch", "0"))
@@ -1146,9 +1152,13 @@ class ClusterRooms(Rooms):
             self._tick.stop()
         for arrival in self.arrivals.values():
             arrival.cancel()
-        for _, late in self._departures.values():
+        # Peers another node claimed but that have not moved yet: they go
+        # now, with the others (a leave after a move is ignored).
+        departures, self._departures = self._departures, {}
+        for departure, late in departures.values():
             if late.active():
                 late.cancel()
+            departure.lost()
         for relay in list(self._relays.values()):
             for handle in list(relay._local.values()):
                 handle.send(wire.error(handle.peer_id, "Room closed", "shutdown").to_bytes())
