@@ -152,7 +152,7 @@ def test_a_token_works_once_in_its_room_for_its_identity_on_any_node(cluster: Cl
 
 def test_the_holding_node_killed_while_the_claim_is_in_flight(cluster: Cluster) -> None:  # noqa: F811
     """
-    Nobody answers the claim: after at most a lease the connection joins as
+    Nobody answers the claim: after half a lease the connection joins as
     a new peer, and the held peer leaves once its node is seen dead.
     """
     a, b = cluster.node(*WINDOW), cluster.node(*WINDOW)

@@ -961,8 +961,10 @@ class ClusterRooms(Rooms):
     ) -> Deferred[AuthData | None] | None:
         """
         Ask the node named in `token` (``<node>.<random>``) to give its peer
-        up (``op=claim``).  A dead node, a refusal or no answer within a
-        lease is None: the connection joins as a new peer.
+        up (``op=claim``).  A dead node, a refusal or no answer within half
+        a lease is None: the connection joins as a new peer.  (Half, so that
+        the whole handshake stays well within ``--handshake-timeout``, which
+        is as long as the default lease.)
         """
         origin, dot, _ = token.partition(".")
         if not dot or origin == self.node_id or not _NODE_ID.match(origin):
@@ -973,7 +975,7 @@ class ClusterRooms(Rooms):
                 return None
             return self.ask(
                 self.key("inbox", origin),
-                self.lease,
+                self.lease / 2,
                 kind="ask",
                 op="claim",
                 token=token,
@@ -998,7 +1000,7 @@ class ClusterRooms(Rooms):
                 "could not claim a resume token of node {node}: {why}; "
                 "the connection joins as a new peer",
                 node=origin,
-                why=f"no answer within {self.lease}s"
+                why=f"no answer within {self.lease / 2}s"
                 if failure.check(TimeoutError)
                 else failure.getErrorMessage(),
             )
