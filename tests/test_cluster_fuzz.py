@@ -1,8 +1,9 @@
 """
 A stateful fuzz over a two-node cluster (real Redis, real ``twistd``
 processes): peers join on either node, send unicast, broadcast and messages
-to unknown peers, and leave; between steps a node is killed and started
-again, or Redis is restarted.  After every step each client must have
+to unknown peers, lose their connection and resume on either node, and
+leave; between steps a node is killed and started again, or Redis is
+restarted.  After every step each client must have
 received exactly what the contract says (docs/cluster.md for what a failure
 may take away), and nothing else.
 
@@ -29,9 +30,11 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_s
 
 from .cluster_support import LEASE, Cluster, cluster  # noqa: F401
 from .support import Client, error, join, joined, left, relayed
+from .test_cluster import abort
 from .test_twistd import Twistd
 
 MAX_PEERS = 5
+NODE_ARGS = ("--max-peers", str(MAX_PEERS), "--resume-window", "60")
 REDIS_RESTARTS = os.environ.get("FUZZ_REDIS_RESTARTS") != "0"
 WAIT = LEASE * 6
 
@@ -109,10 +112,35 @@ class ClusterFuzz(RuleBasedStateMachine):
         for p in self.peers:
             assert p.client.recv(timeout=WAIT) == left(peer.peer_id)
 
+    @precondition(lambda self: len(self.peers) >= 1)
+    @rule(data=st.data(), node=st.integers(0, 1))
+    def resume(self, data: st.DataObject, node: int) -> None:
+        """Lose a connection; the others write to it; it resumes on `node`."""
+        peer = data.draw(st.sampled_from(self.peers))
+        token = peer.client.authenticated["data"]["resume_token"]
+        held = f"peer {peer.peer_id} held for"
+        before = self.nodes[peer.node].stdout.count(held)
+        abort(peer.client.ws)
+        deadline = time.monotonic() + WAIT
+        while self.nodes[peer.node].stdout.count(held) == before:
+            assert time.monotonic() < deadline, "the lost peer was not held"
+            time.sleep(0.05)
+        others = self.others(peer)
+        for n, p in enumerate(others):
+            p.client.send("q", [peer.peer_id], n)
+        client = join(self.nodes[node].socket_url(self.room, f"resume={token}"))
+        assert client.peer_id == peer.peer_id
+        assert set(client.authenticated["data"]["peers"]) == {p.peer_id for p in others}
+        # Senders on two nodes: the owner decides their order.
+        got = {json.dumps(client.recv(timeout=WAIT), sort_keys=True) for _ in others}
+        sent = [relayed("q", n, p.client, [peer.peer_id]) for n, p in enumerate(others)]
+        assert got == {json.dumps(m, sort_keys=True) for m in sent}
+        peer.client, peer.node = client, node
+
     @rule(node=st.integers(0, 1))
     def restart_node(self, node: int) -> None:
         self.nodes[node].kill()
-        self.nodes[node] = self.cluster.node("--max-peers", str(MAX_PEERS))
+        self.nodes[node] = self.cluster.node(*NODE_ARGS)
         gone = [p for p in self.peers if p.node == node]
         self.peers = [p for p in self.peers if p.node != node]
         for p in self.peers:
@@ -163,7 +191,7 @@ def fuzz_nodes(cluster: Cluster) -> Iterator[Cluster]:  # noqa: F811
 
 def test_fuzz_a_two_node_cluster(fuzz_nodes: Cluster, tmp_path: Path) -> None:
     ClusterFuzz.cluster = fuzz_nodes
-    ClusterFuzz.nodes = [fuzz_nodes.node("--max-peers", str(MAX_PEERS)) for _ in range(2)]
+    ClusterFuzz.nodes = [fuzz_nodes.node(*NODE_ARGS) for _ in range(2)]
     run_state_machine_as_test(
         ClusterFuzz,
         settings=settings(

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, TimeoutError, fail
+from twisted.logger import ILogObserver, globalLogPublisher
+from zope.interface import implementer
 
 from twisted_signal.cluster import scripts
 from twisted_signal.cluster.node import ClusterRooms
@@ -94,3 +96,36 @@ def test_a_redis_restart_is_seen_even_if_the_first_tick_after_it_fails(redis: Re
     finally:
         yield node.stopService()
         yield _sleep(0)
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_entry_that_fails_does_not_stop_the_reader(redis: Redis) -> Any:
+    a = ClusterRooms(redis_url=redis.url, lease=1.0, node_id="asker")
+    b = ClusterRooms(redis_url=redis.url, lease=1.0, node_id="answerer")
+
+    def boom(fields: dict[str, str]) -> None:
+        raise ValueError("a bad entry")
+
+    b.answerers["boom"] = boom
+    b.answerers["echo"] = lambda fields: b.answer(fields, "still reading")
+    failures: list[Any] = []
+
+    @implementer(ILogObserver)
+    def observer(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observer)
+    a.startService()
+    b.startService()
+    try:
+        inbox = b.key("inbox", "answerer")
+        with pytest.raises(TimeoutError):
+            yield a.ask(inbox, 0.3, kind="ask", op="boom")
+        assert (yield a.ask(inbox, 5, kind="ask", op="echo")) == "still reading"
+    finally:
+        yield a.stopService()
+        yield b.stopService()
+        yield _sleep(0)
+        globalLogPublisher.removeObserver(observer)
+    assert [f.type for f in failures] == [ValueError]

@@ -31,7 +31,7 @@ from .headers import COMMON_HEADERS
 from .hooks import SerialQueue, call, call_logged, then
 from .limits import RateLimiter, Verdict
 from .message import InvalidMessage, Message
-from .resume import Link, Resumption
+from .resume import Departure, Link, Resumption
 from .room import PeerHandle, RoomAccess
 from .rooms import Rooms, is_room_name
 from .settings import Settings
@@ -75,7 +75,8 @@ class Peer(WebSocketServerProtocol):
     Each may return a plain value, a `Deferred`, or be ``async def``.  A peer
     that resumes (SPEC 5.4) on a new connection keeps its id, credentials and
     `peer_state`: `on_init` and `on_terminate` are called once per peer, not
-    once per connection.
+    once per connection (in cluster mode, once per node: a peer that resumes
+    on another node runs `on_init` there and `on_terminate` here).
     """
 
     factory: PeerFactory
@@ -160,6 +161,8 @@ class Peer(WebSocketServerProtocol):
         credentials = self._check_token(request, room_name, credentials)
         resume_token = _first(request.params.get("resume"))
         held = self._resumable(resume_token, room_name, credentials)
+        if held is None and resume_token is not None:
+            held = await self._resumable_elsewhere(resume_token, room_name, credentials)
         if resume_token is not None and held is None:
             self.factory.events.resume("refused")
         if held is not None:
@@ -174,10 +177,14 @@ class Peer(WebSocketServerProtocol):
         # on_terminate exactly once (a resumed peer's comes at its very end).
         refusal = self._gate(request, room_name)
         if refusal is not None:
-            if held is None:
+            if held is None or held.peer is None:
                 self._terminate()
             self._refuse_handshake(*refusal)
-        if held is not None:
+        if held is not None and held.peer is None:
+            # Held on another node, which has handed the peer over: it
+            # joins the room's relay as itself (see docs/cluster.md).
+            self.factory.events.resume("resumed")
+        elif held is not None:
             claimed = self.factory.resumption.claim(resume_token, room_name)
             assert claimed is not None  # nothing awaited since _resumable
             self._resuming = (claimed[0], held)
@@ -224,10 +231,38 @@ class Peer(WebSocketServerProtocol):
         held: _Carried | None = self.factory.resumption.peek(token, room_name)
         if held is None:
             return None
-        with_tokens = self.factory.settings.token_verifier is not None
-        if with_tokens and held.auth.identity != AuthData("", credentials).identity:
+        if not self.factory.same_identity(held, AuthData("", credentials).identity):
             return None
         return held
+
+    async def _resumable_elsewhere(
+        self, token: str, room_name: str, credentials: dict[str, Any]
+    ) -> _Carried | None:
+        """
+        A token another node of a cluster issued: that node gives its peer
+        up, and this connection carries it on.  Per-connection state cannot
+        cross processes, so `on_init` runs here again with the peer's id and
+        credentials (and `on_terminate` ran there).
+        """
+        factory = self.factory
+        if not factory.resumption.enabled:
+            return None
+        with_tokens = factory.settings.token_verifier is not None
+        identity = AuthData("", credentials).identity if with_tokens else None
+        claim = factory.rooms.claim_elsewhere(token, room_name, identity)
+        auth = None if claim is None else await claim
+        if auth is None:
+            return None
+        self.peer_id = auth.peer_id
+        context = PeerContext(auth.peer_id, room_name)
+        await self._init(context, auth)
+        self._log.info(
+            "peer {peer_id} resumed in room {room} from {remote}; it was held on another node",
+            peer_id=auth.peer_id,
+            room=room_name,
+            remote=self._remote,
+        )
+        return _Carried(auth, context, self.peer_state)
 
     async def _init(self, context: PeerContext, auth: AuthData) -> None:
         """
@@ -576,7 +611,7 @@ class Peer(WebSocketServerProtocol):
 
     def _carry(self) -> _Carried:
         assert self.auth is not None and self.context is not None
-        return _Carried(self.auth, self.context, self.peer_state)
+        return _Carried(self.auth, self.context, self.peer_state, self)
 
     def _supersede(self) -> None:
         """
@@ -672,6 +707,8 @@ class _Carried:
     auth: AuthData
     context: PeerContext
     state: Any
+    peer: Peer | None = None
+    """The connection that held it here; None when it was held on another node."""
 
 
 class _Carrier:
@@ -739,7 +776,8 @@ class PeerFactory(WebSocketServerFactory):
         """Where connections report (see `twisted_signal.events`)."""
         self.settings = settings = settings or Settings()
         self.clock: IReactorTime = cast("IReactorTime", clock)
-        self.resumption = Resumption(settings.resume_window, self.clock)
+        self.resumption = Resumption(settings.resume_window, self.clock, rooms.token_prefix)
+        rooms.give_away_with(self._give_away)
         self._origins = frozenset(_normal_origin(o) for o in settings.allowed_origins)
         # Autobahn's defaults are permissive: no payload limit, no pings, any
         # origin, any number of connections.  The origin and connection
@@ -785,6 +823,26 @@ class PeerFactory(WebSocketServerFactory):
         peer = configured()
         peer.factory = self
         return peer
+
+    def same_identity(self, held: _Carried, identity: str | None) -> bool:
+        """
+        With tokens, only the same identity may take a held peer over.
+        """
+        return self.settings.token_verifier is None or held.auth.identity == identity
+
+    def _give_away(self, token: str, room: str, identity: str | None) -> Departure | None:
+        """
+        Hand a peer held here to a connection on another node, as
+        `Resumption.claim` does on this one (a live old connection is cut
+        without a leave).  Its end here is ``on_terminate`` and no ``left``.
+        """
+        held: _Carried | None = self.resumption.peek(token, room)
+        if held is None or held.peer is None or not self.same_identity(held, identity):
+            return None
+        peer = held.peer
+        claimed = self.resumption.claim(token, room)
+        assert claimed is not None  # peeked just now
+        return Departure(held.auth, claimed[0], peer._terminate, peer._expired)
 
     def prepared(self, payload: bytes) -> PreparedMessage:
         """

@@ -16,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .context import AuthData
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["Connection", "Link", "Resumption"]
+__all__ = ["Connection", "Departure", "GiveAway", "Link", "Resumption"]
 
 MAX_QUEUED = 256
 
@@ -99,6 +101,28 @@ class _Entry:
     timer: IDelayedCall | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """
+    A peer held here that a connection on another node (cluster mode) has
+    claimed with its token: the token is used up, and `link` goes on
+    queueing what the room sends until the peer has moved.
+    """
+
+    auth: AuthData
+    link: Link
+    moved: Callable[[], None]
+    """It lives on elsewhere: end it here without a leave (`on_terminate`)."""
+    lost: Callable[[], None]
+    """It never arrived elsewhere: let it go as usual (it leaves the room)."""
+
+
+GiveAway = Callable[[str, str, str | None], Departure | None]
+"""``give_away(token, room, identity)``: the `Departure` for a claim from
+another node, or None (unknown, used, expired, other-room or other-identity
+token)."""
+
+
 class Resumption:
     """
     The resumable peers of a server, by resume token.
@@ -110,8 +134,10 @@ class Resumption:
     networks knows its socket is dead long before the server's pings do.
     """
 
-    def __init__(self, window: float, clock: IReactorTime) -> None:
+    def __init__(self, window: float, clock: IReactorTime, prefix: str = "") -> None:
         self.window = window
+        self.prefix = prefix
+        """What every token starts with (in cluster mode, the node's id)."""
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
 
@@ -143,7 +169,7 @@ class Resumption:
         if not self.enabled:
             return None
         self.forget(link)
-        token = secrets.token_urlsafe(32)
+        token = self.prefix + secrets.token_urlsafe(32)
         link.token = token
         self._entries[token] = _Entry(link, room, state, expire, replace)
         return token

@@ -21,6 +21,9 @@ from .room import Room, RoomAccess
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
+    from .context import AuthData
+    from .resume import GiveAway
+
 __all__ = ["ROOM_NAME", "RoomFactory", "Rooms", "is_room_name", "room_summary"]
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.~-]{1,64}\Z")
@@ -138,6 +141,27 @@ class Rooms(MultiService):
         What a connection of `name` talks to, if it exists; never creates.
         """
         return self.get(name)
+
+    #: What the resume tokens of this server start with (in cluster mode,
+    #: the node's id, so that another node knows whom to ask).
+    token_prefix = ""
+
+    def claim_elsewhere(
+        self, token: str, room: str, identity: str | None
+    ) -> Deferred[AuthData | None] | None:
+        """
+        A resume token that another node issued (cluster mode): ask that
+        node for its peer.  Fires with the peer's id and credentials, or
+        None if that node refuses or does not answer; None at once when the
+        token is not another node's (always, on a single server).
+        """
+        return None
+
+    def give_away_with(self, give_away: GiveAway) -> None:
+        """
+        How this server hands one of its held peers to a connection on
+        another node (cluster mode); a single server has no other node.
+        """
 
     def stop_room(self, name: str) -> Deferred[None]:
         """

@@ -12,11 +12,13 @@ room itself sees only `PeerHandle`s.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.task import LoopingCall
@@ -29,10 +31,14 @@ from ..errors import NoSuchPeer, NoSuchRoom, RoomUnavailable
 from ..events import Events
 from ..hooks import SerialQueue
 from ..message import InvalidMessage, Message
+from ..resume import MAX_QUEUED, Departure, GiveAway
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
 from ..rooms import RoomFactory, Rooms, is_room_name
 from . import scripts
 from .resp import RedisClient, RedisRefused, RedisURL
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
 
 __all__ = ["ClusterRooms", "RoomRelay"]
 
@@ -44,6 +50,8 @@ SAFE_SHARE = 0.8
 #: memory of a stream whose reader is gone.  Trimming by length alone would
 #: drop entries that a reader under load has not read yet.
 STREAM_MAXLEN = 1_000_000
+#: What a node id in a resume token may look like (`ClusterRooms.claim_elsewhere`).
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
 def _text(value: Any) -> str:
@@ -95,6 +103,13 @@ class RoomRelay:
         return MappingProxyType({**self._known, **self._local})
 
     def join(self, handle: PeerHandle) -> None:
+        arrival = self._rooms.arrivals.get(handle.peer_id)
+        if arrival is not None and arrival.handle is None:
+            # Resumed here, held on another node: it moves, it does not join.
+            handle = arrival.wrap(handle)
+            self._local[handle.peer_id] = handle
+            self._run(lambda: self._move_here(handle))
+            return
         self._local[handle.peer_id] = handle
         self._run(lambda: self._join(handle))
 
@@ -104,6 +119,7 @@ class RoomRelay:
     def leave(self, peer_id: str) -> None:
         self._local.pop(peer_id, None)
         self._answered.discard(peer_id)
+        self._rooms.drop_arrival(peer_id)
         self._run(lambda: self._leave(peer_id))
 
     def _moved(self, peer_id: str, peer: Any) -> None:
@@ -518,11 +534,79 @@ class RoomRelay:
 
     def _leave(self, peer_id: str) -> None:
         self._sent.discard(peer_id)
+        node = self._rooms.node_id
         if self.room is not None:
-            self._owner_leave(peer_id)
+            if self._members.get(peer_id, node) == node:
+                self._owner_leave(peer_id)
         else:
-            self._rooms.xadd(self._rooms.key("room", self.name, "in"), op="leave", peer=peer_id)
+            self._rooms.xadd(
+                self._rooms.key("room", self.name, "in"), op="leave", peer=peer_id, node=node
+            )
         self._rooms.forget_if_idle(self)
+
+    # Resume across nodes (docs/cluster.md, "Resume on another node").
+
+    def _move_here(self, handle: PeerHandle) -> None:
+        """
+        A peer held on another node resumed on this one: the owner swaps its
+        handle over to here, in room order (it knows the member's node).
+        """
+        peer_id = handle.peer_id
+        if peer_id not in self._local:
+            return
+        self._sent.add(peer_id)
+        node = self._rooms.node_id
+        if self.room is not None:
+            self.room._queue.run(self._move_in, peer_id, node, self._guarded(handle))
+            return
+        auth = handle.auth
+        self._rooms.xadd(
+            self._rooms.key("room", self.name, "in"),
+            op="move",
+            peer=peer_id,
+            node=node,
+            auth=json.dumps({"credentials": auth.credentials, "metadata": auth.metadata}),
+        )
+
+    def _move_in(self, peer_id: str, node: str, handle: PeerHandle) -> None:
+        """
+        (Owner, a job of the room's queue.)  From now on the room reaches
+        the peer on `node`: it is admitted there, and the node that had it
+        is told, after everything it was sent for the peer.
+        """
+        room = self.room
+        if room is None:
+            return
+        current = room.peers.get(peer_id)
+        if current is None:
+            # It left meanwhile (its old node died, or gave up waiting): it
+            # can only join again, as any newcomer does.
+            self._log.info(
+                "room {room}: {peer_id} moved to node {node} after it left; it joins again",
+                room=self.name,
+                peer_id=peer_id,
+                node=node,
+            )
+            self._members.pop(peer_id, None)
+            self._join_room(handle, node)
+            self._rooms.handover(node, self.name, peer_id, [])
+            return
+        origin = self._members.get(peer_id, "")
+        room._restore(handle)
+        handle.admitted([p for p in room.peers if p != peer_id])
+        self._log.info(
+            "room {room}: {peer_id} moved from node {origin} to node {node}",
+            room=self.name,
+            peer_id=peer_id,
+            origin=origin,
+            node=node,
+        )
+        if origin == self._rooms.node_id:
+            self._rooms.departed(self, peer_id, node)
+        elif origin and origin != node:
+            self._to_node(origin, peer_id, "moved", node)
+        else:
+            self._rooms.handover(node, self.name, peer_id, [])
 
     # Entries from the room's stream (while owner) and from this node's inbox.
 
@@ -540,20 +624,45 @@ class RoomRelay:
             )
             self._join_room(handle, fields["node"])
         elif op == "submit":
-            if peer_id not in room.peers:
-                return
-            try:
-                message = Message.from_json(fields.get("message", ""), from_=peer_id)
-            except InvalidMessage:
-                self._log.warn(
-                    "room {room}: dropped a relayed message that is not valid", room=self.name
-                )
-                return
-            room.submit(message)
+            self._relayed(room, peer_id, fields.get("message", ""))
         elif op == "leave":
-            self._owner_leave(peer_id)
+            node = fields.get("node")
+            if node is None or self._members.get(peer_id, node) == node:
+                self._owner_leave(peer_id)
+        elif op == "move":
+            self._move(room, peer_id, fields)
         elif op == "control":
             self._rooms.answer_control(self.name, fields)
+
+    def _relayed(self, room: Room, peer_id: str, text: str) -> None:
+        """A member on another node sent a message."""
+        if peer_id not in room.peers:
+            return
+        try:
+            message = Message.from_json(text, from_=peer_id)
+        except InvalidMessage:
+            self._log.warn(
+                "room {room}: dropped a relayed message that is not valid", room=self.name
+            )
+            return
+        room.submit(message)
+
+    def _move(self, room: Room, peer_id: str, fields: dict[str, str]) -> None:
+        """A member resumed on another node (or on this one)."""
+        node = fields.get("node", "")
+        current = room.peers.get(peer_id)
+        if current is not None:
+            auth_data = current.auth
+        else:
+            auth = json.loads(fields.get("auth", "{}"))
+            auth_data = AuthData(peer_id, auth.get("credentials") or {}, auth.get("metadata"))
+        local = self._local.get(peer_id) if node == self._rooms.node_id else None
+        if local is not None:
+            # Its own move, written before this node took the room over.
+            handle = self._guarded(local)
+        else:
+            handle = self._remote(node, peer_id, auth_data)
+        room._queue.run(self._move_in, peer_id, node, handle)
 
     def from_inbox(self, fields: dict[str, str], raw: bytes) -> None:
         epoch = int(fields.get("epoch", "0"))
@@ -567,6 +676,9 @@ class RoomRelay:
             return
         self.seen_epoch = epoch
         kind = fields.get("kind")
+        if kind == "moved":
+            self._rooms.departed(self, fields.get("peer", ""), fields.get("data", ""))
+            return
         handle = self._local.get(fields.get("peer", ""))
         if handle is None:
             return
@@ -594,6 +706,102 @@ def _run_id(info: bytes) -> str:
         if line.startswith("run_id:"):
             return line.partition(":")[2].strip()
     return ""
+
+
+class _Arrival:
+    """
+    A peer that resumed on this node while node `origin` held it.  What the
+    room sends it waits here until the owner has admitted it on this node
+    and `origin` has handed over what it had queued; then the connection
+    gets ``authenticated``, the handed-over queue, and what came meanwhile,
+    in that order (the newest `MAX_QUEUED` of them, as on one node).
+    """
+
+    __slots__ = (
+        "_lease",
+        "_schedule",
+        "finished",
+        "handle",
+        "handover",
+        "meanwhile",
+        "origin",
+        "peers",
+        "timer",
+    )
+    _log = Logger()
+
+    def __init__(
+        self,
+        origin: str,
+        lease: float,
+        schedule: Callable[[float], IDelayedCall],
+        finished: Callable[[], Any],
+    ) -> None:
+        self.origin = origin
+        self._lease = lease
+        self._schedule = schedule
+        # Until the connection joins (on_init may take a while), then two
+        # leases to be admitted, then one more for the handover.
+        self.timer = schedule(lease * 4)
+        self.finished = finished
+        self.handle: PeerHandle | None = None
+        self.peers: list[str] | None = None
+        self.handover: list[bytes] | None = None
+        self.meanwhile: deque[bytes] | None = deque(maxlen=MAX_QUEUED)
+        """None once the connection is live."""
+
+    def wrap(self, handle: PeerHandle) -> PeerHandle:
+        """The handle through which the room reaches the peer here."""
+        self.handle = handle
+        self._arm(self._lease * 2)
+        return PeerHandle(
+            handle.peer_id, handle.auth, self.send, handle.close, self.admitted, handle.peer
+        )
+
+    def send(self, payload: bytes) -> None:
+        meanwhile = self.meanwhile
+        if meanwhile is not None:
+            meanwhile.append(payload)
+        elif self.handle is not None:
+            self.handle.send(payload)
+
+    def admitted(self, peer_ids: list[str]) -> None:
+        self.peers = peer_ids
+        if self.handover is None:
+            self._arm(self._lease)
+        self._go_live()
+
+    def handed_over(self, payloads: list[bytes]) -> None:
+        self.handover = payloads
+        self._go_live()
+
+    def cancel(self) -> None:
+        if self.timer.active():
+            self.timer.cancel()
+
+    def _arm(self, delay: float) -> None:
+        self.cancel()
+        self.timer = self._schedule(delay)
+
+    def _go_live(self) -> None:
+        handle, meanwhile = self.handle, self.meanwhile
+        if handle is None or meanwhile is None or self.peers is None or self.handover is None:
+            return
+        self.meanwhile = None
+        self.cancel()
+        self.finished()
+        self._log.info(
+            "peer {peer_id} moved here from node {origin}: {handed} handed over, {since} since",
+            peer_id=handle.peer_id,
+            origin=self.origin,
+            handed=len(self.handover),
+            since=len(meanwhile),
+        )
+        handle.admitted(self.peers)
+        queued = deque(self.handover, maxlen=MAX_QUEUED)
+        queued.extend(meanwhile)
+        for payload in queued:
+            handle.send(payload)
 
 
 class _NotStartedAgain(Events):
@@ -659,6 +867,13 @@ class ClusterRooms(Rooms):
         self._caps: dict[str, int | None] = {}
         self.admin_timeout = max(lease / 2, 3.0)
         """How long an admin call waits for the room's owner node (then 503)."""
+        self.token_prefix = f"{self.node_id}."
+        self._give_away: GiveAway | None = None
+        self.arrivals: dict[str, _Arrival] = {}
+        """Peers resumed here that another node held, until they are live."""
+        self._departures: dict[str, tuple[Departure, IDelayedCall]] = {}
+        """Peers held here that another node has claimed, until they move."""
+        self.answerers["claim"] = self._claim
 
     def key(self, *parts: str) -> str:
         return PREFIX + ":".join(parts)
@@ -779,9 +994,178 @@ class ClusterRooms(Rooms):
                 data=json.dumps(body),
             )
 
+    # Resume on another node (docs/cluster.md).
+
+    def give_away_with(self, give_away: GiveAway) -> None:
+        self._give_away = give_away
+
+    def claim_elsewhere(
+        self, token: str, room: str, identity: str | None
+    ) -> Deferred[AuthData | None] | None:
+        """
+        Ask the node named in `token` (``<node>.<random>``) to give its peer
+        up (``op=claim``).  A dead node, a refusal or no answer within half
+        a lease is None: the connection joins as a new peer.  (Half, so that
+        the whole handshake stays well within ``--handshake-timeout``, which
+        is as long as the default lease.)
+        """
+        origin, dot, _ = token.partition(".")
+        if not dot or origin == self.node_id or not _NODE_ID.match(origin):
+            return None
+
+        def alive(exists: int) -> Any:
+            if not exists:
+                return None
+            return self.ask(
+                self.key("inbox", origin),
+                self.lease / 2,
+                kind="ask",
+                op="claim",
+                token=token,
+                room=room,
+                identity=json.dumps(identity),
+            )
+
+        def claimed(answer: Any) -> AuthData | None:
+            if not isinstance(answer, dict) or not isinstance(answer.get("peer_id"), str):
+                return None
+            peer_id: str = answer["peer_id"]
+            self.arrivals[peer_id] = _Arrival(
+                origin,
+                self.lease,
+                lambda delay: self.reactor.callLater(delay, self._arrival_late, peer_id),
+                lambda: self.arrivals.pop(peer_id, None),
+            )
+            return AuthData(peer_id, answer.get("credentials") or {}, answer.get("metadata"))
+
+        def failed(failure: Failure) -> None:
+            self._log.warn(
+                "could not claim a resume token of node {node}: {why}; "
+                "the connection joins as a new peer",
+                node=origin,
+                why=f"no answer within {self.lease / 2}s"
+                if failure.check(TimeoutError)
+                else failure.getErrorMessage(),
+            )
+
+        d = self.redis.execute("EXISTS", self.key("node", origin))
+        return d.addCallback(alive).addCallback(claimed).addErrback(failed)
+
+    def _arrival_late(self, peer_id: str) -> None:
+        arrival = self.arrivals.get(peer_id)
+        if arrival is None:
+            return
+        handle = arrival.handle
+        if handle is None:
+            self.arrivals.pop(peer_id, None)  # its connection never got that far
+        elif arrival.peers is None:
+            self.arrivals.pop(peer_id, None)
+            self._log.warn(
+                "peer {peer_id} resumed here but no owner admitted it in {t}s; closing it",
+                peer_id=peer_id,
+                t=self.lease * 2,
+            )
+            handle.close(CLOSE_GOING_AWAY)
+        else:
+            self._log.warn(
+                "node {node} handed nothing over for peer {peer_id} in {t}s: "
+                "what it had queued for it is lost",
+                node=arrival.origin,
+                peer_id=peer_id,
+                t=self.lease,
+            )
+            arrival.handed_over([])
+
+    def drop_arrival(self, peer_id: str) -> None:
+        arrival = self.arrivals.pop(peer_id, None)
+        if arrival is not None:
+            arrival.cancel()
+
+    def handover(self, node: str, room: str, peer_id: str, payloads: list[bytes]) -> None:
+        """Send `node` what was queued here for `peer_id`, which lives there now."""
+        data = json.dumps([p.decode() for p in payloads])
+        self.xadd(self.key("inbox", node), kind="handover", room=room, peer=peer_id, data=data)
+
+    def _handed_over(self, fields: dict[str, str], raw: bytes) -> None:
+        # Not fenced by epoch: it comes from the node that held the peer,
+        # which may not be the owner; only that node writes it.
+        arrival = self.arrivals.get(fields.get("peer", ""))
+        if arrival is not None:
+            arrival.handed_over([p.encode() for p in json.loads(raw or b"[]")])
+
+    def _claim(self, request: dict[str, str]) -> None:
+        """Another node asks for a peer held here (``op=claim``)."""
+        give_away = self._give_away
+        identity = json.loads(request.get("identity") or "null")
+        departure = (
+            give_away(
+                request.get("token", ""),
+                request.get("room", ""),
+                identity if isinstance(identity, str) else None,
+            )
+            if give_away is not None
+            else None
+        )
+        if departure is None:
+            self.answer(request, None)
+            return
+        auth = departure.auth
+        peer_id = auth.peer_id
+        late = self.reactor.callLater(self.lease * 3, self._not_moved, peer_id)
+        self._departures[peer_id] = (departure, late)
+        self._log.info(
+            "peer {peer_id} of room {room} claimed by node {node}",
+            peer_id=peer_id,
+            room=request.get("room"),
+            node=request.get("reply_to"),
+        )
+        self.answer(
+            request,
+            {"peer_id": peer_id, "credentials": auth.credentials, "metadata": auth.metadata},
+        )
+
+    def departed(self, relay: RoomRelay, peer_id: str, node: str) -> None:
+        """
+        The owner has moved `peer_id` to `node`, after everything it sent
+        here for it: hand the queue over and end the peer here, no leave.
+        """
+        entry = self._departures.pop(peer_id, None)
+        if entry is None:
+            self.handover(node, relay.name, peer_id, [])
+            return
+        departure, late = entry
+        if late.active():
+            late.cancel()
+        queue = departure.link.queue
+        self.handover(node, relay.name, peer_id, list(queue))
+        self._log.info(
+            "peer {peer_id} of room {room} moved to node {node}; {n} queued handed over",
+            peer_id=peer_id,
+            room=relay.name,
+            node=node,
+            n=len(queue),
+        )
+        queue.clear()
+        relay._local.pop(peer_id, None)
+        relay._answered.discard(peer_id)
+        relay._sent.discard(peer_id)
+        departure.moved()
+        self.forget_if_idle(relay)
+
+    def _not_moved(self, peer_id: str) -> None:
+        entry = self._departures.pop(peer_id, None)
+        if entry is not None:
+            self._log.info(
+                "peer {peer_id} was claimed by another node but never moved there; it leaves",
+                peer_id=peer_id,
+            )
+            entry[0].lost()
+
     def _from_inbox(self, fields: dict[str, str], raw: bytes) -> None:
         kind = fields.get("kind")
-        if kind == "answer":
+        if kind == "handover":
+            self._handed_over(fields, raw)
+        elif kind == "answer":
             d = self._asked.pop(fields.get("request", ""), None)
             if d is not None:
                 d.callback(json.loads(raw or b"null"))
@@ -979,6 +1363,15 @@ class ClusterRooms(Rooms):
         self._reading = False
         if self._tick.running:
             self._tick.stop()
+        for arrival in self.arrivals.values():
+            arrival.cancel()
+        # Peers another node claimed but that have not moved yet: they go
+        # now, with the others (a leave after a move is ignored).
+        departures, self._departures = self._departures, {}
+        for departure, late in departures.values():
+            if late.active():
+                late.cancel()
+            departure.lost()
         for relay in list(self._relays.values()):
             for handle in list(relay._local.values()):
                 handle.send(wire.error(handle.peer_id, "Room closed", "shutdown").to_bytes())
@@ -1145,23 +1538,31 @@ class ClusterRooms(Rooms):
                     lambda _: None
                 )
             for entry_id, flat in entries:
-                fields: dict[str, str] = {}
-                raw = b""
-                for i in range(0, len(flat), 2):
-                    field = _text(flat[i])
-                    if field == "data":
-                        raw = flat[i + 1]
-                    fields[field] = _text(flat[i + 1])
-                if name == inbox:
-                    self._inbox_cursor = _text(entry_id)
-                    self._from_inbox(fields, raw)
-                else:
-                    room_name = name[len(self.key("room", "")) : -len(":in")]
-                    relay = self._relays.get(room_name)
-                    if relay is not None and relay in owned:
-                        relay.cursor = _text(entry_id)
-                        relay.from_stream(fields)
+                try:
+                    self._entry(name, _text(entry_id), flat, inbox, owned)
+                except Exception:
+                    # One bad entry must not stop this node's reading.
+                    self._log.failure("cluster reader: an entry of {stream} failed", stream=name)
         self._read()
+
+    def _entry(
+        self, name: str, entry_id: str, flat: list[bytes], inbox: str, owned: list[RoomRelay]
+    ) -> None:
+        fields: dict[str, str] = {}
+        raw = b""
+        for i in range(0, len(flat), 2):
+            field = _text(flat[i])
+            if field == "data":
+                raw = flat[i + 1]
+            fields[field] = _text(flat[i + 1])
+        if name == inbox:
+            self._inbox_cursor = entry_id
+            self._from_inbox(fields, raw)
+            return
+        relay = self._relays.get(name[len(self.key("room", "")) : -len(":in")])
+        if relay is not None and relay in owned:
+            relay.cursor = entry_id
+            relay.from_stream(fields)
 
     def _read_failed(self, failure: Failure) -> None:
         if not self._reading:
