@@ -347,15 +347,7 @@ class RoomRelay:
 
     def _let_go(self) -> None:
         """Delete the owner key and the members (owner-checked): nobody owns it now."""
-        rooms = self._rooms
-        rooms.redis.execute(
-            "EVAL",
-            scripts.RELEASE,
-            2,
-            rooms.key("room", self.name, "owner"),
-            rooms.key("room", self.name, "peers"),
-            self.token,
-        ).addErrback(lambda _: None)
+        self._members_script(scripts.RELEASE).addErrback(lambda _: None)
         self.room, self.token, self._resolved = None, "", False
 
     def _guarded(self, local: PeerHandle) -> PeerHandle:
@@ -423,36 +415,37 @@ class RoomRelay:
             self._members.pop(peer_id, None)
 
     def _record(self, peer_id: str, node: str, auth: AuthData) -> None:
-        rooms = self._rooms
         self._members[peer_id] = node
         member = json.dumps(
             {"node": node, "credentials": auth.credentials, "metadata": auth.metadata}
         )
-        rooms.redis.execute(
-            "EVAL",
-            scripts.MEMBER_ADD,
-            2,
-            rooms.key("room", self.name, "owner"),
-            rooms.key("room", self.name, "peers"),
-            self.token,
-            peer_id,
-            member,
-        ).addErrback(self._log_failure, "record a member")
+        self._members_script(scripts.MEMBER_ADD, peer_id, member).addErrback(
+            self._log_failure, "record a member"
+        )
 
     def _owner_leave(self, peer_id: str) -> None:
-        rooms = self._rooms
         if self.room is not None:
             self.room.leave(peer_id)
         self._members.pop(peer_id, None)
-        rooms.redis.execute(
+        self._members_script(scripts.MEMBER_DEL, peer_id).addErrback(
+            self._log_failure, "forget a member"
+        )
+
+    def _members_script(self, script: str, *args: Any) -> Deferred[Any]:
+        """
+        Run `script` on the room's owner key and members hash, as this
+        node's owner token: it changes nothing unless that token still holds.
+        """
+        rooms = self._rooms
+        return rooms.redis.execute(
             "EVAL",
-            scripts.MEMBER_DEL,
+            script,
             2,
             rooms.key("room", self.name, "owner"),
             rooms.key("room", self.name, "peers"),
             self.token,
-            peer_id,
-        ).addErrback(self._log_failure, "forget a member")
+            *args,
+        )
 
     def _join_room(self, handle: PeerHandle, node: str) -> None:
         room = self.room
