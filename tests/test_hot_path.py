@@ -114,12 +114,8 @@ _UPGRADE = (
 )
 
 
-class PeerHotPathTests(SynchronousTestCase):
-    """
-    The whole relay path, from the bytes of a client's frame to the bytes
-    written to the recipients, over in-memory transports: what it must not
-    do for each message.
-    """
+class _PeersTestCase(SynchronousTestCase):
+    """Real `Peer`s of one factory, joined over in-memory transports."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -127,9 +123,6 @@ class PeerHotPathTests(SynchronousTestCase):
         rooms.startService()
         self.addCleanup(rooms.stopService)
         self.factory = PeerFactory(rooms, settings=Settings(), clock=self.clock)
-        self.peers = [self._connect() for _ in range(4)]
-        for _, transport in self.peers:
-            transport.clear()
 
     def _connect(self) -> tuple[Peer, StringTransport]:
         peer = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -138,7 +131,22 @@ class PeerHotPathTests(SynchronousTestCase):
         peer.makeConnection(transport)
         peer.dataReceived(_UPGRADE)
         self.assertEqual(peer.state, WebSocketProtocol.STATE_OPEN)
+        self.assertIsNotNone(peer.room)
         return peer, transport
+
+
+class PeerHotPathTests(_PeersTestCase):
+    """
+    The whole relay path, from the bytes of a client's frame to the bytes
+    written to the recipients, over in-memory transports: what it must not
+    do for each message.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.peers = [self._connect() for _ in range(4)]
+        for _, transport in self.peers:
+            transport.clear()
 
     def _send_many(self, to: Any, count: int = 100) -> None:
         sender = self.peers[0][0]
@@ -227,35 +235,22 @@ class _TCPLikeTransport(StringTransport):
     """The transport's protocol, as a TCP transport has (the upgrade replaces it)."""
 
 
-class PeerJoinTests(SynchronousTestCase):
+class PeerJoinTests(_PeersTestCase):
     """
     What a joined, idle peer must not cost: a timer of its own, the upgrade
     request, or a copy of Autobahn's options.
     """
 
-    def setUp(self) -> None:
-        self.clock = Clock()
-        rooms = Rooms(lambda name: Room(name, clock=self.clock), clock=self.clock)
-        rooms.startService()
-        self.addCleanup(rooms.stopService)
-        self.factory = PeerFactory(rooms, settings=Settings(), clock=self.clock)
-
-    def _connect(self) -> Peer:
-        peer = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        assert isinstance(peer, Peer)
-        peer.makeConnection(StringTransport())
-        peer.dataReceived(_UPGRADE)
-        self.assertEqual(peer.state, WebSocketProtocol.STATE_OPEN)
-        self.assertIsNotNone(peer.room)
-        return peer
+    def _join(self) -> Peer:
+        return self._connect()[0]
 
     def _timers(self) -> int:
         return sum(1 for call in self.clock.getDelayedCalls() if call.active())
 
     def test_no_timer_per_peer(self) -> None:
-        self._connect()
+        self._join()
         before = self._timers()
-        peers = [self._connect() for _ in range(20)]
+        peers = [self._join() for _ in range(20)]
         self.assertEqual(self._timers(), before)
         self.assertEqual(len(self.factory.wheel), 21)
         for peer in peers:
@@ -265,7 +260,7 @@ class PeerJoinTests(SynchronousTestCase):
     def test_the_upgrade_request_is_not_kept(self) -> None:
         from autobahn.websocket.types import ConnectionRequest
 
-        peer = self._connect()
+        peer = self._join()
         gc.collect()
         self.assertEqual([o for o in gc.get_objects() if isinstance(o, ConnectionRequest)], [])
         self.assertEqual((peer.http_headers, peer.http_request_data), ({}, b""))
@@ -274,7 +269,7 @@ class PeerJoinTests(SynchronousTestCase):
         self.assertFalse(peer.send_queue)
 
     def test_no_copy_of_autobahn_options_per_peer(self) -> None:
-        peer = self._connect()
+        peer = self._join()
         own = set(vars(peer)) & set(Peer.CONFIG_ATTRS)
         self.assertIn("maxFramePayloadSize", Peer.CONFIG_ATTRS)
         self.assertEqual(own, set())
@@ -283,9 +278,9 @@ class PeerJoinTests(SynchronousTestCase):
         self.assertIsInstance(peer, self.factory.protocol)
 
     def test_options_set_later_apply_to_new_peers(self) -> None:
-        self._connect()
+        self._join()
         self.factory.setProtocolOptions(maxFramePayloadSize=4096)
-        self.assertEqual(vars(type(self._connect()))["maxFramePayloadSize"], 4096)
+        self.assertEqual(vars(type(self._join()))["maxFramePayloadSize"], 4096)
 
     def test_the_http_connection_is_let_go_after_the_upgrade(self) -> None:
         from twisted_signal.service import SignalingSite
