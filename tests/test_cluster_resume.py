@@ -23,7 +23,7 @@ from twisted_signal.resume import MAX_QUEUED
 from twisted_signal.room import PeerHandle
 
 from .cluster_support import LEASE, Cluster, cluster  # noqa: F401
-from .support import Client, join, joined, left, relayed
+from .support import Client, handshake_status, join, joined, left, relayed
 from .test_cluster import abort
 from .test_twistd import Twistd
 
@@ -271,3 +271,19 @@ def test_the_holding_node_killed_after_it_answered_the_claim(
     assert "handed nothing over for peer" in b.stdout, b.output
     for c in (x, again):
         c.close()
+
+
+def test_a_refused_connection_does_not_take_a_peer_from_another_node(cluster: Cluster) -> None:  # noqa: F811
+    good, evil = "https://good.example", "https://evil.example"
+    a, b = (cluster.node(*WINDOW, "--allowed-origin", good) for _ in range(2))
+    x = join(b.socket_url("keep"), origin=good)
+    y = join(a.socket_url("keep"), origin=good)
+    assert x.recv() == joined(y.peer_id)
+    token = lose(a, y)
+    assert handshake_status(b.socket_url("keep", f"resume={token}"), origin=evil) == 403
+    # The peer is still held on its node, and still comes back as itself.
+    again = join(b.socket_url("keep", f"resume={token}"), origin=good)
+    assert again.peer_id == y.peer_id
+    assert x.nothing_within(0.3)
+    x.close()
+    again.close()

@@ -161,7 +161,9 @@ class Peer(WebSocketServerProtocol):
         credentials = self._check_token(request, room_name, credentials)
         resume_token = _first(request.params.get("resume"))
         held = self._resumable(resume_token, room_name, credentials)
-        if held is None and resume_token is not None:
+        if held is None and resume_token is not None and self._gate(request, room_name) is None:
+            # Only a connection that will be let in asks another node to give
+            # its peer up: that node cannot take the peer back.
             held = await self._resumable_elsewhere(resume_token, room_name, credentials)
         if resume_token is not None and held is None:
             self.factory.events.resume("refused")
