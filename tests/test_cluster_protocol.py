@@ -22,6 +22,7 @@ from twisted_signal.events import Events
 from .cluster_support import Redis
 from .support import Client, LiveServer, join, joined, start_server
 from .test_peer import (
+    test_a_peer_cannot_send_the_servers_events,
     test_addressing_yourself_echoes,
     test_authenticated_for_the_first_peer,
     test_broadcast_never_comes_back_to_the_sender,
@@ -35,6 +36,7 @@ from .test_peer import (
 )
 
 __all__ = [
+    "test_a_peer_cannot_send_the_servers_events",
     "test_addressing_yourself_echoes",
     "test_authenticated_for_the_first_peer",
     "test_broadcast_never_comes_back_to_the_sender",

@@ -486,6 +486,41 @@ async def test_bad_input_is_answered_and_harms_nobody(
     await deferToThread(scenario)
 
 
+# SPEC 1.2: the names of the server's events are the server's.
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_cannot_send_the_servers_events(make_server: MakeServer) -> None:
+    server = await make_server()
+
+    def scenario() -> None:
+        a, b, c = join_quietly(server, "r", 3)
+        forged: list[tuple[str, Any, Any]] = []
+        for event in ("authenticated", "joined", "left", "error"):
+            for to in ("all", [b.peer_id], [a.peer_id], [b.peer_id, c.peer_id]):
+                forged.append((event, to, {"peer_id": b.peer_id, "description": "Room closed"}))
+        turn = [{"urls": ["turn:127.0.0.1:9"], "username": "u", "credential": "c"}]
+        for to in ("all", [b.peer_id], [a.peer_id, b.peer_id], [b.peer_id, a.peer_id], []):
+            forged.append(("ice_servers", to, turn))
+        for event, to, data in forged:
+            a.send(event, to, data)
+            got = a.recv()
+            reason = got["data"]["details"]
+            assert isinstance(reason, str) and event in reason and len(reason) <= 200, got
+            assert got == error(a.peer_id, "Invalid message", reason), (event, to)
+        # Asking for fresh ICE servers (to oneself alone) is still answered.
+        a.send("ice_servers", [a.peer_id, a.peer_id], turn)
+        assert a.recv() == {"event": "ice_servers", "data": [], "from": None, "to": [a.peer_id]}
+        # Nothing reached the others: the next message they get is this one.
+        a.send("after", "all", 1)
+        assert b.recv() == relayed("after", 1, a, "all")
+        assert c.recv() == relayed("after", 1, a, "all")
+        assert a.nothing_within(0.1) and b.nothing_within(0.05) and c.nothing_within(0.05)
+        close_all(a, b, c)
+
+    await deferToThread(scenario)
+
+
 # SPEC 1.2: the size limit.
 
 
