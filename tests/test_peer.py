@@ -521,6 +521,30 @@ async def test_a_peer_cannot_send_the_servers_events(make_server: MakeServer) ->
     await deferToThread(scenario)
 
 
+@pytest_twisted.ensureDeferred
+async def test_server_code_may_use_the_servers_event_names(make_server: MakeServer) -> None:
+    # The rule is on what clients send: what Peer.on_receive makes of a
+    # message is the server's own doing, relayed as it is (in a cluster too,
+    # from any node to the room's owner).
+    class RenamingPeer(Peer):
+        def on_receive(self, message: Message, context: PeerContext) -> Message:
+            if message.event == "bye":
+                return replace(message, event="left")
+            return message
+
+    server = await make_server(peer_class=RenamingPeer)
+
+    def scenario() -> None:
+        a, b = join_quietly(server, "r", 2)
+        # From the second peer: in a cluster, the one on another node.
+        b.send("bye", [a.peer_id], {"peer_id": b.peer_id})
+        assert a.recv() == relayed("left", {"peer_id": b.peer_id}, b, [a.peer_id])
+        assert b.nothing_within(0.05)
+        close_all(a, b)
+
+    await deferToThread(scenario)
+
+
 # SPEC 1.2: the size limit.
 
 
