@@ -82,6 +82,20 @@ class RoomTesterTests(SynchronousTestCase):
         errors = [m.data["description"] for m in alice.take()]
         self.assertEqual(errors, ["Invalid JSON", "No such peer"])
 
+    def test_a_request_for_ice_servers_is_answered_not_relayed(self) -> None:
+        ice = [{"urls": ["stun:stun.example.org"]}]
+        tester = RoomTester(ice_servers=ice)
+        alice, bob = tester.join(), tester.join()
+        alice.take()
+        alice.send("ice_servers", to=[alice.peer_id])
+        [answer] = alice.take()
+        self.assertEqual((answer.event, answer.data, answer.from_), ("ice_servers", ice, None))
+        self.assertEqual(bob.take(), [])
+        alice.send("left", {"peer_id": bob.peer_id})
+        [refused] = alice.take()
+        self.assertEqual(refused.data["description"], "Invalid message")
+        self.assertEqual(bob.take(), [])
+
     def test_refusals(self) -> None:
         tester = RoomTester(Shouting, max_peers=1)
         tester.join()

@@ -101,6 +101,12 @@ class TestPeer:
         except InvalidMessage as e:
             self._receive(wire.error(self.peer_id, e.description, e.details).to_bytes())
             return
+        if message.event == "ice_servers":
+            # The request for fresh ICE servers (SPEC 5.2) is the
+            # connection's to answer; it never reaches the room.
+            ice = Message("ice_servers", self._tester.ice_servers, None, (self.peer_id,))
+            self._receive(ice.to_bytes())
+            return
         self._tester.room.submit(message, self._tester.clock.seconds())
 
     def leave(self) -> None:
@@ -142,7 +148,10 @@ class RoomTester:
         options: Any = None,
         max_peers: int | None = None,
         clock: Clock | None = None,
+        ice_servers: list[dict[str, Any]] | None = None,
     ) -> None:
+        self.ice_servers = ice_servers if ice_servers is not None else []
+        """What a peer's request for fresh ICE servers is answered with."""
         self.clock = clock if clock is not None else Clock()
         self.room = room_class(name, options, max_peers=max_peers, clock=self.clock)
         self.peers: list[TestPeer] = []
