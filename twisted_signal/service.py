@@ -307,10 +307,8 @@ class _Request(Request):
         for name, value in limit.headers:
             self.setHeader(name, value)
         self.setHeader(b"Connection", b"close")
-        self._answer(json.dumps({"error": limit.error, "details": limit.why}).encode())
-
-    def _answer(self, body: bytes, content_type: bytes = b"application/json") -> None:
-        self.setHeader(b"Content-Type", content_type)
+        body = json.dumps({"error": limit.error, "details": limit.why}).encode("utf-8")
+        self.setHeader(b"Content-Type", b"application/json")
         self.setHeader(b"Content-Length", b"%d" % len(body))
         self.setHeader(b"Cache-Control", b"no-store")
         self.write(body)
