@@ -293,7 +293,8 @@ class PeerJoinTests(_PeersTestCase):
         transport = _TCPLikeTransport()
         transport.protocol = protocol
         protocol.makeConnection(transport)
-        channel = weakref.ref(protocol._channel)
+        # The site builds the HTTP channel itself (no wrapper around it).
+        channel = weakref.ref(protocol)
         protocol.dataReceived(_UPGRADE)
         peer = transport.protocol
         self.assertIsInstance(peer, Peer)

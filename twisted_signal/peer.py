@@ -769,7 +769,9 @@ class PeerFactory(WebSocketServerFactory):
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
-        super().__init__(server=None, reactor=clock)
+        # The 101 of the upgrade carries the headers of every other answer.
+        headers = {name.decode("ascii"): value.decode("ascii") for name, value in COMMON_HEADERS}
+        super().__init__(server=None, reactor=clock, headers=headers)
         self.protocol = peer_class
         self.rooms = rooms
         self.accepting = True

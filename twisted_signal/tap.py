@@ -22,7 +22,7 @@ from .ice import IceConfig
 from .peer import Peer
 from .room import Room
 from .rooms import Rooms, is_room_name
-from .service import SignalingService
+from .service import SignalingService, with_backlog
 from .settings import Settings
 from .tls import PROFILES
 from .webhooks import Webhooks
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_ENDPOINT", "Options", "makeService"]
 
 DEFAULT_ENDPOINT = "tcp:8080"
-# Twisted listens with a backlog of 50, which stalls a burst of joins.
-_BACKLOG = 1024
 
 
 def _positive_int(value: str) -> int:
@@ -137,7 +135,7 @@ def _metrics_endpoint(value: str) -> str:
         serverFromString(reactor, value)
     except (ValueError, KeyError, TypeError, OSError) as e:
         raise usage.UsageError(f"--metrics-endpoint {value!r} is not an endpoint: {e}") from None
-    return value
+    return with_backlog(value)
 
 
 _metrics_endpoint.coerceDoc = "A Twisted server endpoint string."  # type: ignore[attr-defined]
@@ -377,7 +375,8 @@ class Options(usage.Options):
             serverFromString(reactor, description)
         except (ValueError, KeyError, TypeError, OSError) as e:
             raise usage.UsageError(f"--endpoint {description!r} is not an endpoint: {e}") from None
-        self["endpoint"].append(description)
+        # Twisted listens with a backlog of 50, which stalls a burst of joins.
+        self["endpoint"].append(with_backlog(description))
 
     def opt_room(self, spec: str) -> None:
         """
@@ -402,7 +401,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if not self["endpoint"]:
-            self["endpoint"] = [f"{DEFAULT_ENDPOINT}:backlog={_BACKLOG}"]
+            self["endpoint"] = [with_backlog(DEFAULT_ENDPOINT)]
         self["room-class"] = _load_class("--room-class", self["room-class"], Room)
         self["peer-class"] = _load_class("--peer-class", self["peer-class"], Peer)
         static = self["static"]
