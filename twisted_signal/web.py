@@ -21,6 +21,7 @@ from twisted.web.util import redirectTo
 from .admin import AdminResource
 from .headers import secure_asset, secure_page, secure_response
 from .peer import Peer, PeerFactory
+from .peerjs import PeerjsFront, PeerjsOptions, PeerjsResource, mount
 from .rooms import Rooms, is_room_name
 from .settings import Settings
 
@@ -127,10 +128,13 @@ class SignalingResource(Resource):
         pages: str | None = None,
         clock: IReactorTime | None = None,
         admin_token: str | None = None,
+        peerjs: PeerjsOptions | None = None,
     ) -> None:
         super().__init__()
         self.rooms = rooms
         self.factory = PeerFactory(rooms, peer_class=peer_class, settings=settings, clock=clock)
+        self.peerjs: PeerjsFront | None = None
+        """The peerjs-compatible front, when mounted (`peerjs` options given)."""
         folder = FilePath(pages or PACKAGED_PAGES)
         self._room_page = _page(folder.child("room.html"))
         self.putChild(b"", _page(folder.child("index.html")))
@@ -142,6 +146,11 @@ class SignalingResource(Resource):
             # the plain 404 of any other path.
             max_body = self.factory.settings.max_message_bytes
             self.putChild(b"admin", AdminResource(rooms, admin_token, max_body_bytes=max_body))
+        if peerjs is not None:
+            settings = self.factory.settings
+            self.peerjs = PeerjsFront(rooms, peerjs, settings=settings, clock=clock)
+            front = PeerjsResource(self.peerjs, settings.allowed_origins)
+            mount(self, front, peerjs.path)
 
     @property
     def accepting(self) -> bool:
@@ -154,6 +163,8 @@ class SignalingResource(Resource):
     @accepting.setter
     def accepting(self, value: bool) -> None:
         self.factory.accepting = value
+        if self.peerjs is not None:
+            self.peerjs.accepting = value
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         # Every request below this resource passes here first.
