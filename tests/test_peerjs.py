@@ -13,13 +13,19 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
 
+import jwt
 import pytest
 import pytest_twisted
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.threads import deferToThread
+from websockets.exceptions import ConnectionClosed
 
-from twisted_signal import Room, Rooms, SignalingService
+from twisted_signal import Room, Rooms, Settings, SignalingService
+from twisted_signal.auth import TokenVerifier
+from twisted_signal.events import Events
 from twisted_signal.peerjs import (
     ERROR_INVALID_KEY,
     ERROR_INVALID_PARAMETERS,
@@ -27,6 +33,7 @@ from twisted_signal.peerjs import (
 )
 
 from .peerjs_support import EXPIRE_SECONDS, PATH, PeerjsServer, Target
+from .support import in_reactor
 
 PUBLIC = {
     "name": "PeerJS Server",
@@ -43,7 +50,7 @@ async def start_front(**kwargs: Any) -> tuple[SignalingService, Any, Target]:
     from twisted.internet import reactor
 
     options = PeerjsOptions(path=PATH, expire_timeout=EXPIRE_SECONDS, **kwargs.pop("options", {}))
-    rooms = Rooms(lambda name: Room(name), max_peers=4)
+    rooms = Rooms(Room, max_peers=4)
     service = SignalingService(rooms, peerjs=options, **kwargs)
     service.startService()
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(service.site)
@@ -322,6 +329,189 @@ async def test_peers_lists_the_ids_with_discovery() -> None:
         assert status == 200
         assert sorted(json.loads(body)) == sorted([a, b])
         assert target.get("wrong/peers")[0] == 401
+
+    try:
+        await in_thread(scenario)
+    finally:
+        await port.stopListening()
+        await service.stopService()
+
+
+def _token(**claims: Any) -> str:
+    return jwt.encode({"room": "peerjs", **claims}, SECRET, algorithm="HS256")
+
+
+SECRET = "peerjs-test-secret"
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_jwt_key_the_token_is_the_peerjs_key() -> None:
+    settings = Settings(token_verifier=TokenVerifier.from_secret(SECRET))
+    service, port, target = await start_front(settings=settings)
+    a, b = ids(2)
+
+    def scenario() -> None:
+        good = _token(sub="someone")
+        assert target.get(f"{good}/id")[0] == 200
+        for bad in ("peerjs", _token()[:-2] + "xx", jwt.encode({"room": "other"}, SECRET)):
+            assert target.get(f"{bad}/id")[0] == 401
+            refused = target.open(a, key=bad)
+            assert refused.recv() == {"type": "ERROR", "payload": {"msg": ERROR_INVALID_KEY}}
+            refused.closed()
+        alice, bob = target.join(a, key=good), target.join(b, key=_token(room="*"))
+        alice.send(type="OFFER", dst=b, payload=1)
+        assert bob.recv() == {"type": "OFFER", "src": a, "dst": b, "payload": 1}
+
+    try:
+        await in_thread(scenario)
+    finally:
+        await port.stopListening()
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_bound_to_an_id_takes_only_that_id_and_takes_it_over() -> None:
+    settings = Settings(token_verifier=TokenVerifier.from_secret(SECRET))
+    service, port, target = await start_front(settings=settings)
+    (b,) = ids()
+
+    def scenario() -> None:
+        alices = _token(peerjs_id="alice")
+        status, body = target.get(f"{alices}/id")
+        assert (status, body) == (200, b"alice")
+        other = target.open(b, key=alices)
+        assert other.recv() == {"type": "ID-TAKEN", "payload": {"msg": "ID is taken"}}
+        # Someone with an unbound token cannot take alice while she is here...
+        first = target.join("alice", "tab-1", key=alices)
+        thief = target.open("alice", "tab-x", key=_token())
+        assert thief.recv()["type"] == "ID-TAKEN"
+        # ... but alice's token can, with another peerjs token (a reloaded page).
+        second = target.join("alice", "tab-2", key=alices)
+        assert first.closed() == 1000
+        bob = target.join(b, key=_token())
+        bob.send(type="OFFER", dst="alice", payload=1)
+        assert second.recv() == {"type": "OFFER", "src": b, "dst": "alice", "payload": 1}
+
+    try:
+        await in_thread(scenario)
+    finally:
+        await port.stopListening()
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rate_and_size_limits_apply_to_peerjs_peers() -> None:
+    settings = Settings(rate=1, rate_burst=5, flood_timeout=0.5, max_message_bytes=1024)
+    service, port, target = await start_front(settings=settings)
+    a, b, c = ids(3)
+
+    def scenario() -> None:
+        alice, bob = target.join(a), target.join(b)
+        for n in range(60):
+            try:
+                alice.send(type="CANDIDATE", dst=b, payload=n)
+            except ConnectionClosed as e:
+                assert e.rcvd is not None and e.rcvd.code == 1008
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the flood was not closed")
+        got = []
+        while True:
+            try:
+                got.append(bob.recv(0.3)["payload"])
+            except TimeoutError:
+                break
+        assert got[:5] == [0, 1, 2, 3, 4] and len(got) < 10
+        carol = target.join(c)
+        carol.send(type="OFFER", dst=b, payload="x" * 2000)
+        assert carol.closed() == 1009
+
+    try:
+        await in_thread(scenario)
+    finally:
+        await port.stopListening()
+        await service.stopService()
+
+
+class Recorder(Events):
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, ...]] = []
+
+    def peer_joined(self, room: str, peer_id: str) -> None:
+        self.seen.append(("peer_joined", room, peer_id))
+
+    def peer_left(self, room: str, peer_id: str) -> None:
+        self.seen.append(("peer_left", room, peer_id))
+
+
+@pytest_twisted.ensureDeferred
+async def test_peerjs_peers_count_in_metrics_the_admin_api_and_events() -> None:
+    recorder = Recorder()
+    service, port, target = await start_front(
+        metrics=True, admin_token="admintoken", events=recorder
+    )
+    a, b = ids(2)
+    metrics = service.metrics
+    assert metrics is not None
+
+    def admin(method: str, path: str) -> tuple[int, Any]:
+        request = Request(
+            f"http://{target.base}/admin/{path}",
+            method=method,
+            headers={"Authorization": "Bearer admintoken"},
+        )
+        try:
+            with urlopen(request, timeout=5) as response:
+                body = response.read()
+                return response.status, json.loads(body) if body else None
+        except HTTPError as e:
+            return e.code, None
+
+    def scenario() -> None:
+        alice, bob = target.join(a), target.join(b)
+        status, room = admin("GET", "rooms/peerjs")
+        assert status == 200
+        assert room == {"name": "peerjs", "peers": [a, b], "max_peers": None}
+        text = in_reactor(metrics.text).decode()
+        assert "rtcsignal_peers 2" in text
+        alice.send(type="OFFER", dst=b, payload=1)
+        bob.recv()
+        assert admin("DELETE", f"rooms/peerjs/peers/{a}")[0] == 204
+        assert alice.closed() == 1008
+        target.open(a, key="wrong").recv()
+        text = in_reactor(metrics.text).decode()
+        assert 'rtcsignal_errors_total{description="Invalid key provided"} 1' in text
+        assert "rtcsignal_messages_forwarded_total 1" in text
+
+    try:
+        await in_thread(scenario)
+    finally:
+        await port.stopListening()
+        await service.stopService()
+    assert recorder.seen[:3] == [
+        ("peer_joined", "peerjs", a),
+        ("peer_joined", "peerjs", b),
+        ("peer_left", "peerjs", a),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_sends_nothing_for_the_alive_timeout_is_closed() -> None:
+    service, port, target = await start_front(options={"alive_timeout": 0.6})
+    a, b = ids(2)
+
+    def scenario() -> None:
+        quiet, beating = target.join(a), target.join(b)
+        started = time.monotonic()
+        for _ in range(8):
+            beating.send(type="HEARTBEAT")
+            time.sleep(0.15)
+        assert quiet.closed(2) == 1000
+        assert 0.5 < time.monotonic() - started < 2.5
+        beating.send(type="HEARTBEAT")
+        beating.send(type="OFFER", dst=b, payload=1)
+        assert beating.recv() == {"type": "OFFER", "src": b, "dst": b, "payload": 1}
 
     try:
         await in_thread(scenario)
