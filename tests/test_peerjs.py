@@ -341,7 +341,7 @@ def _token(**claims: Any) -> str:
     return jwt.encode({"room": "peerjs", **claims}, SECRET, algorithm="HS256")
 
 
-SECRET = "peerjs-test-secret"
+SECRET = "peerjs-test-secret-of-at-least-32-bytes"
 
 
 @pytest_twisted.ensureDeferred
