@@ -140,3 +140,36 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+class FakeConnection:
+    """
+    What `PeerjsFront` needs of a connection, in memory: what it was sent,
+    and whether (and how) it was closed.
+    """
+
+    def __init__(self, front: Any) -> None:
+        from twisted_signal.peerjs import PeerjsConnection
+
+        self.front = front
+        self.state = PeerjsConnection.STATE_OPEN
+        self.client: Any = None
+        self.sent: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+
+    def sendMessage(self, payload: bytes) -> None:
+        self.sent.append(json.loads(payload))
+
+    def refuse(self, type_: str, msg: str) -> None:
+        self.sent.append({"type": type_, "payload": {"msg": msg}})
+        self.close_with(1000)
+
+    def close_with(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.state = -1
+            self.front.closed(self)
+
+    def take(self) -> list[dict[str, Any]]:
+        sent, self.sent = self.sent, []
+        return sent

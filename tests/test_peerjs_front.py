@@ -1,0 +1,128 @@
+"""
+`PeerjsFront` in memory, on a `task.Clock`: store-and-forward and its
+expiry, what a peer may queue, ``LEAVE`` on a failed write, the pseudo-room
+(only peerjs peers, started again once the admin API stops it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_signal import Room, Rooms
+from twisted_signal.context import AuthData
+from twisted_signal.peerjs import PeerjsFront, PeerjsOptions, PeerjsRoom
+from twisted_signal.room import PeerHandle
+
+from .peerjs_support import FakeConnection
+
+
+def _params(peer_id: str, token: str = "t", key: str = "peerjs") -> dict[str, str]:
+    return {"id": peer_id, "token": token, "key": key}
+
+
+class FrontTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.rooms = Rooms(Room, clock=self.clock)
+        self.rooms.startService()
+        self.front = PeerjsFront(
+            self.rooms, PeerjsOptions(queue_limit=3, expire_timeout=5.0), clock=self.clock
+        )
+
+    def tearDown(self) -> None:
+        self.rooms.stopService()
+
+    def join(self, peer_id: str, token: str = "t") -> FakeConnection:
+        connection = FakeConnection(self.front)
+        self.front.connect(connection, _params(peer_id, token))  # type: ignore[arg-type]
+        assert connection.take() == [{"type": "OPEN"}], peer_id
+        return connection
+
+    def send(self, connection: FakeConnection, **message: Any) -> None:
+        self.front.received(connection.client, json.dumps(message).encode(), self.clock.seconds())
+
+    def test_the_pseudo_room_is_named_after_the_key_and_has_no_cap(self) -> None:
+        room = self.rooms.get("peerjs")
+        assert isinstance(room, PeerjsRoom)
+        assert room.max_peers is None
+        for n in range(6):
+            self.join(f"p{n}")
+        assert len(room.peers) == 6
+
+    def test_messages_wait_for_the_expire_timeout_then_one_expire_per_sender(self) -> None:
+        alice, bob = self.join("alice"), self.join("bob")
+        self.send(alice, type="OFFER", dst="carol", payload=1)
+        self.clock.advance(3)
+        self.send(alice, type="CANDIDATE", dst="carol", payload=2)
+        self.send(bob, type="OFFER", dst="carol", payload=3)
+        self.clock.advance(1.9)
+        assert alice.take() == bob.take() == []
+        self.clock.advance(0.1)
+        assert alice.take() == [{"type": "EXPIRE", "src": "carol", "dst": "alice"}]
+        assert bob.take() == [{"type": "EXPIRE", "src": "carol", "dst": "bob"}]
+        carol = self.join("carol")
+        self.clock.advance(10)
+        assert carol.take() == alice.take() == []
+
+    def test_a_peer_queues_at_most_the_limit_and_still_gets_its_expire(self) -> None:
+        alice = self.join("alice")
+        for n in range(5):
+            self.send(alice, type="CANDIDATE", dst="carol", payload=n)
+        self.send(alice, type="CANDIDATE", dst="dave", payload=9)
+        carol = FakeConnection(self.front)
+        self.front.connect(carol, _params("carol"))  # type: ignore[arg-type]
+        assert [m.get("payload") for m in carol.take()] == [None, 0, 1, 2]
+        # Delivered messages free their places.
+        self.send(alice, type="CANDIDATE", dst="erin", payload=10)
+        self.clock.advance(5)
+        assert alice.take() == [
+            {"type": "EXPIRE", "src": "dave", "dst": "alice"},
+            {"type": "EXPIRE", "src": "erin", "dst": "alice"},
+        ]
+
+    def test_a_message_that_cannot_be_written_is_answered_with_leave(self) -> None:
+        alice, bob = self.join("alice"), self.join("bob")
+        # Bob's connection is gone but the room has not seen him leave yet.
+        bob.state = -1
+        self.send(alice, type="OFFER", dst="bob", payload=1)
+        assert alice.take() == [{"type": "LEAVE", "src": "bob", "dst": "alice"}]
+
+    def test_leave_without_dst_frees_the_id(self) -> None:
+        alice = self.join("alice", "one")
+        self.send(alice, type="LEAVE")
+        assert alice.close_code == 1000
+        assert "alice" not in self.rooms.get("peerjs").peers  # type: ignore[union-attr]
+        self.join("alice", "two")
+
+    def test_a_peer_of_the_native_protocol_cannot_join_the_pseudo_room(self) -> None:
+        room = self.rooms.get("peerjs")
+        assert room is not None
+        sent: list[bytes] = []
+        closed: list[int] = []
+        room.join(PeerHandle("x", AuthData("x"), sent.append, closed.append, lambda _: None))
+        assert json.loads(sent[0])["data"] == {
+            "description": "Could not join room",
+            "details": "peerjs_only",
+        }
+        assert closed == [1000]
+
+    def test_a_stopped_pseudo_room_is_started_again(self) -> None:
+        alice = self.join("alice")
+        self.rooms.stop_room("peerjs")
+        assert alice.take() == [{"type": "ERROR", "payload": {"msg": "Room closed"}}]
+        assert alice.close_code == 1000
+        self.join("alice")
+        assert isinstance(self.rooms.get("peerjs"), PeerjsRoom)
+
+    def test_the_admin_apis_messages_reach_the_peer_with_their_event_as_type(self) -> None:
+        from twisted_signal.message import Message
+
+        alice = self.join("alice")
+        room = self.rooms.get("peerjs")
+        assert room is not None
+        room.forward(Message("notice", {"text": "hi"}, None, ("alice",)))
+        assert alice.take() == [{"type": "notice", "dst": "alice", "payload": {"text": "hi"}}]
