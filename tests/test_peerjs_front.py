@@ -126,3 +126,13 @@ class FrontTests(SynchronousTestCase):
         assert room is not None
         room.forward(Message("notice", {"text": "hi"}, None, ("alice",)))
         assert alice.take() == [{"type": "notice", "dst": "alice", "payload": {"text": "hi"}}]
+
+
+def test_the_access_log_hides_peerjs_keys_and_tokens() -> None:
+    from twisted_signal.token import mint
+    from twisted_signal.web import redact
+
+    jwt_key = mint("a-secret-of-at-least-thirty-two-bytes!", "HS256", "peerjs").encode()
+    socket = b"/peerjs/peerjs?key=" + jwt_key + b"&id=alice&token=tok123&version=1.5.5"
+    assert redact(socket) == (b"/peerjs/peerjs?key=REDACTED&id=alice&token=REDACTED&version=1.5.5")
+    assert redact(b"/peerjs/" + jwt_key + b"/id?ts=1") == b"/peerjs/REDACTED/id?ts=1"

@@ -62,14 +62,18 @@ class _NotFound(Resource):
 
 
 _NOT_FOUND = _NotFound()
-_SECRET_PARAMS = re.compile(rb"((?:^|[?&;])(?:token|resume)=)[^&;#]*")
+_SECRET_PARAMS = re.compile(rb"((?:^|[?&;])(?:token|resume|key)=)[^&;#]*")
+# A JWT wherever it is: the peerjs client puts its key (a token, with a JWT
+# key configured) in the path of /<path><key>/id.
+_JWT = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 
 
 def redact(uri: bytes) -> bytes:
     """
-    `uri` with the values of its ``token`` and ``resume`` parameters hidden.
+    `uri` with the values of its ``token``, ``resume`` and ``key``
+    parameters, and any JWT, hidden.
     """
-    return _SECRET_PARAMS.sub(rb"\1REDACTED", uri)
+    return _JWT.sub(b"REDACTED", _SECRET_PARAMS.sub(rb"\1REDACTED", uri))
 
 
 class _Redacted:
