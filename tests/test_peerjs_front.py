@@ -7,6 +7,7 @@ expiry, what a peer may queue, ``LEAVE`` on a failed write, the pseudo-room
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -136,3 +137,43 @@ def test_the_access_log_hides_peerjs_keys_and_tokens() -> None:
     socket = b"/peerjs/peerjs?key=" + jwt_key + b"&id=alice&token=tok123&version=1.5.5"
     assert redact(socket) == (b"/peerjs/peerjs?key=REDACTED&id=alice&token=REDACTED&version=1.5.5")
     assert redact(b"/peerjs/" + jwt_key + b"/id?ts=1") == b"/peerjs/REDACTED/id?ts=1"
+
+
+def test_the_options_make_the_fronts_options_and_refuse_bad_values() -> None:
+    import pytest
+    from twisted.python.usage import UsageError
+
+    from twisted_signal.tap import Options
+
+    def parse(*argv: str) -> Options:
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    assert parse()["peerjs"] is None
+    made = parse(
+        "--peerjs", "app/signal", "--peerjs-key", "k1", "--peerjs-discovery",
+        "--peerjs-expire-timeout", "2", "--peerjs-alive-timeout", "30",
+        "--peerjs-queue-limit", "0",
+    )["peerjs"]  # fmt: skip
+    assert made == PeerjsOptions(
+        path="/app/signal/",
+        key="k1",
+        discovery=True,
+        expire_timeout=2.0,
+        alive_timeout=30.0,
+        queue_limit=0,
+    )
+    for argv, says in [
+        (["--peerjs", "/"], "cannot be /"),
+        (["--peerjs", "/static/"], "the server's own"),
+        (["--peerjs", "/a//b/"], "is not a path segment"),
+        (["--peerjs", "/p/", "--peerjs-key", "no/slash"], "--peerjs-key"),
+        (["--peerjs", "/p/", "--room", "peerjs"], "--peerjs-key"),
+        (["--peerjs-key", "other"], "--peerjs-key needs --peerjs"),
+        (["--peerjs-discovery"], "--peerjs-discovery needs --peerjs"),
+        (["--peerjs", "/p/", "--peerjs-expire-timeout", "0"], "--peerjs-expire-timeout"),
+        (["--peerjs", "/p/", "--peerjs-queue-limit", "-1"], "--peerjs-queue-limit"),
+    ]:
+        with pytest.raises(UsageError, match=re.escape(says)):
+            parse(*argv)
