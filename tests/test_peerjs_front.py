@@ -177,3 +177,53 @@ def test_the_options_make_the_fronts_options_and_refuse_bad_values() -> None:
     ]:
         with pytest.raises(UsageError, match=re.escape(says)):
             parse(*argv)
+
+
+class IdsTests(SynchronousTestCase):
+    def test_the_room_refuses_an_id_it_holds_as_id_taken(self) -> None:
+        # Two fronts over one registry stand for two nodes over one room.
+        clock = Clock()
+        rooms = Rooms(Room, clock=clock)
+        rooms.startService()
+        one = PeerjsFront(rooms, clock=clock)
+        two = PeerjsFront(rooms, clock=clock)
+        first, second = FakeConnection(one), FakeConnection(two)
+        one.connect(first, _params("alice", "t1"))  # type: ignore[arg-type]
+        two.connect(second, _params("alice", "t2"))  # type: ignore[arg-type]
+        assert first.take() == [{"type": "OPEN"}]
+        assert second.take() == [{"type": "ID-TAKEN", "payload": {"msg": "ID is taken"}}]
+        assert second.close_code == 1000
+        # What waits on one node for an id goes to it when it comes on another.
+        one.received(first.client, b'{"type":"OFFER","dst":"carol","payload":1}', 0)
+        carol = FakeConnection(two)
+        two.connect(carol, _params("carol"))  # type: ignore[arg-type]
+        assert carol.take() == [
+            {"type": "OPEN"},
+            {"type": "OFFER", "src": "alice", "dst": "carol", "payload": 1},
+        ]
+        clock.advance(10)
+        assert first.take() == []
+        rooms.stopService()
+
+    def test_a_join_racing_for_a_held_id_is_refused_by_the_room_and_told_id_taken(self) -> None:
+        clock = Clock()
+        rooms = Rooms(Room, clock=clock)
+        front = PeerjsFront(rooms, clock=clock)
+        self.addCleanup(rooms.stopService)
+        rooms.startService()
+        alice = FakeConnection(front)
+        front.connect(alice, _params("alice"))  # type: ignore[arg-type]
+        room = rooms.get("peerjs")
+        assert room is not None
+        # The front's own check passed on another node; the room decides.
+        late = FakeConnection(front)
+        front.connect(late, _params("bob"))  # type: ignore[arg-type]
+        late.take()
+        handle = room.peers["bob"]
+        room.leave("bob")
+        auth = AuthData("alice", {}, handle.auth.metadata)
+        racing = PeerHandle("alice", auth, handle.send, handle.close, handle.admitted)
+        room.join(racing)
+        assert late.take() == [{"type": "ID-TAKEN", "payload": {"msg": "ID is taken"}}]
+        assert late.close_code == 1000
+        assert list(room.peers) == ["alice"]

@@ -71,6 +71,7 @@ RELAYED = frozenset({"OFFER", "ANSWER", "CANDIDATE", "LEAVE", "EXPIRE"})
 """The message types relayed between peers; the rest is ``HEARTBEAT`` or ignored."""
 _NOT_QUEUED = frozenset({"LEAVE", "EXPIRE"})
 _FRONT = "peerjs"
+_ID_TAKEN_REASON = "id_taken"
 _METADATA = {"front": _FRONT}
 """The metadata of every peerjs peer's `AuthData`: how `PeerjsRoom` knows its own."""
 
@@ -159,6 +160,10 @@ class PeerjsRoom(Room):
     def on_join(self, auth: AuthData) -> Any:
         if auth.metadata != _METADATA:
             raise Refused("peerjs_only")
+        if auth.peer_id in self.peers:
+            # Two connections asked for a free id at once (on two nodes of a
+            # cluster): the room's order decides, as for room owners.
+            raise Refused(_ID_TAKEN_REASON)
 
 
 def _encode(type_: str, src: Any, dst: Any, payload: Any = None) -> bytes:
@@ -483,24 +488,50 @@ class PeerjsFront:
         if event in RELAYED and src is not None:
             if not client.write(_encode(event, src, client.id, data)):
                 # peerjs-server tells the sender that this peer has gone.
-                sender = self._clients.get(src)
-                if sender is not None:
-                    sender.write(_encode("LEAVE", client.id, src))
+                self._leave_to(client, src)
             return
-        if src is not None or event in ("joined", "left"):
+        if event == "joined" and isinstance(data, dict):
+            # An id came (here or on another node): what waits for it goes
+            # to it through the room, after its OPEN.
+            self._forward_waiting(str(data.get("peer_id")))
+            return
+        if src is not None or event == "left":
             return
         if event == "error" and isinstance(data, dict):
-            description = data.get("description")
+            description, details = data.get("description"), data.get("details")
             if description == "No such peer":
                 # The addressee left between the check and the delivery.
-                for gone in data.get("details") or ():
+                for gone in details or ():
                     client.write(_encode("LEAVE", gone, client.id))
+                return
+            if description == "Could not join room" and details == _ID_TAKEN_REASON:
+                self.events.error_sent(ID_TAKEN)
+                client.write(_server_message("ID-TAKEN", ID_TAKEN))
                 return
             self.events.error_sent(str(description))
             client.write(_server_message("ERROR", str(description)))
             return
         # A message from the server (the admin API): its event is the type.
         client.write(_encode(event, None, client.id, data))
+
+    def _leave_to(self, client: _Client, src: str) -> None:
+        sender = self._clients.get(src)
+        if sender is not None:
+            sender.write(_encode("LEAVE", client.id, src))
+        elif not client.left:
+            # The sender is on another node.
+            self._room().submit(Message("LEAVE", None, client.id, (src,)))
+
+    def _forward_waiting(self, peer_id: str) -> None:
+        waiting = self._waiting.pop(peer_id, None)
+        if waiting is None:
+            return
+        if waiting.timer.active():
+            waiting.timer.cancel()
+        self._release(waiting)
+        room = self._room()
+        for type_, src, payload, _ in waiting.messages:
+            room.submit(Message(type_, payload, src, (peer_id,)))
 
     def _gone(self, client: _Client) -> None:
         if client.left:
