@@ -4,12 +4,15 @@ browsers against ``twistd -n rtcsignal --peerjs /peerjs/``: a page served by
 the server loads peerjs's own browser bundle, and ``tests/peerjs_pages/
 pjtest.js`` drives it.  One test crosses Chromium and Firefox (data with
 JSON and binary serialization, a media call with fake devices, an id made
-by the server); one, in Chromium only, the error cases and reconnect.
+by the server), on one node and across two nodes of a cluster (a real
+redis-server); one, in Chromium only, the error cases and reconnect.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,24 +29,24 @@ BUNDLE = HERE / "browsers" / "node_modules" / "peerjs" / "dist" / "peerjs.min.js
 
 @pytest.fixture
 def peerjs_server(network: Network, tmp_path: Path) -> Iterator[Server]:
+    server = _server(network, tmp_path)
+    server.start()
+    yield server
+    server.close()
+
+
+def _server(network: Network, folder: Path, extra: list[str] | None = None) -> Server:
+    """``twistd -n rtcsignal --peerjs /peerjs/`` serving the test page."""
     if not BUNDLE.exists():
         from .browser_support import unavailable
 
         unavailable("peerjs is not installed in tests/browsers (make browser-drivers)")
-    pages = tmp_path / "pages"
+    pages = folder / "pages"
     shutil.copytree(HERE / "peerjs_pages", pages)
     shutil.copy(BUNDLE, pages / "peerjs.min.js")
-    key, cert = make_certs(tmp_path / "certs")
-    server = Server(
-        network,
-        tmp_path,
-        key,
-        cert,
-        args=["--peerjs", "/peerjs/", "--peerjs-expire-timeout", "1", "--static", str(pages)],
-    )
-    server.start()
-    yield server
-    server.close()
+    key, cert = make_certs(folder / "certs")
+    args = ["--peerjs", "/peerjs/", "--peerjs-expire-timeout", "1", "--static", str(pages)]
+    return Server(network, folder, key, cert, args=[*args, *(extra or [])])
 
 
 def _page_url(server: Server) -> str:
@@ -54,11 +57,11 @@ def _ready(page: Any) -> None:
     page.wait_for_function("() => !!window.T && !!window.Peer")
 
 
-def test_chromium_and_firefox_exchange_data_and_call(
-    peerjs_server: Server, browser: Browser, firefox: Firefox
+def _exchange_and_call(
+    chromium_url: str, firefox_url: str, browser: Browser, firefox: Firefox
 ) -> None:
-    chromium = open_chromium(browser, _page_url(peerjs_server), "chromium")
-    gecko = open_firefox(firefox, _page_url(peerjs_server), "firefox")
+    chromium = open_chromium(browser, chromium_url, "chromium")
+    gecko = open_firefox(firefox, firefox_url, "firefox")
     try:
         for peer in (chromium, gecko):
             _ready(peer.page)
@@ -92,6 +95,53 @@ def test_chromium_and_firefox_exchange_data_and_call(
     finally:
         chromium.close()
         gecko.close()
+
+
+def test_chromium_and_firefox_exchange_data_and_call(
+    peerjs_server: Server, browser: Browser, firefox: Firefox
+) -> None:
+    _exchange_and_call(_page_url(peerjs_server), _page_url(peerjs_server), browser, firefox)
+
+
+def test_chromium_and_firefox_on_two_cluster_nodes(
+    network: Network, tmp_path: Path, browser: Browser, firefox: Firefox
+) -> None:
+    redis_server, redis_cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if redis_server is None or redis_cli is None:
+        from .browser_support import unavailable
+
+        unavailable("redis-server is not installed (Debian package redis-server)")
+    redis_port = 6390 if network.private else network.free_port()
+    argv = [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(tmp_path)]
+    redis = subprocess.Popen(
+        network.command(argv),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    nodes: list[Server] = []
+    try:
+        ping = network.command([redis_cli, "-p", str(redis_port), "ping"])
+        deadline = time.monotonic() + 10
+        while subprocess.run(ping, capture_output=True, check=False).stdout.strip() != b"PONG":
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        cluster = ["--redis", f"redis://127.0.0.1:{redis_port}/0", "--cluster-lease", "2"]
+        for n in range(2):
+            folder = tmp_path / f"node-{n}"
+            folder.mkdir()
+            node = _server(network, folder, cluster)
+            if network.private:
+                node.port = 8443 + n
+                node.endpoint = node.endpoint.replace("ssl:8443:", f"ssl:{node.port}:")
+            nodes.append(node)
+            node.start()
+        _exchange_and_call(_page_url(nodes[0]), _page_url(nodes[1]), browser, firefox)
+    finally:
+        for node in nodes:
+            node.close()
+        redis.kill()
+        redis.wait()
 
 
 def test_chromium_sees_peerjs_errors_and_reconnects(
