@@ -70,20 +70,26 @@ class FrontTests(SynchronousTestCase):
         assert carol.take() == alice.take() == []
 
     def test_a_peer_queues_at_most_the_limit_and_still_gets_its_expire(self) -> None:
-        alice = self.join("alice")
+        alice, bob = self.join("alice"), self.join("bob")
+        self.send(bob, type="OFFER", dst="dave", payload=8)
         for n in range(5):
             self.send(alice, type="CANDIDATE", dst="carol", payload=n)
+        # Over its limit: for dave (whom bob's message waits for) alice's
+        # EXPIRE comes with bob's; for erin (nothing waits) at once.
         self.send(alice, type="CANDIDATE", dst="dave", payload=9)
+        self.send(alice, type="CANDIDATE", dst="erin", payload=9)
+        assert alice.take() == [{"type": "EXPIRE", "src": "erin", "dst": "alice"}]
         carol = FakeConnection(self.front)
         self.front.connect(carol, _params("carol"))  # type: ignore[arg-type]
         assert [m.get("payload") for m in carol.take()] == [None, 0, 1, 2]
         # Delivered messages free their places.
-        self.send(alice, type="CANDIDATE", dst="erin", payload=10)
+        self.send(alice, type="CANDIDATE", dst="frank", payload=10)
         self.clock.advance(5)
         assert alice.take() == [
             {"type": "EXPIRE", "src": "dave", "dst": "alice"},
-            {"type": "EXPIRE", "src": "erin", "dst": "alice"},
+            {"type": "EXPIRE", "src": "frank", "dst": "alice"},
         ]
+        assert bob.take() == [{"type": "EXPIRE", "src": "dave", "dst": "bob"}]
 
     def test_a_message_that_cannot_be_written_is_answered_with_leave(self) -> None:
         alice, bob = self.join("alice"), self.join("bob")

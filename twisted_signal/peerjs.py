@@ -434,12 +434,19 @@ class PeerjsFront:
 
     def _keep(self, dst: str, type_: str, payload: Any, sender: _Client) -> None:
         waiting = self._waiting.get(dst)
+        if sender.pending >= self.options.queue_limit:
+            # Dropped.  The sender still hears that dst is not there: with
+            # the others' EXPIRE if something waits for it, else at once
+            # (so what a flood to made-up ids leaves here stays bounded).
+            if waiting is not None:
+                waiting.senders[sender.id] = None
+            else:
+                sender.write(_encode("EXPIRE", dst, sender.id))
+            return
         if waiting is None:
             timer = self.clock.callLater(self.options.expire_timeout, self._expire, dst)
             waiting = self._waiting[dst] = _Waiting([], {}, timer)
         waiting.senders[sender.id] = None
-        if sender.pending >= self.options.queue_limit:
-            return  # dropped; its EXPIRE still comes if the id does not
         sender.pending += 1
         waiting.messages.append((type_, sender.id, payload, sender))
 
@@ -783,7 +790,9 @@ class _KeyResource(Resource):
             if credentials is None:
                 return _unauthorized(request)
             peer_id = self._front.fresh_id(credentials)
-            return _plain(request, 200, peer_id.encode("utf-8"), b"text/html; charset=utf-8")
+            # Text (peerjs-server says HTML: an id bound by a token is the
+            # token issuer's string, and is not to be read as a page).
+            return _plain(request, 200, peer_id.encode("utf-8"), b"text/plain; charset=utf-8")
         if postpath == [b"peers"]:
             if not self._front.options.discovery:
                 return _unauthorized(request)
