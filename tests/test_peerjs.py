@@ -33,7 +33,7 @@ from twisted_signal.peerjs import (
 )
 
 from .peerjs_support import EXPIRE_SECONDS, PATH, PeerjsServer, Target
-from .support import in_reactor
+from .support import handshake_status, in_reactor
 
 PUBLIC = {
     "name": "PeerJS Server",
@@ -153,6 +153,21 @@ async def test_a_missing_parameter_is_an_error_then_close(target: Target, query:
 
         client = PJ(target.ws_url(query))
         assert client.recv() == {"type": "ERROR", "payload": {"msg": ERROR_INVALID_PARAMETERS}}
+        client.closed()
+
+    await in_thread(scenario)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("bad_id", ["a%0Ab", "-a", "a%20b%20", "x" * 300, "%C3%A9"])
+async def test_an_id_the_peerjs_client_would_refuse_is_an_error(
+    target: Target, bad_id: str, request: pytest.FixtureRequest
+) -> None:
+    beyond(request, target, "any id is taken, newlines included")
+
+    def scenario() -> None:
+        client = target.open(bad_id)
+        assert client.recv(1.0) == {"type": "ERROR", "payload": {"msg": ERROR_INVALID_PARAMETERS}}
         client.closed()
 
     await in_thread(scenario)
@@ -512,6 +527,25 @@ async def test_a_peer_that_sends_nothing_for_the_alive_timeout_is_closed() -> No
         beating.send(type="HEARTBEAT")
         beating.send(type="OFFER", dst=b, payload=1)
         assert beating.recv() == {"type": "OFFER", "src": b, "dst": b, "payload": 1}
+
+    try:
+        await in_thread(scenario)
+    finally:
+        await port.stopListening()
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_allowed_origins_and_shutdown_refuse_the_upgrade() -> None:
+    settings = Settings(allowed_origins=("https://app.example",))
+    service, port, target = await start_front(settings=settings)
+
+    def scenario() -> None:
+        url = target.ws_url("key=peerjs&id=a&token=t")
+        assert handshake_status(url, origin="https://evil.example") == 403
+        target.join("a").close()
+        in_reactor(lambda: setattr(service.resource, "accepting", False))
+        assert handshake_status(url, origin="https://app.example") == 503
 
     try:
         await in_thread(scenario)

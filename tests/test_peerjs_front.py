@@ -233,3 +233,18 @@ class IdsTests(SynchronousTestCase):
         assert late.take() == [{"type": "ID-TAKEN", "payload": {"msg": "ID is taken"}}]
         assert late.close_code == 1000
         assert list(room.peers) == ["alice"]
+
+
+def test_beyond_max_connections_is_peerjs_servers_concurrent_limit_error() -> None:
+    from twisted_signal import Settings
+
+    clock = Clock()
+    rooms = Rooms(Room, clock=clock)
+    front = PeerjsFront(rooms, settings=Settings(max_connections=1), clock=clock)
+    first, second = FakeConnection(front), FakeConnection(front)
+    front.connect(first, _params("alice"))  # type: ignore[arg-type]
+    front.connect(second, _params("bob"))  # type: ignore[arg-type]
+    assert first.take() == [{"type": "OPEN"}]
+    assert second.take() == [
+        {"type": "ERROR", "payload": {"msg": "Server has reached its concurrent user limit"}}
+    ]

@@ -19,6 +19,7 @@ peerjs-server.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -63,6 +64,10 @@ ERROR_INVALID_PARAMETERS = "No id, token, or key supplied to websocket server"
 ERROR_INVALID_KEY = "Invalid key provided"
 ERROR_CONCURRENT_LIMIT = "Server has reached its concurrent user limit"
 ID_TAKEN = "ID is taken"
+
+_VALID_ID = re.compile(r"[A-Za-z0-9]+(?:[ _-][A-Za-z0-9]+)*\Z")
+"""The ids the peerjs client accepts (its ``util.validateId``)."""
+MAX_ID_LENGTH = 256
 
 ID_CLAIM = "peerjs_id"
 """The JWT claim that binds a token to one peerjs id."""
@@ -164,6 +169,14 @@ class PeerjsRoom(Room):
             # Two connections asked for a free id at once (on two nodes of a
             # cluster): the room's order decides, as for room owners.
             raise Refused(_ID_TAKEN_REASON)
+
+
+def _valid_id(peer_id: str) -> bool:
+    """
+    An id the peerjs client itself would take: ids reach logs, the admin API,
+    webhooks and (in cluster mode) Redis, so nothing else is let in.
+    """
+    return len(peer_id) <= MAX_ID_LENGTH and _VALID_ID.match(peer_id) is not None
 
 
 def _encode(type_: str, src: Any, dst: Any, payload: Any = None) -> bytes:
@@ -364,7 +377,7 @@ class PeerjsFront:
         The id, token and credentials of a connection, or why it is refused.
         """
         peer_id, token, key = params.get("id"), params.get("token"), params.get("key")
-        if not peer_id or not token or not key:
+        if not peer_id or not token or not key or not _valid_id(peer_id):
             return _Refusal("ERROR", ERROR_INVALID_PARAMETERS)
         credentials = self.check_key(key)
         if credentials is None:
