@@ -422,7 +422,7 @@ async def test_rate_and_size_limits_apply_to_peerjs_peers() -> None:
 
     def scenario() -> None:
         alice, bob = target.join(a), target.join(b)
-        for n in range(60):
+        for n in range(150):
             try:
                 alice.send(type="CANDIDATE", dst=b, payload=n)
             except ConnectionClosed as e:
