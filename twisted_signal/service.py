@@ -25,6 +25,7 @@ from .events import Events, combine
 from .headers import COMMON_HEADERS, secure_response
 from .metrics import Metrics, metrics_root
 from .peer import Peer
+from .peerjs import PeerjsOptions
 from .rooms import Rooms
 from .settings import Settings
 from .tls import TlsProfile, harden_endpoint
@@ -104,6 +105,8 @@ class SignalingService(MultiService):
     `events`, an `Events` of your own.
     With an `admin_token`, ``resource`` also serves the admin API under
     ``/admin/`` to requests with ``Authorization: Bearer <admin_token>``.
+    With `peerjs` options, it also serves the peerjs-compatible front
+    (`twisted_signal.peerjs`) at their path.
     """
 
     _log = Logger()
@@ -124,6 +127,7 @@ class SignalingService(MultiService):
         webhooks: Webhooks | None = None,
         events: Events | None = None,
         admin_token: str | None = None,
+        peerjs: PeerjsOptions | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -139,6 +143,7 @@ class SignalingService(MultiService):
             pages=pages,
             clock=reactor,
             admin_token=admin_token,
+            peerjs=peerjs,
         )
         self.site = SignalingSite(
             self.resource, handshake_timeout=settings.handshake_timeout, clock=reactor
@@ -162,6 +167,8 @@ class SignalingService(MultiService):
         """Everything the rooms and peers report to."""
         self.rooms.events = self.events
         self.resource.factory.events = self.events
+        if self.resource.peerjs is not None:
+            self.resource.peerjs.events = self.events
 
     def _listen(
         self, description: str, site: Site, reactor: Any, tls_profile: str | TlsProfile

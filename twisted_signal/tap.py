@@ -20,6 +20,7 @@ from .admin import is_bearer_token
 from .auth import TokenVerifier
 from .ice import IceConfig
 from .peer import Peer
+from .peerjs import PeerjsOptions
 from .room import Room
 from .rooms import Rooms, is_room_name
 from .service import SignalingService, with_backlog
@@ -172,6 +173,7 @@ class Options(usage.Options):
     )
     optFlags = [
         ["no-auto-rooms", None, "Only serve the rooms given with --room (others get 404)."],
+        ["peerjs-discovery", None, "peerjs: GET PATH<key>/peers lists the ids (else 401)."],
     ]
     optParameters = [
         ["max-peers", None, 4, "Peers per room for rooms without their own limit.", _max_peers],
@@ -318,6 +320,41 @@ class Options(usage.Options):
             "The Redis password (AUTH), read from this file rather than shown in ps in --redis.",
         ],
         [
+            "peerjs",
+            None,
+            None,
+            "Serve the peerjs-compatible front (the protocol of peerjs-server 1.0.2) "
+            "under this path, e.g. /peerjs/ (default: off); see docs/peerjs.md.",
+        ],
+        [
+            "peerjs-key",
+            None,
+            "peerjs",
+            "peerjs: the key clients pass (with a JWT key configured they pass their "
+            "token instead); also the name of their room in the admin API and webhooks.",
+        ],
+        [
+            "peerjs-expire-timeout",
+            None,
+            5.0,
+            "peerjs: how long messages to an id not connected wait for it (then EXPIRE).",
+            _seconds("peerjs-expire-timeout"),
+        ],
+        [
+            "peerjs-alive-timeout",
+            None,
+            90.0,
+            "peerjs: a client that sent nothing (not even a HEARTBEAT) for this long is closed.",
+            _seconds("peerjs-alive-timeout"),
+        ],
+        [
+            "peerjs-queue-limit",
+            None,
+            256,
+            "peerjs: messages one client may have waiting for ids not connected.",
+            _whole("peerjs-queue-limit", 0),
+        ],
+        [
             "cluster-lease",
             None,
             10.0,
@@ -432,11 +469,48 @@ class Options(usage.Options):
             trusted_proxies=self["trust-forwarded-for"],
         )
         self["redis"] = self._redis()
+        self["peerjs"] = self._peerjs()
         self["webhook-secret"] = _secret(self, "webhook-secret")
         if self["webhook"] is not None and self["webhook-secret"] is None:
             raise usage.UsageError("--webhook needs --webhook-secret or --webhook-secret-file")
         if self["webhook"] is None and self["webhook-secret"] is not None:
             raise usage.UsageError("--webhook-secret needs --webhook")
+
+    def _peerjs(self) -> PeerjsOptions | None:
+        path = self["peerjs"]
+        if path is None:
+            given = [
+                f"--{name}"
+                for name, default in (
+                    ("peerjs-key", "peerjs"),
+                    ("peerjs-expire-timeout", 5.0),
+                    ("peerjs-alive-timeout", 90.0),
+                    ("peerjs-queue-limit", 256),
+                    ("peerjs-discovery", 0),
+                )
+                if self[name] != default
+            ]
+            if given:
+                raise usage.UsageError(f"{given[0]} needs --peerjs")
+            return None
+        if isinstance(path, PeerjsOptions):
+            return path
+        key = self["peerjs-key"]
+        if not is_room_name(key):
+            raise usage.UsageError(f"--peerjs-key {key!r}: a key is 1 to 64 of A-Z a-z 0-9 _ . ~ -")
+        if any(name == key for name, _ in self["room"]):
+            raise usage.UsageError(f"--room {key!r} is the room of the peerjs front (--peerjs-key)")
+        try:
+            return PeerjsOptions(
+                path=path,
+                key=key,
+                discovery=bool(self["peerjs-discovery"]),
+                expire_timeout=self["peerjs-expire-timeout"],
+                alive_timeout=self["peerjs-alive-timeout"],
+                queue_limit=self["peerjs-queue-limit"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--peerjs {path!r}: {e}") from None
 
     def _redis(self) -> RedisURL | None:
         url: RedisURL | None = self["redis"]
@@ -598,4 +672,5 @@ def makeService(options: Options) -> IService:
         shutdown_grace=options["shutdown-grace"],
         tls_profile=options["tls-profile"],
         admin_token=options["admin-token"],
+        peerjs=options["peerjs"],
     )

@@ -23,6 +23,7 @@ from .admin import AdminResource
 from .bodies import BodyLimit
 from .headers import secure_asset, secure_page, secure_response
 from .peer import Peer, PeerFactory
+from .peerjs import PeerjsFront, PeerjsOptions, PeerjsResource, mount
 from .rooms import Rooms, is_room_name
 from .settings import Settings
 
@@ -71,8 +72,12 @@ class _NotFound(Resource):
 _NOT_FOUND = _NotFound()
 
 # The query parameters that carry credentials: a peer's token (``token``,
-# or ``access_token`` as some clients name it) and its resume token.
-_SECRET_PARAMS = frozenset({b"token", b"access_token", b"resume"})
+# or ``access_token`` as some clients name it), its resume token, and the
+# peerjs front's ``key`` (a token, with a JWT key configured).
+_SECRET_PARAMS = frozenset({b"token", b"access_token", b"resume", b"key"})
+# A JWT wherever it is: the peerjs client puts its key in the path of
+# /<path><key>/id.
+_JWT = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 _SEPARATORS = re.compile(rb"([&;])")
 
 
@@ -92,11 +97,13 @@ def _param_name(key: bytes) -> bytes:
 
 def redact(uri: bytes) -> bytes:
     """
-    `uri` with the values of its ``token``, ``access_token`` and ``resume``
-    parameters hidden, however their names are spelled (``%74oken``,
-    ``TOKEN``, repeated, separated by ``;``).
+    `uri` with the values of its ``token``, ``access_token``, ``resume``
+    and ``key`` parameters hidden, however their names are spelled
+    (``%74oken``, ``TOKEN``, repeated, separated by ``;``), and any JWT in
+    its path.
     """
     path, question, rest = uri.partition(b"?")
+    path = _JWT.sub(b"REDACTED", path)
     if not question:
         return uri
     query, hash_, fragment = rest.partition(b"#")
@@ -179,11 +186,14 @@ class SignalingResource(Resource):
         pages: str | None = None,
         clock: IReactorTime | None = None,
         admin_token: str | None = None,
+        peerjs: PeerjsOptions | None = None,
     ) -> None:
         super().__init__()
         self.rooms = rooms
         self._admin: AdminResource | None = None
         self.factory = PeerFactory(rooms, peer_class=peer_class, settings=settings, clock=clock)
+        self.peerjs: PeerjsFront | None = None
+        """The peerjs-compatible front, when mounted (`peerjs` options given)."""
         folder = FilePath(pages or PACKAGED_PAGES)
         self._room_page = _page(folder.child("room.html"))
         self.putChild(b"", _page(folder.child("index.html")))
@@ -196,6 +206,11 @@ class SignalingResource(Resource):
             max_body = self.factory.settings.max_message_bytes
             self._admin = AdminResource(rooms, admin_token, max_body_bytes=max_body)
             self.putChild(b"admin", self._admin)
+        if peerjs is not None:
+            settings = self.factory.settings
+            self.peerjs = PeerjsFront(rooms, peerjs, settings=settings, clock=clock)
+            front = PeerjsResource(self.peerjs, settings.allowed_origins)
+            mount(self, front, peerjs.path)
 
     def body_limit(self, method: bytes, segments: list[bytes], headers: Headers) -> BodyLimit:
         """
@@ -220,6 +235,8 @@ class SignalingResource(Resource):
     @accepting.setter
     def accepting(self, value: bool) -> None:
         self.factory.accepting = value
+        if self.peerjs is not None:
+            self.peerjs.accepting = value
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         # Every request below this resource passes here first.
