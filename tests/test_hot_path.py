@@ -145,6 +145,7 @@ class PeerHotPathTests(_PeersTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.peers = [self._connect() for _ in range(4)]
+        self.clock.advance(0)  # they count what their transports hold from now on
         for _, transport in self.peers:
             transport.clear()
 
