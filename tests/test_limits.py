@@ -10,6 +10,7 @@ handshake), a hand-written one over a bare socket.
 
 from __future__ import annotations
 
+import itertools
 import json
 import select
 import time
@@ -216,7 +217,7 @@ def test_limiter_at_most_one_warning_a_second() -> None:
         verdicts += [(now, limiter.check(now)) for _ in range(5)]
     warnings = [now for now, verdict in verdicts if verdict is Verdict.DROP_AND_WARN]
     assert len(warnings) == 8
-    assert all(b - a >= 1.0 for a, b in zip(warnings, warnings[1:], strict=False))
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(warnings))
     assert all(verdict is not Verdict.CLOSE for _, verdict in verdicts)
 
 

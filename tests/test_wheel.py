@@ -134,6 +134,8 @@ _CLIENT_PING = b"\x89\x80\0\0\0\0"
 def _frame(text: bytes) -> bytes:
     """A short masked client text frame (with an all-zero mask)."""
     return bytes([0x81, 0x80 | len(text)]) + b"\0\0\0\0" + text
+
+
 _CLOSE_1000 = b"\x88\x02\x03\xe8"
 
 
