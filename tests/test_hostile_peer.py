@@ -1,0 +1,154 @@
+"""
+Hostile peers over real loopback sockets, with raw frames: what one client
+that misbehaves on purpose may cost the server and the others.
+
+- A peer the server closes (a protocol error, its rate limit, too slow)
+  leaves at once, whether or not its client answers the close (SPEC 1.4
+  step 4); it is never held for resume.
+- A flood at several times the rate, however its frames are spaced, gets a
+  handful of ``Rate limited`` errors and is closed with 1008 (SPEC 5.3).
+- A client that never reads is closed once the server holds more than
+  ``max_send_buffer`` for it (SPEC 1.4 step 7); a WebSocket ping flood is
+  rate-limited and closed; nobody else waits or loses anything.
+
+The rules themselves (limiter, keepalive, send-buffer accounting) are
+tested on a fake clock in test_limits.py and test_wheel.py; here, what the
+bytes on the wire and the server's buffers show.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+import orjson
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs
+
+from twisted_signal import Peer, Settings
+
+from .support import (
+    OP_CLOSE,
+    OP_TEXT,
+    LiveServer,
+    MakeServer,
+    RawClient,
+    StrictClient,
+    in_reactor,
+    join_strict,
+    joined,
+    left,
+    relayed,
+    tcp_connect,
+    upgrade_request,
+)
+
+# Helpers.
+
+
+def raw_join(server: LiveServer, room: str, rcvbuf: int | None = None) -> tuple[RawClient, str]:
+    """
+    A raw client in `room` and its peer id.  With `rcvbuf`, its socket's
+    receive buffer is that small (set before connecting, so the TCP window
+    is small too): a client that does not read stops the server's writes
+    after a few kilobytes rather than after the kernel's megabytes.
+    """
+    if rcvbuf is None:
+        raw = RawClient.connect(server.base, f"/socket/{room}/")
+    else:
+        host, port = server.base.rsplit(":", 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(5.0)
+        sock.connect((host, int(port)))
+        sock.sendall(upgrade_request(server.base, f"/socket/{room}/"))
+        raw = RawClient(sock)
+        head = raw._read_until(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"101", head
+    authenticated = raw.recv_json()
+    assert authenticated["event"] == "authenticated", authenticated
+    return raw, authenticated["data"]["peer_id"]
+
+
+def close_code(frame: tuple[int, bytes] | None) -> int | None:
+    if frame is None or frame[0] != OP_CLOSE or len(frame[1]) < 2:
+        return None
+    code: int = struct.unpack(">H", frame[1][:2])[0]
+    return code
+
+
+def next_close(raw: RawClient, timeout: float = 5.0) -> tuple[int, bytes] | None:
+    """The next close frame from the server (other frames skipped)."""
+    deadline = time.monotonic() + timeout
+    while (frame := raw.recv_frame(max(deadline - time.monotonic(), 0.001))) is not None:
+        if frame[0] == OP_CLOSE:
+            return frame
+    return None
+
+
+def held_by_transport(peer: Peer) -> int:
+    """
+    What the TCP transport of `peer` holds that it has not written yet
+    (Twisted's `FileDescriptor` buffers): measured, not our own count.
+    """
+    transport: Any = peer.transport
+    if transport is None or not hasattr(transport, "dataBuffer"):
+        return 0
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def server_peer(server: LiveServer, room: str, peer_id: str) -> Peer:
+    handle = server.rooms.find(room).peers[peer_id]  # type: ignore[union-attr]
+    peer = handle.peer
+    assert isinstance(peer, Peer)
+    return peer
+
+
+# SPEC 1.4 step 4: closed by the server, never held.
+
+_BAD_FRAMES = {
+    # A frame larger than the limit (64 KiB).
+    1009: bytes([0x81, 0x80 | 127]) + struct.pack(">Q", 70_000) + b"\0" * 4 + b"x" * 70_000,
+    # A text frame that is not UTF-8.
+    1007: bytes([0x81, 0x82]) + b"\0" * 4 + b"\xff\xfe",
+    # A reserved opcode.
+    1002: bytes([0x83, 0x80]) + b"\0" * 4,
+}
+
+
+@pytest.mark.parametrize("code", sorted(_BAD_FRAMES))
+@pytest_twisted.ensureDeferred
+async def test_a_peer_closed_for_a_protocol_error_leaves_at_once(
+    make_server: MakeServer, code: int
+) -> None:
+    """
+    The client breaks the protocol and then never answers the server's
+    close: it leaves at once (the others get ``left`` now, not after the
+    close timeout and the resume window), and its resume token is void.
+    """
+    server = await make_server(settings=Settings(resume_window=15, close_timeout=2))
+
+    def scenario() -> float:
+        watcher = join_strict(server.socket_url("r"))
+        raw, raw_id = raw_join(server, "r")
+        assert watcher.recv() == joined(raw_id)
+        started = time.monotonic()
+        raw.sock.sendall(_BAD_FRAMES[code])
+        assert close_code(next_close(raw)) == code
+        # The client keeps its socket open and says nothing.
+        assert watcher.recv(timeout=1.5) == left(raw_id)
+        elapsed = time.monotonic() - started
+        watcher.send("still", [watcher.peer_id])
+        assert watcher.recv() == relayed("still", None, watcher, [watcher.peer_id])
+        assert len(server.service.resource.factory.resumption) == 1  # the watcher's
+        watcher.close()
+        raw.drop()
+        return elapsed
+
+    elapsed = await deferToThread(scenario)
+    assert elapsed < 1.0, elapsed
