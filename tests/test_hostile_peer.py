@@ -152,3 +152,91 @@ async def test_a_peer_closed_for_a_protocol_error_leaves_at_once(
 
     elapsed = await deferToThread(scenario)
     assert elapsed < 1.0, elapsed
+
+
+# SPEC 5.3: the flood close at the default rate, whatever the gaps.
+
+
+def masked_text(text: bytes) -> bytes:
+    """A client text frame (all-zero mask: the payload as it is)."""
+    size = len(text)
+    head = (
+        bytes([0x81, 0x80 | size]) if size < 126 else bytes([0x81, 0xFE]) + struct.pack(">H", size)
+    )
+    return head + b"\0" * 4 + text
+
+
+def flood_until(raw: RawClient, frames: bytes, every: float, stop: threading.Event) -> None:
+    """Send `frames` every `every` seconds, never reading, until `stop` (or the server hangs up)."""
+    while not stop.is_set():
+        try:
+            raw.sock.sendall(frames)
+        except OSError:
+            return
+        stop.wait(every)
+
+
+@pytest.mark.parametrize("per_second", [190, 1000])
+@pytest_twisted.ensureDeferred
+async def test_a_flood_with_gaps_between_reads_is_closed_with_1008(
+    make_server: MakeServer, per_second: int
+) -> None:
+    """
+    The default rate (50/s, burst 200) and a flood of `per_second` frames
+    sent in batches every 100 ms (so the server reads them with gaps far
+    longer than a token's 20 ms): one ``Rate limited`` error, the close
+    with 1008 a flood timeout after the first drop, and one log line for it
+    however many frames still arrive.  The flood timeout is 2 s here; the
+    default's 10 s is the same rule, on a fake clock in test_limits.py.
+    """
+    flood_timeout = 2.0
+    server = await make_server(settings=Settings(flood_timeout=flood_timeout))
+    burst_lasts = 200 / (per_second - 50)
+
+    def scenario() -> tuple[float, list[dict[str, Any]], int | None]:
+        watcher = join_strict(server.socket_url("r"))
+        raw, raw_id = raw_join(server, "r")
+        try:
+            return flood(watcher, raw, raw_id)
+        finally:
+            raw.drop()
+            watcher.close()
+
+    def flood(
+        watcher: StrictClient, raw: RawClient, raw_id: str
+    ) -> tuple[float, list[dict[str, Any]], int | None]:
+        assert watcher.recv() == joined(raw_id)
+        frame = masked_text(orjson.dumps({"event": "n", "to": [watcher.peer_id]}))
+        stop = threading.Event()
+        sender = threading.Thread(
+            target=flood_until, args=(raw, frame * (per_second // 10), 0.1, stop)
+        )
+        started = time.monotonic()
+        sender.start()
+        try:
+            deadline = started + burst_lasts + flood_timeout + 4
+            while (message := watcher.recv(timeout=deadline - time.monotonic())) != left(raw_id):
+                assert message == relayed("n", None, raw_id, [watcher.peer_id]), message
+            elapsed = time.monotonic() - started
+            time.sleep(0.5)  # frames keep coming after the close
+        finally:
+            stop.set()
+            sender.join()
+        texts = []
+        code = None
+        while (got := raw.recv_frame(timeout=3)) is not None:
+            if got[0] == OP_TEXT:
+                texts.append(orjson.loads(got[1]))
+            elif got[0] == OP_CLOSE:
+                code = close_code(got)
+                break
+        return elapsed, texts, code
+
+    with capturedLogs() as events:
+        elapsed, texts, code = await deferToThread(scenario)
+    assert code == 1008
+    assert [t["data"]["description"] for t in texts] == ["Rate limited"], texts
+    expected = burst_lasts + flood_timeout
+    assert expected - 0.5 < elapsed < expected + 1.5, (elapsed, expected)
+    closes = [e for e in events if "over its rate limit" in e.get("log_format", "")]
+    assert len(closes) == 1, closes
