@@ -44,7 +44,6 @@ from .support import (
     joined,
     left,
     relayed,
-    tcp_connect,
     upgrade_request,
 )
 
@@ -240,3 +239,150 @@ async def test_a_flood_with_gaps_between_reads_is_closed_with_1008(
     assert expected - 0.5 < elapsed < expected + 1.5, (elapsed, expected)
     closes = [e for e in events if "over its rate limit" in e.get("log_format", "")]
     assert len(closes) == 1, closes
+
+
+# SPEC 1.4 step 7 and 5.3: clients that never read.
+
+
+class Sampler:
+    """
+    The most a peer's transport has held, sampled every few milliseconds
+    in the reactor thread.
+    """
+
+    def __init__(self) -> None:
+        from twisted.internet import task
+
+        self.peer: Peer | None = None
+        self.most = 0
+        self._loop = task.LoopingCall(self._sample)
+
+    def start(self, peer: Peer) -> None:
+        self.peer = peer
+        self._loop.start(0.002)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _sample(self) -> None:
+        if self.peer is not None:
+            self.most = max(self.most, held_by_transport(self.peer))
+
+
+def round_trips(client: StrictClient, seconds: float) -> list[float]:
+    """Messages to oneself for `seconds`, one at a time: their round-trip times."""
+    times = []
+    ends = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < ends:
+        sent = time.monotonic()
+        client.send("rtt", [client.peer_id], n)
+        assert client.recv() == relayed("rtt", n, client, [client.peer_id])
+        times.append(time.monotonic() - sent)
+        n += 1
+        time.sleep(0.02)
+    return times
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_ping_flood_that_never_reads_is_closed(make_server: MakeServer) -> None:
+    """
+    A client sends WebSocket pings as fast as it can and never reads: the
+    pings count against its rate limit (the dropped ones get no pong), so
+    what the server holds for it stays small; it is closed with 1008 a
+    flood timeout after its first drop; a call in another room goes on
+    undisturbed meanwhile.
+    """
+    flood_timeout = 2.0
+    server = await make_server(settings=Settings(flood_timeout=flood_timeout))
+    sampler = Sampler()
+
+    def scenario() -> tuple[float, list[float], list[float]]:
+        watcher = join_strict(server.socket_url("r"))
+        other = join_strict(server.socket_url("other"))
+        raw, raw_id = raw_join(server, "r", rcvbuf=4096)
+        try:
+            assert watcher.recv() == joined(raw_id)
+            in_reactor(sampler.start, server_peer(server, "r", raw_id))
+            quiet = round_trips(other, 0.5)
+            pings = (bytes([0x89, 0x80]) + b"\0" * 4) * 20_000
+            stop = threading.Event()
+            sender = threading.Thread(target=flood_until, args=(raw, pings, 0.0, stop))
+            started = time.monotonic()
+            sender.start()
+            try:
+                loud = round_trips(other, 1.5)
+                assert watcher.recv(timeout=flood_timeout + 3) == left(raw_id)
+                elapsed = time.monotonic() - started
+            finally:
+                stop.set()
+                sender.join()
+            return elapsed, quiet, loud
+        finally:
+            in_reactor(sampler.stop)
+            raw.drop()
+            watcher.close()
+            other.close()
+
+    elapsed, quiet, loud = await deferToThread(scenario)
+    assert flood_timeout - 0.5 < elapsed < flood_timeout + 1.5, elapsed
+    # Only the pongs of the pings that passed: a few hundred bytes.
+    assert sampler.most < 16 * 1024, sampler.most
+    # The other room's round trips: about a millisecond before the flood;
+    # during it, a connection's turn is bounded, so a few milliseconds
+    # (without that bound: 200 ms and more).
+    assert median(loud) < 0.05, (median(quiet), median(loud), max(loud))
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_reads_is_closed_past_the_send_buffer(
+    make_server: MakeServer,
+) -> None:
+    """
+    A client that never reads, in a room where 60 KB messages are
+    broadcast (10 MB in all): once the server holds more than
+    ``max_send_buffer`` for it, it is closed and leaves (the others get
+    ``left``); what its transport held never went much past the limit; a
+    peer that reads gets every message, in order.
+    """
+    limit = 1024 * 1024
+    server = await make_server(settings=Settings(max_send_buffer=limit))
+    sampler = Sampler()
+    count = 170
+    blob = "x" * 60_000
+
+    def scenario() -> tuple[str, list[dict[str, Any]]]:
+        sender = join_strict(server.socket_url("r"))
+        # A reader that keeps reading (while this thread sends) however
+        # many messages are waiting for the test.
+        reader = join_strict(server.socket_url("r"), max_queue=None)
+        assert sender.recv() == joined(reader.peer_id)
+        raw, raw_id = raw_join(server, "r", rcvbuf=4096)
+        try:
+            assert sender.recv() == joined(raw_id)
+            assert reader.recv() == joined(raw_id)
+            in_reactor(sampler.start, server_peer(server, "r", raw_id))
+            for n in range(count):
+                sender.send("big", "all", {"n": n, "blob": blob})
+            received = [reader.recv() for _ in range(count + 1)]
+            assert sender.recv() == left(raw_id)
+            assert sender.nothing_within(0.2)
+            return raw_id, received
+        finally:
+            in_reactor(sampler.stop)
+            raw.drop()
+            sender.close()
+            reader.close()
+
+    raw_id, received = await deferToThread(scenario)
+    assert received.count(left(raw_id)) == 1
+    big = [m["data"]["n"] for m in received if m["event"] == "big"]
+    assert big == list(range(count))
+    # Past the limit it is closed: at most the limit, the transport's own
+    # 64 KiB, the message that filled it and the one that went over.
+    assert sampler.most <= limit + 64 * 1024 + 2 * 61_000, sampler.most

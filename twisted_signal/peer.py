@@ -49,6 +49,10 @@ _NO_SEND_QUEUE = cast("deque[Any]", ())
 _PONG = b"pong"
 _PING = b"ping"
 _CLOSE_POLICY = 1008
+_STEPS_PER_TURN = 128
+"""At most this many steps of reading frames (a frame is one or two) are
+taken per connection and turn of the reactor: a client that floods cannot
+keep the others waiting."""
 _LOGGED_ERRORS = 10
 _REFUSAL_HEADERS = [
     (name.decode("ascii"), value.decode("ascii"))
@@ -114,6 +118,9 @@ class Peer(WebSocketServerProtocol):
         self._client_sent_close = False
         self._superseded = False
         self._errors_sent = 0
+        self._steps_this_turn = 0
+        self._next_turn: IDelayedCall | None = None
+        self._deaf = False
 
     # User callbacks.
 
@@ -405,7 +412,43 @@ class Peer(WebSocketServerProtocol):
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own logs every read at debug level, formatting its
         # arguments whether or not debug is on; hand the bytes on, nothing else.
+        if self._next_turn is not None:
+            self.data += data  # its turn comes (a transport that cannot pause)
+            return
+        self._steps_this_turn = 0
         self._dataReceived(data)
+
+    def processData(self) -> bool:
+        # Called for each step of reading a frame.  Past the steps of this
+        # turn, stop reading and carry on in the next turn, once the reactor
+        # has served the other connections.
+        if self._deaf:
+            return False
+        self._steps_this_turn += 1
+        if self._steps_this_turn > _STEPS_PER_TURN:
+            if self._next_turn is None:
+                self._pause_reading()
+                self._next_turn = self.factory.clock.callLater(0, self._take_turn)
+            return False
+        result: bool = super().processData()
+        return result
+
+    def _take_turn(self) -> None:
+        self._next_turn = None
+        self._steps_this_turn = 0
+        if self.state == WebSocketProtocol.STATE_CLOSED:
+            return
+        self.consumeData()
+        if self._next_turn is None and not self._deaf:
+            transport = self.transport
+            resume = getattr(transport, "resumeProducing", None)
+            if resume is not None:
+                resume()
+
+    def _pause_reading(self) -> None:
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None:
+            pause()
 
     def _connectionMade(self) -> None:
         super()._connectionMade()
@@ -485,6 +528,10 @@ class Peer(WebSocketServerProtocol):
                 seconds=settings.flood_timeout,
             )
             self._close(_CLOSE_POLICY, "rate limit")
+            # Nothing it sends now matters: stop reading it at all (the
+            # close handshake's timeout drops the connection).
+            self._deaf = True
+            self._pause_reading()
 
     def _receive(self, message: Message, received: float) -> Any:
         return then(
