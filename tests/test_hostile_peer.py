@@ -98,7 +98,8 @@ def held_by_transport(peer: Peer) -> int:
     transport: Any = peer.transport
     if transport is None or not hasattr(transport, "dataBuffer"):
         return 0
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    held: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return held
 
 
 def server_peer(server: LiveServer, room: str, peer_id: str) -> Peer:
