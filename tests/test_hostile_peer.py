@@ -387,3 +387,37 @@ async def test_a_client_that_never_reads_is_closed_past_the_send_buffer(
     # Past the limit it is closed: at most the limit, the transport's own
     # 64 KiB, the message that filled it and the one that went over.
     assert sampler.most <= limit + 64 * 1024 + 2 * 61_000, sampler.most
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_sends_but_never_reads_is_not_alive(make_server: MakeServer) -> None:
+    """
+    SPEC 1.4 step 6: a client that sends a ``ping`` text frame every 100 ms
+    but never reads does not answer the server's pings: it is dropped at
+    the ping timeout (and leaves, with resume off).
+    """
+    server = await make_server(
+        settings=Settings(ping_interval=0.5, ping_timeout=0.5, resume_window=0)
+    )
+
+    def scenario() -> float:
+        watcher = join_strict(server.socket_url("r"))
+        raw, raw_id = raw_join(server, "r", rcvbuf=4096)
+        stop = threading.Event()
+        sender = threading.Thread(target=flood_until, args=(raw, masked_text(b"ping"), 0.1, stop))
+        try:
+            assert watcher.recv() == joined(raw_id)
+            started = time.monotonic()
+            sender.start()
+            assert watcher.recv(timeout=4) == left(raw_id)
+            return time.monotonic() - started
+        finally:
+            stop.set()
+            if sender.is_alive():
+                sender.join()
+            raw.drop()
+            watcher.close()
+
+    elapsed = await deferToThread(scenario)
+    # The first ping within an interval (and a wheel slot), its timeout after.
+    assert 0.5 < elapsed < 2.0, elapsed
