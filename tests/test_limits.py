@@ -259,6 +259,12 @@ def test_send_buffer_counts_only_what_the_transport_could_not_write() -> None:
     assert buffer.add(5000) is True
 
 
+def test_settings_max_send_buffer() -> None:
+    assert Settings().max_send_buffer == 4 * 1024 * 1024
+    with pytest.raises(ValueError, match="max_send_buffer"):
+        Settings(max_send_buffer=0)
+
+
 def test_send_buffer_over_a_real_transport() -> None:
     """
     Registered with a TCP transport (Twisted's `FileDescriptor` write
