@@ -303,3 +303,34 @@ class PeerJoinTests(_PeersTestCase):
         gc.collect()
         self.assertIsNone(channel())
         self.assertIsNone(transport.producer)
+
+
+class PeerTurnTests(_PeersTestCase):
+    """
+    One connection cannot keep the reactor to itself: however many frames
+    one read brings, a bounded number are handled per turn, reading stops
+    meanwhile, and the rest are handled, in order, in the next turns.
+    """
+
+    def test_a_read_of_many_frames_is_handled_in_turns(self) -> None:
+        peer, transport = self._connect()
+        self.clock.advance(0)
+        transport.clear()
+        frames = [_frame(b"ping") for _ in range(150)]
+        pings = [bytes([0x89, 0x80]) + b"\0\0\0\0"] * 150
+        peer.dataReceived(b"".join(frames + pings))
+        handled_first = transport.value().count(b"pong")
+        self.assertLess(handled_first, 150)
+        self.assertEqual(transport.producerState, "paused")
+        # What arrives meanwhile waits its turn too.
+        peer.dataReceived(_frame(b"ping"))
+        self.assertEqual(transport.value().count(b"pong"), handled_first)
+        for _ in range(10):
+            self.clock.advance(0)
+        # 150 text pongs and 50 WebSocket pongs (the burst of 200), then
+        # one "Rate limited" error, and the last ping dropped too.
+        written = transport.value()
+        self.assertEqual(written.count(b"\x81\x04pong"), 150)
+        self.assertEqual(written.count(b"\x8a\x00"), 50)
+        self.assertEqual(written.count(b"Rate limited"), 1)
+        self.assertEqual(transport.producerState, "producing")
