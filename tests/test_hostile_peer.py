@@ -373,6 +373,8 @@ async def test_a_client_that_never_reads_is_closed_past_the_send_buffer(
             received = [reader.recv() for _ in range(count + 1)]
             assert sender.recv() == left(raw_id)
             assert sender.nothing_within(0.2)
+            # Not held for resume: only the two others have tokens.
+            assert len(server.service.resource.factory.resumption) == 2
             return raw_id, received
         finally:
             in_reactor(sampler.stop)
