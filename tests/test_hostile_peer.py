@@ -411,7 +411,7 @@ async def test_a_client_that_sends_but_never_reads_is_not_alive(make_server: Mak
             assert watcher.recv() == joined(raw_id)
             started = time.monotonic()
             sender.start()
-            assert watcher.recv(timeout=4) == left(raw_id)
+            assert watcher.recv(timeout=5) == left(raw_id)
             return time.monotonic() - started
         finally:
             stop.set()
@@ -422,4 +422,4 @@ async def test_a_client_that_sends_but_never_reads_is_not_alive(make_server: Mak
 
     elapsed = await deferToThread(scenario)
     # The first ping within an interval (and a wheel slot), its timeout after.
-    assert 0.5 < elapsed < 2.0, elapsed
+    assert 0.5 < elapsed < 3.0, elapsed
