@@ -19,9 +19,11 @@ bytes on the wire and the server's buffers show.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,7 +32,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
 
-from twisted_signal import Peer, Settings
+from twisted_signal import Peer, Room, Settings
 
 from .support import (
     OP_CLOSE,
@@ -90,12 +92,15 @@ def next_close(raw: RawClient, timeout: float = 5.0) -> tuple[int, bytes] | None
     return None
 
 
-def held_by_transport(peer: Peer) -> int:
+def held_by_transport(peer: Peer, lowest: bool = False) -> int:
     """
     What the TCP transport of `peer` holds that it has not written yet
     (Twisted's `FileDescriptor` buffers): measured, not our own count.
+    With `lowest`, the transport under the peer's own (TLS).
     """
     transport: Any = peer.transport
+    if lowest:
+        transport = transport.transport
     if transport is None or not hasattr(transport, "dataBuffer"):
         return 0
     held: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
@@ -251,9 +256,11 @@ class Sampler:
     in the reactor thread.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lowest: bool = False) -> None:
         from twisted.internet import task
 
+        self.lowest = lowest
+        """Sample the transport under the peer's (TLS: the TCP one)."""
         self.peer: Peer | None = None
         self.most = 0
         self._loop = task.LoopingCall(self._sample)
@@ -268,7 +275,7 @@ class Sampler:
 
     def _sample(self) -> None:
         if self.peer is not None:
-            self.most = max(self.most, held_by_transport(self.peer))
+            self.most = max(self.most, held_by_transport(self.peer, self.lowest))
 
 
 def round_trips(client: StrictClient, seconds: float) -> list[float]:
@@ -423,3 +430,68 @@ async def test_a_client_that_sends_but_never_reads_is_not_alive(make_server: Mak
     elapsed = await deferToThread(scenario)
     # The first ping within an interval (and a wheel slot), its timeout after.
     assert 0.5 < elapsed < 3.0, elapsed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_reads_over_tls_is_closed_past_the_send_buffer(
+    tmp_path: Path,
+) -> None:
+    """
+    The same over an ``ssl:`` endpoint: the count follows the TLS
+    transport (whose writes end in the TCP transport's buffer, encrypted).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    from twisted_signal import Rooms, SignalingService
+    from twisted_signal.devcert import write_dev_certificate
+
+    key, cert = write_dev_certificate(tmp_path)
+    limit = 1024 * 1024
+    rooms = Rooms(lambda name: Room(name, None, max_peers=4), max_peers=4)
+    service = SignalingService(rooms, settings=Settings(max_send_buffer=limit))
+    service.startService()
+    endpoint = serverFromString(
+        reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    )
+    server = LiveServer(service, await endpoint.listen(service.site))
+    sampler = Sampler(lowest=True)
+    client_context = ssl.create_default_context()
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE
+    url = f"wss://{server.base}/socket/r/"
+
+    def scenario() -> None:
+        sender = join_strict(url, ssl=client_context)
+        reader = join_strict(url, ssl=client_context, max_queue=None)
+        assert sender.recv() == joined(reader.peer_id)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5.0)
+        host, port = server.base.rsplit(":", 1)
+        sock.connect((host, int(port)))
+        raw = RawClient(client_context.wrap_socket(sock))
+        try:
+            raw.sock.sendall(upgrade_request(server.base, "/socket/r/"))
+            raw._read_until(b"\r\n\r\n")
+            raw_id = raw.recv_json()["data"]["peer_id"]
+            assert sender.recv() == joined(raw_id)
+            assert reader.recv() == joined(raw_id)
+            in_reactor(sampler.start, server_peer(server, "r", raw_id))
+            for n in range(100):
+                sender.send("big", "all", {"n": n, "blob": "x" * 60_000})
+            received = [reader.recv() for _ in range(101)]
+            assert received.count(left(raw_id)) == 1
+            assert [m["data"]["n"] for m in received if m["event"] == "big"] == list(range(100))
+            assert sender.recv() == left(raw_id)
+        finally:
+            in_reactor(sampler.stop)
+            raw.drop()
+            sender.close()
+            reader.close()
+
+    try:
+        await deferToThread(scenario)
+    finally:
+        await server.stop()
+    assert sampler.most <= limit + 64 * 1024 + 2 * 62_000, sampler.most
