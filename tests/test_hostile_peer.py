@@ -432,6 +432,38 @@ async def test_a_client_that_sends_but_never_reads_is_not_alive(make_server: Mak
     assert 0.5 < elapsed < 3.0, elapsed
 
 
+async def start_tls_server(folder: Path, settings: Settings) -> LiveServer:
+    """A server on an ``ssl:`` loopback endpoint (a development certificate)."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    from twisted_signal import Rooms, SignalingService
+    from twisted_signal.devcert import write_dev_certificate
+
+    key, cert = write_dev_certificate(folder)
+    rooms = Rooms(lambda name: Room(name, None, max_peers=4), max_peers=4)
+    service = SignalingService(rooms, settings=settings)
+    service.startService()
+    endpoint = serverFromString(
+        reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    )
+    return LiveServer(service, await endpoint.listen(service.site))
+
+
+def raw_tls_join(server: LiveServer, context: ssl.SSLContext) -> tuple[RawClient, str]:
+    """A raw client over TLS in room ``r`` (4 KiB receive buffer), and its peer id."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5.0)
+    host, port = server.base.rsplit(":", 1)
+    sock.connect((host, int(port)))
+    raw = RawClient(context.wrap_socket(sock))
+    raw.sock.sendall(upgrade_request(server.base, "/socket/r/"))
+    raw._read_until(b"\r\n\r\n")
+    peer_id: str = raw.recv_json()["data"]["peer_id"]
+    return raw, peer_id
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_never_reads_over_tls_is_closed_past_the_send_buffer(
     tmp_path: Path,
@@ -440,21 +472,8 @@ async def test_a_client_that_never_reads_over_tls_is_closed_past_the_send_buffer
     The same over an ``ssl:`` endpoint: the count follows the TLS
     transport (whose writes end in the TCP transport's buffer, encrypted).
     """
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import serverFromString
-
-    from twisted_signal import Rooms, SignalingService
-    from twisted_signal.devcert import write_dev_certificate
-
-    key, cert = write_dev_certificate(tmp_path)
     limit = 1024 * 1024
-    rooms = Rooms(lambda name: Room(name, None, max_peers=4), max_peers=4)
-    service = SignalingService(rooms, settings=Settings(max_send_buffer=limit))
-    service.startService()
-    endpoint = serverFromString(
-        reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
-    )
-    server = LiveServer(service, await endpoint.listen(service.site))
+    server = await start_tls_server(tmp_path, Settings(max_send_buffer=limit))
     sampler = Sampler(lowest=True)
     client_context = ssl.create_default_context()
     client_context.check_hostname = False
@@ -465,16 +484,8 @@ async def test_a_client_that_never_reads_over_tls_is_closed_past_the_send_buffer
         sender = join_strict(url, ssl=client_context)
         reader = join_strict(url, ssl=client_context, max_queue=None)
         assert sender.recv() == joined(reader.peer_id)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(5.0)
-        host, port = server.base.rsplit(":", 1)
-        sock.connect((host, int(port)))
-        raw = RawClient(client_context.wrap_socket(sock))
+        raw, raw_id = raw_tls_join(server, client_context)
         try:
-            raw.sock.sendall(upgrade_request(server.base, "/socket/r/"))
-            raw._read_until(b"\r\n\r\n")
-            raw_id = raw.recv_json()["data"]["peer_id"]
             assert sender.recv() == joined(raw_id)
             assert reader.recv() == joined(raw_id)
             in_reactor(sampler.start, server_peer(server, "r", raw_id))
