@@ -59,6 +59,14 @@ class RateLimiter:
         self._stamp = now
         self._run_started: float | None = None
 
+    @property
+    def dropping(self) -> bool:
+        """
+        Whether its last drop began or continued a run of drops (the run
+        may have ended since: that is known at the next `check`).
+        """
+        return self._run_started is not None
+
     def check(self, now: float) -> Verdict:
         elapsed = now - self._stamp
         if elapsed > 0:

@@ -53,6 +53,8 @@ _STEPS_PER_TURN = 128
 """At most this many steps of reading frames (a frame is one or two) are
 taken per connection and turn of the reactor: a client that floods cannot
 keep the others waiting."""
+_FLOOD_TURN_DELAY = 0.01
+"""How long a connection whose frames are being dropped waits between turns."""
 _LOGGED_ERRORS = 10
 _REFUSAL_HEADERS = [
     (name.decode("ascii"), value.decode("ascii"))
@@ -428,7 +430,11 @@ class Peer(WebSocketServerProtocol):
         if self._steps_this_turn > _STEPS_PER_TURN:
             if self._next_turn is None:
                 self._pause_reading()
-                self._next_turn = self.factory.clock.callLater(0, self._take_turn)
+                # A peer whose frames are being dropped waits a little
+                # longer: what it sends is mostly thrown away anyway.
+                limiter = self._limiter
+                delay = _FLOOD_TURN_DELAY if limiter is not None and limiter.dropping else 0
+                self._next_turn = self.factory.clock.callLater(delay, self._take_turn)
             return False
         result: bool = super().processData()
         return result
