@@ -632,6 +632,9 @@ class Peer(WebSocketServerProtocol):
             self.factory.events.closed(code)
         self.factory.wheel.cancel(self)
         self._queue.cancel()
+        if self._next_turn is not None and self._next_turn.active():
+            self._next_turn.cancel()
+        self._next_turn = None
         if not self._initialised or self._superseded:
             return
         room_name = self.context.room if self.context is not None else None
