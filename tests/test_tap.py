@@ -329,6 +329,7 @@ def test_help_lists_every_option_of_the_contract() -> None:
         "--ping-timeout",
         "--idle-timeout",
         "--max-message-bytes",
+        "--max-send-buffer",
         "--rate-limit",
         "--rate-burst",
         "--max-connections",
@@ -364,6 +365,7 @@ def test_hardening_defaults_are_the_contracts() -> None:
         ping_timeout=20,
         idle_timeout=900,
         max_message_bytes=65536,
+        max_send_buffer=4194304,
         rate=50,
         rate_period=1,
         rate_burst=200,
@@ -394,6 +396,12 @@ def test_hardening_options_reach_the_settings() -> None:
     assert makeService(options).shutdown_grace == 4  # type: ignore[attr-defined]
 
 
+def test_max_send_buffer_reaches_the_settings() -> None:
+    assert parse()["settings"].max_send_buffer == 4 * 1024 * 1024
+    assert parse("--max-send-buffer", "100000")["settings"].max_send_buffer == 100000
+    assert "--max-send-buffer=" in str(Options())
+
+
 def test_rate_limit_without_period_means_per_second() -> None:
     assert parse("--rate-limit", "30")["settings"].rate_period == 1
 
@@ -405,6 +413,9 @@ def test_rate_limit_without_period_means_per_second() -> None:
         ("--ping-timeout", "0"),
         ("--idle-timeout", "x"),
         ("--max-message-bytes", "100"),
+        ("--max-send-buffer", "1000"),
+        ("--max-send-buffer", "lots"),
+        ("--max-send-buffer", "100000", "--max-message-bytes", "200000"),
         ("--rate-limit", "0/1"),
         ("--rate-limit", "5/0"),
         ("--rate-limit", "five"),

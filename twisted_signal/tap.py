@@ -230,6 +230,14 @@ class Options(usage.Options):
             "Larger frames close the connection with 1009.",
             _whole("max-message-bytes", 1024),
         ],
+        [
+            "max-send-buffer",
+            None,
+            4194304,
+            "Bytes held for a peer that does not read what it is sent; "
+            "past them it is closed (1008) and leaves.",
+            _whole("max-send-buffer", 65536),
+        ],
         ["rate-limit", None, "50/1", "Messages per peer, as N/S.", _rate],
         [
             "rate-burst",
@@ -446,6 +454,11 @@ class Options(usage.Options):
             raise usage.UsageError(f"--static {static!r} is not a folder")
         limit = self["rate-limit"]
         rate, per = _rate(limit) if isinstance(limit, str) else limit
+        if self["max-send-buffer"] < self["max-message-bytes"]:
+            raise usage.UsageError(
+                "--max-send-buffer must be at least --max-message-bytes "
+                f"({self['max-message-bytes']}): a peer must be able to receive one message"
+            )
         self["admin-token"] = admin_token = _secret(self, "admin-token")
         if admin_token is not None and not is_bearer_token(admin_token):
             raise usage.UsageError(
@@ -459,6 +472,7 @@ class Options(usage.Options):
             ping_timeout=self["ping-timeout"],
             idle_timeout=self["idle-timeout"],
             max_message_bytes=self["max-message-bytes"],
+            max_send_buffer=self["max-send-buffer"],
             rate=rate,
             rate_period=per,
             rate_burst=self["rate-burst"],
