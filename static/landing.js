@@ -3,7 +3,7 @@
 import { ROOM_NAME, randomRoomName } from "./names.js";
 
 const form = document.getElementById("join-form");
-const input = document.getElementById("room-name");
+const input = /** @type {HTMLInputElement} */ (document.getElementById("room-name"));
 const problem = document.getElementById("room-error");
 
 document.getElementById("generate").addEventListener("click", () => {

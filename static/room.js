@@ -12,6 +12,7 @@ import { ROOM_NAME } from "./names.js";
 import { Calls, createCertificate } from "./rtcsignal-calls.js";
 import { ERRORS, Signaling, roomFromPage, socketUrl } from "./rtcsignal.js";
 
+/** @type {(id: string) => any} the page's own elements, as in room.html */
 const $ = (id) => document.getElementById(id);
 
 const ui = {
@@ -83,7 +84,7 @@ client.on("left", render);
 client.on("error", onServerError);
 client.on("closed", onClosed);
 
-window.rtcsignal = Object.freeze({
+/** @type {any} */ (window).rtcsignal = Object.freeze({
   get room() {
     return room;
   },
@@ -144,6 +145,7 @@ const JOIN_REFUSALS = {
   no_such_room: "This room does not exist.",
 };
 
+/** @param {import("./rtcsignal.js").CloseReason} reason */
 function onClosed({ kind, details, status }) {
   if (finished) return;
   if (kind === "join_refused") {
@@ -298,6 +300,7 @@ const CONNECTION_LABELS = {
   closed: "closed",
 };
 
+/** @returns {HTMLElement | null} */
 function tileOf(peerId) {
   return ui.stage.querySelector(`figure[data-peer-tile="${CSS.escape(peerId)}"]`);
 }

@@ -120,7 +120,7 @@ export function iceServersExpiry(iceServers) {
  * Whether `message` is a server event that really comes from the server
  * (SPEC 1.2): `from` null, or for `joined` equal to `data.peer_id`.  Other
  * events are always true (they are peers' messages).
- * @param {{event: string, data?: any, from?: string | null}} message
+ * @param {{event: string, data?: any, from?: string | null, to?: any}} message
  * @returns {boolean}
  */
 export function fromServer(message) {

@@ -433,7 +433,7 @@ export class VerifiedChannel {
       .then(step)
       .then((messages) => {
         if (this._closed) return;
-        for (const text of messages ?? []) {
+        for (const text of /** @type {string[]} */ (messages ?? [])) {
           if (this._channel?.readyState === "open") this._channel.send(text);
         }
         this._update();
