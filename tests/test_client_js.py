@@ -76,7 +76,9 @@ def test_package_version_follows_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     package = json.loads((STATIC / "package.json").read_text())
     assert package["version"] == project["version"]
-    assert f'export const VERSION = "{project["version"]}";' in (STATIC / "rtcsignal.js").read_text()
+    assert (
+        f'export const VERSION = "{project["version"]}";' in (STATIC / "rtcsignal.js").read_text()
+    )
     for target in package["exports"].values():
         for path in target.values():
             assert (STATIC / path).is_file(), path
@@ -122,7 +124,8 @@ def test_packed_tarball_installs_and_imports(tmp_path: Path) -> None:
     (project / "main.mjs").write_text(
         f'import {{ Signaling, Backoff, VERSION }} from "{name}";\n'
         f'import {{ Calls, TIMINGS }} from "{name}/calls";\n'
-        "console.log(VERSION, typeof Signaling, typeof Calls, new Backoff().maximum, TIMINGS.offerWait);\n"
+        "console.log(VERSION, typeof Signaling, typeof Calls,\n"
+        "    new Backoff().maximum, TIMINGS.offerWait);\n"
     )
     imported = subprocess.run(
         [node, "main.mjs"], cwd=project, capture_output=True, text=True, timeout=60, check=True

@@ -54,13 +54,14 @@ describe("one room on a server", () => {
     // To everyone else, to one id, to a list; a message to ourselves echoes.
     const chats = [];
     alice.on("message:chat", (m) => chats.push(m));
+    const third = next(alice, "message:chat", (m) => m.data.text === "to a list");
     assert.equal(bob.send("chat", { text: "to all" }), true);
     bob.send("chat", { text: "to one" }, alice.peerId);
     bob.send("chat", { text: "to a list" }, [alice.peerId]);
     const own = next(bob, "message:note");
     bob.send("note", 1, [bob.peerId]);
     assert.deepEqual(await own, { event: "note", data: 1, from: bob.peerId, to: [bob.peerId] });
-    await next(alice, "message:chat", (m) => m.data.text === "to a list");
+    await third;
     assert.deepEqual(
       chats.map((m) => [m.data.text, m.from, m.to]),
       [
@@ -103,7 +104,8 @@ describe("one room on a server", () => {
 
   test("resume after a dropped socket: same id, sends queued meanwhile replayed, nothing lost", async () => {
     const recorder = recordingWebSocket();
-    const alice = client(server.socket("resume"), { WebSocket: recorder.WebSocket });
+    // Any object with delay(attempt) is a reconnection policy.
+    const alice = client(server.socket("resume"), { WebSocket: recorder.WebSocket, reconnect: { delay: () => 1000 } });
     const bob = client(server.socket("resume"));
     alice.connect();
     await alice.ready;
@@ -119,6 +121,9 @@ describe("one room on a server", () => {
     recorder.sockets[0].terminate();
     const { joined } = await reconnecting;
     assert.equal(joined, true);
+    // (What is sent to Alice before the server noticed is lost with the old
+    // socket: that is the network's doing, not the client's.)
+    await server.waitForLog(`peer ${aliceId} held for`);
     assert.equal(alice.state, "reconnecting");
     // Meanwhile Alice sends (queued), and Bob sends to her (the server queues).
     assert.equal(alice.send("chat", { n: 1 }, [bob.peerId]), false);
@@ -255,8 +260,9 @@ test("reconnect after a server restart: a new peer id, queued sends dropped", as
     await server.kill();
     await reconnecting;
     alice.send("chat", "for the old room");
+    const reopened = next(alice, "open", () => true, 30000);
     await server.start();
-    const open = await next(alice, "open", () => true, 15000);
+    const open = await reopened;
     assert.equal(open.resumed, false);
     assert.equal(open.previousPeerId, oldId);
     assert.notEqual(alice.peerId, oldId);

@@ -78,6 +78,15 @@ export class Server {
     return text;
   }
 
+  /** Wait until the server has logged `text`. */
+  async waitForLog(text, ms = 10000) {
+    const deadline = Date.now() + ms;
+    while (!this.log().includes(text)) {
+      if (Date.now() > deadline) throw new Error(`not in the log within ${ms} ms: ${text}\n${this.log()}`);
+      await sleep(20);
+    }
+  }
+
   /** SIGKILL: the server is gone at once, without closing anything. */
   async kill() {
     const child = this.process;
