@@ -7,8 +7,8 @@
 // SPEC 5.8 (verify.js).  It speaks the room page's conventions
 // (docs/room-page.md), so it calls and is called by the room page.
 //
-//   import { Signaling } from "/static/rtcsignal.js";
-//   import { Calls, createCertificate } from "/static/rtcsignal-calls.js";
+//   import { Signaling } from "./rtcsignal.js";
+//   import { Calls, createCertificate } from "./rtcsignal-calls.js";
 //   const client = new Signaling(url);
 //   const calls = new Calls(client, { stream, certificate: await createCertificate() });
 //   calls.on("added", ({ call }) => show(call.peerId, call.remoteStream));

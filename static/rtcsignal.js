@@ -8,8 +8,8 @@
 // credentials before they expire, and trust server events only from the
 // server.  docs/client-js.md is the guide; rtcsignal.d.ts the types.
 //
-//   import { Signaling } from "/static/rtcsignal.js";
-//   const client = new Signaling("wss://example.org/socket/standup/", { token });
+//   import { Signaling, socketUrl } from "./rtcsignal.js";
+//   const client = new Signaling(socketUrl(location.href, "standup"), { token });
 //   client.on("message:chat", ({ from, data }) => console.log(from, data.text));
 //   client.on("open", () => client.send("chat", { text: "hi" }));
 //   client.connect();
