@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from twisted_signal.client import Backoff
+
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "js"
 STATIC = ROOT / "static"
@@ -83,6 +85,26 @@ def test_package_version_follows_pyproject() -> None:
         for path in target.values():
             assert (STATIC / path).is_file(), path
     assert (STATIC / package["types"]).is_file()
+
+
+def test_backoff_has_the_python_clients_constants() -> None:
+    """The JavaScript `Backoff` (ms) and the Python one (s) are the same policy."""
+    node = tool("node")
+    script = (
+        f"import({json.dumps((STATIC / 'rtcsignal.js').as_uri())}).then(({{ Backoff }}) => {{"
+        " const b = new Backoff();"
+        " console.log(JSON.stringify([b.initial, b.maximum, b.factor, b.jitter])); })"
+    )
+    run = subprocess.run(
+        [node, "-e", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    python = Backoff()
+    assert json.loads(run.stdout) == [
+        python.initial * 1000,
+        python.maximum * 1000,
+        python.factor,
+        python.jitter,
+    ]
 
 
 def test_packed_tarball_installs_and_imports(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import WebSocket, { WebSocketServer } from "ws";
-import { Signaling, fromServer } from "../../static/rtcsignal.js";
+import { Backoff, Signaling, fromServer } from "../../static/rtcsignal.js";
 import { next, record, sleep } from "./support/server.mjs";
 
 const ME = "11111111-1111-4111-8111-111111111111";
@@ -123,4 +123,37 @@ test("no WebSocket class: a clear error", () => {
   } finally {
     if (saved) globalThis.WebSocket = saved;
   }
+});
+
+test("Backoff: the Python client's delays, capped, with jitter; a policy can give up", async (t) => {
+  const low = new Backoff({ random: () => 0 });
+  const high = new Backoff({ random: () => 0.999999 });
+  assert.deepEqual(
+    [0, 1, 2, 3, 4, 5, 6, 50].map((n) => low.delay(n)),
+    [250, 500, 1000, 2000, 4000, 5000, 5000, 5000],
+  );
+  assert.deepEqual(
+    [0, 1, 5].map((n) => Math.round(high.delay(n))),
+    [500, 1000, 10000],
+  );
+  assert.throws(() => new Backoff({ initial: 0 }), RangeError);
+  assert.throws(() => new Backoff({ jitter: 2 }), RangeError);
+
+  // A policy that gives up after two attempts: closed, kind "lost".
+  const server = await fakeServer((socket) => socket.terminate());
+  const attempts = [];
+  const client = new Signaling(server.url, {
+    WebSocket,
+    logger: null,
+    reconnect: { delay: (attempt) => (attempts.push(attempt), attempt < 2 ? 50 : null) },
+  });
+  t.after(() => {
+    client.close();
+    return server.close();
+  });
+  client.connect();
+  const closed = await next(client, "closed");
+  assert.equal(closed.kind, "lost");
+  assert.deepEqual(attempts, [0, 1, 2]);
+  await assert.rejects(client.ready, /closed \(lost\)/);
 });
