@@ -250,7 +250,10 @@ export class Call {
   _transceiver(kind) {
     return this.pc
       .getTransceivers()
-      .find((t) => t.receiver.track.kind === kind && t.currentDirection !== "stopped");
+      .find(
+        // (`stopped`: browsers from before currentDirection "stopped" existed.)
+        (t) => t.receiver.track.kind === kind && !(/** @type {any} */ (t).stopped) && t.currentDirection !== "stopped",
+      );
   }
 
   /** @param {RTCPeerConnection} pc */
@@ -289,7 +292,7 @@ export class Call {
     if (event === "candidate") {
       const { epoch: _, ...candidate } = data ?? {};
       try {
-        await pc.addIceCandidate(data ? candidate : undefined);
+        await pc.addIceCandidate(data ? candidate : /** @type {any} */ (null));
       } catch (err) {
         // Candidates of an offer we ignored fail to apply; that is expected.
         if (!this._ignoreOffer && pc === this.pc) throw err;
