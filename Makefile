@@ -95,7 +95,8 @@ lint: install $(JS_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(TSC) -p js/tsconfig.modules.json
+	$(TSC) -p js/tsconfig.declarations.json
+	$(TSC) -p js/tsconfig.conformance.json
 	$(TSC) -p js/tsconfig.json
 
 unit: install system-packages browser-drivers $(JS_TOOLS) $(SSLYZE)
