@@ -8,9 +8,8 @@
 // document.body.dataset.state is "connecting", "joined", "error" or "closed";
 // window.rtcsignal is a read-only handle for debugging and tests.
 
-import { ROOM_NAME } from "./names.js";
 import { Calls, createCertificate } from "./rtcsignal-calls.js";
-import { ERRORS, Signaling, roomFromPage, socketUrl } from "./rtcsignal.js";
+import { ERRORS, ROOM_NAME, Signaling, roomFromPage, socketUrl } from "./rtcsignal.js";
 
 /** @type {(id: string) => any} the page's own elements, as in room.html */
 const $ = (id) => document.getElementById(id);

@@ -19,6 +19,9 @@ export declare const ERRORS: Readonly<{
 
 export type ErrorDescription = (typeof ERRORS)[keyof typeof ERRORS];
 
+/** Room names, as the server accepts them in `/socket/<room>/` (SPEC 1.4). */
+export declare const ROOM_NAME: RegExp;
+
 /** Where a message goes: every other peer, one peer id, or several. */
 export type Addressees = "all" | string | readonly string[];
 

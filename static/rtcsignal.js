@@ -29,6 +29,9 @@ export const ERRORS = Object.freeze({
   RATE_LIMITED: "Rate limited",
 });
 
+/** Room names, as the server accepts them in `/socket/<room>/` (SPEC 1.4). */
+export const ROOM_NAME = /^[A-Za-z0-9_.~-]{1,64}$/;
+
 // HTTP statuses of a refused upgrade that another attempt will not change
 // (bad request, bad or expired token, no such room, Origin not allowed).
 const REFUSAL_STATUSES = new Set([400, 401, 403, 404]);
