@@ -166,7 +166,12 @@ export class Call {
     };
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
-      if (pc.connectionState === "failed") this._resetSoon("the connection failed");
+      if (pc.connectionState === "failed") {
+        // Shown as failed before the call is rebuilt on a new connection
+        // (which may be at once), whatever the verification was doing.
+        this.verification.fail("the connection failed");
+        this._resetSoon("the connection failed");
+      }
       this._onChange("connection");
     };
 
