@@ -9,7 +9,7 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench soak install system-packages sslyze browser-drivers test-outage bench-smoke run-cluster bench-cluster clean
+.PHONY: run test lint unit bench soak install system-packages sslyze browser-drivers js-tools test-outage bench-smoke run-cluster bench-cluster clean
 
 # The browser tests drive Debian's Chromium and Firefox ESR (never a
 # downloaded build; Firefox through puppeteer-core on node) and cut the
@@ -60,6 +60,20 @@ $(BROWSER_DRIVERS): tests/browsers/package.json tests/browsers/package-lock.json
 
 browser-drivers: system-packages $(BROWSER_DRIVERS)
 
+# The browser client library's tools, pinned by js/package-lock.json:
+# typescript (its types and JSDoc, in `make lint`), ws (its Node tests) and
+# esbuild (only to measure its minified size).
+JS_TOOLS := js/node_modules/.package-lock.json
+$(JS_TOOLS): js/package.json js/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	cd js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+js-tools: $(JS_TOOLS)
+TSC := node js/node_modules/typescript/bin/tsc
+
 run: install
 	$(BIN)/twistd --pidfile= -n rtcsignal --endpoint $(ENDPOINT) $(ARGS)
 
@@ -78,12 +92,15 @@ run-cluster: install
 	    --redis redis://127.0.0.1:$(REDIS_PORT)/0 $(ARGS) & \
 	done; wait
 
-lint: install
+lint: install $(JS_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(TSC) -p js/tsconfig.declarations.json
+	$(TSC) -p js/tsconfig.conformance.json
+	$(TSC) -p js/tsconfig.json
 
-unit: install system-packages browser-drivers $(SSLYZE) bench/node_modules/.installed
+unit: install system-packages browser-drivers $(JS_TOOLS) $(SSLYZE) bench/node_modules/.installed
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
@@ -131,4 +148,4 @@ soak: install
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-sslyze build *.egg-info twisted/plugins/dropin.cache tests/browsers/node_modules bench/node_modules
+	rm -rf $(VENV) .venv-sslyze build *.egg-info twisted/plugins/dropin.cache tests/browsers/node_modules bench/node_modules js/node_modules

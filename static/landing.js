@@ -1,9 +1,10 @@
 // The landing page: type a room name, or generate one, and go to /<room>.
 
-import { ROOM_NAME, randomRoomName } from "./names.js";
+import { randomRoomName } from "./names.js";
+import { ROOM_NAME } from "./rtcsignal.js";
 
 const form = document.getElementById("join-form");
-const input = document.getElementById("room-name");
+const input = /** @type {HTMLInputElement} */ (document.getElementById("room-name"));
 const problem = document.getElementById("room-error");
 
 document.getElementById("generate").addEventListener("click", () => {

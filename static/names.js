@@ -1,6 +1,5 @@
-// Room names, as the server accepts them (SPEC 1.4: [A-Za-z0-9_.~-]{1,64}).
-
-export const ROOM_NAME = /^[A-Za-z0-9_.~-]{1,64}$/;
+// Room names made up for the landing page's "Generate" button (what the
+// server accepts is rtcsignal.js's ROOM_NAME).
 
 const ADJECTIVES = [
   "amber", "brave", "calm", "clever", "cosy", "crisp", "eager", "gentle", "golden", "happy",

@@ -1,21 +1,17 @@
 // The room page: joins /socket/<room>/ and calls every other peer of the room
-// (a full mesh: one RTCPeerConnection per remote peer).
-//
-// Wire protocol (docs/protocol.md): JSON {event, data, to}; the server stamps
-// `from`.  Between peers this page sends "offer" / "answer" (data: {type,
-// sdp}), "candidate" (data: RTCIceCandidateInit) and "media" (data: {audio,
-// video}: whether the sender's microphone and camera are on) and "reset"
-// (data: {epoch}: the sender rebuilt its connection to us after an outage;
-// see call.js); it also understands "description" carrying either kind of
-// session description.
+// (a full mesh: one RTCPeerConnection per remote peer).  It is built on the
+// public API of the client library alone: rtcsignal.js (the signaling
+// client: join, resume, reconnect, ICE refresh) and rtcsignal-calls.js (the
+// calls, their renegotiation, rebuilds and verification codes); this file
+// is the page: local media, controls and rendering.  docs/client-js.md.
 //
 // document.body.dataset.state is "connecting", "joined", "error" or "closed";
 // window.rtcsignal is a read-only handle for debugging and tests.
 
-import { Call } from "./call.js";
-import { ROOM_NAME } from "./names.js";
-import { Signaling, roomFromPage, socketUrl } from "./signaling.js";
+import { Calls, createCertificate } from "./rtcsignal-calls.js";
+import { ERRORS, ROOM_NAME, Signaling, roomFromPage, socketUrl } from "./rtcsignal.js";
 
+/** @type {(id: string) => any} the page's own elements, as in room.html */
 const $ = (id) => document.getElementById(id);
 
 const ui = {
@@ -49,67 +45,64 @@ const media = {
   cameraBusy: false,
 };
 
-const session = {
-  peerId: null,
-  resumeToken: null,
-  iceServers: [],
-  finished: false, // refused, closed or left: no reconnecting
-  outbox: [], // messages to peers while the socket is down (sent if we resume)
-  certificate: null, // this page's DTLS certificate, for every call (verify.js)
-};
+let finished = false; // refused, closed or left: no reconnecting
 
-/** @type {Map<string, Call>} */
-const calls = new Map();
+// The socket URL carries the page's token; the client adds the resume token.
+const client = new Signaling(() => socketUrl(window.location.href, room));
+/** @type {Calls | null} made once the certificate and the camera are ready */
+let calls = null;
 
-const signaling = new Signaling(
-  () => {
-    const url = socketUrl(window.location.href, room);
-    if (session.resumeToken) url.searchParams.set("resume", session.resumeToken);
-    return url.href;
-  },
-  {
-    message: onMessage,
-    open: () => setStatus("Connected; joining the room…"),
-    disconnected: (delay, failures) => {
-      if (session.finished) return;
-      setState("connecting");
-      const seconds = Math.ceil(delay / 1000);
-      setStatus(
-        session.peerId === null
-          ? `Cannot reach the server; retrying in ${seconds} s…`
-          : `Lost the connection to the server; retrying in ${seconds} s…`,
-      );
-      if (failures >= 3) {
-        showNotice(
-          "Cannot connect",
-          "The server does not answer, or does not let this page in (if the link " +
-            "carries a token, it may be wrong or expired). Still trying…",
-        );
-      }
-    },
-  },
-);
+client.on("state", ({ state }) => {
+  if (state === "open") {
+    setState("joined");
+    hideNotice();
+    render();
+  }
+});
+client.on("reconnecting", ({ delay, failures }) => {
+  if (finished) return;
+  setState("connecting");
+  const seconds = Math.ceil(delay / 1000);
+  setStatus(
+    client.peerId === null
+      ? `Cannot reach the server; retrying in ${seconds} s…`
+      : `Lost the connection to the server; retrying in ${seconds} s…`,
+  );
+  // A browser cannot tell a refused upgrade (a wrong token) from a server
+  // that is down: both close the socket before it opens.
+  if (failures >= 3) {
+    showNotice(
+      "Cannot connect",
+      "The server does not answer, or does not let this page in (if the link " +
+        "carries a token, it may be wrong or expired). Still trying…",
+    );
+  }
+});
+client.on("joined", render);
+client.on("left", render);
+client.on("error", onServerError);
+client.on("closed", onClosed);
 
-window.rtcsignal = Object.freeze({
+/** @type {any} */ (window).rtcsignal = Object.freeze({
   get room() {
     return room;
   },
   get peerId() {
-    return session.peerId;
+    return client.peerId;
   },
   /** A copy: peer id -> RTCPeerConnection. */
   get peers() {
-    return new Map([...calls].map(([id, call]) => [id, call.pc]));
+    return new Map([...(calls?.calls ?? [])].map(([id, call]) => [id, call.pc]));
   },
   get state() {
     return document.body.dataset.state;
   },
   /** The ICE servers in use (a copy). */
   get iceServers() {
-    return structuredClone(session.iceServers ?? []);
+    return structuredClone(client.iceServers ?? []);
   },
   get resumeToken() {
-    return session.resumeToken;
+    return client.resumeToken;
   },
   /**
    * A test hook: peer id -> the verification code exchange with that peer
@@ -117,199 +110,77 @@ window.rtcsignal = Object.freeze({
    * committerNonce, responderNonce}; nonces in hex).
    */
   get verification() {
-    return new Map([...calls].map(([id, call]) => [id, call.verification.describe()]));
+    return new Map([...(calls?.calls ?? [])].map(([id, call]) => [id, call.verification.describe()]));
   },
 });
 
 // --- Signaling -------------------------------------------------------------
 
-// The server's own events (docs/protocol.md): acted on only when the server
-// sent them (`from` null; `joined`: from the newcomer itself).  A relay that
-// lets a peer's message through under one of these names must not end our
-// call, change our peer id or pick our TURN server: such a message is ignored.
-const SERVER_EVENTS = new Set(["authenticated", "joined", "left", "error", "ice_servers"]);
-
-function fromServer({ event, data, from }) {
-  if (!SERVER_EVENTS.has(event) || from === null || from === undefined) return true;
-  return event === "joined" && data?.peer_id === from;
-}
-
-function onMessage(message) {
-  const { event, data, from } = message;
-  if (!fromServer(message)) {
-    console.warn(`room: ignored "${event}" from peer ${from}: only the server sends it`);
-    return;
-  }
-  switch (event) {
-    case "authenticated":
-      return onAuthenticated(data ?? {});
-    case "joined":
-      if (data?.peer_id && data.peer_id !== session.peerId) {
-        ensureCall(data.peer_id, { polite: true });
-        sendMediaState([data.peer_id]);
-        render();
-      }
-      return;
-    case "left":
-      if (data?.peer_id) closeCall(data.peer_id);
-      return;
-    case "error":
-      return onServerError(data ?? {});
-    case "ice_servers":
-      if (Array.isArray(data)) updateIceServers(data);
-      return;
-    case "offer":
-    case "answer":
-    case "description":
-    case "candidate":
-    case "reset":
-      return onPeerSignal(event, data, from);
-    case "media":
-      return onPeerMedia(from, data);
-    default:
-      console.debug("room: unhandled event", event, message);
-  }
-}
-
-function onAuthenticated(data) {
-  const resumed = data.peer_id === session.peerId;
-  session.peerId = data.peer_id;
-  session.resumeToken = data.resume_token ?? null;
-  signaling.setKeepalive(data.ping_interval, data.ping_timeout);
-  const peers = Array.isArray(data.peers) ? data.peers : [];
-  if (Array.isArray(data.ice_servers)) updateIceServers(data.ice_servers);
-  if (resumed) {
-    // Same peer id: our calls are still valid; catch up with who left.
-    for (const id of calls.keys()) if (!peers.includes(id)) closeCall(id);
-    const pending = session.outbox.splice(0);
-    for (const message of pending) signaling.send(message);
-    // Whoever we do not know yet joined while we were away: to them we are
-    // the peer already there (they got us in their `authenticated`), so they
-    // make the offer (queued for us, it comes next) and we are polite.  Were
-    // we impolite too, both sides would ignore each other's offer for good.
-    for (const id of peers) ensureCall(id, { polite: true });
-  } else {
-    // A new identity (first join, or the server forgot us): start afresh.
-    session.outbox.length = 0;
-    for (const id of [...calls.keys()]) closeCall(id);
-    // We are the newcomer for everyone already here: we make the offers.
-    for (const id of peers) ensureCall(id, { polite: false });
-  }
-  setState("joined");
-  hideNotice();
-  sendMediaState("all");
-  render();
-}
-
 function onServerError({ description, details }) {
   const detail = typeof details === "string" ? details : JSON.stringify(details ?? null);
-  if (description === "Could not join room") {
-    const reasons = {
-      room_is_full: "This room is full. Try again later, or pick another room.",
-      room_closed: "This room has just been closed.",
-      no_such_room: "This room does not exist.",
-    };
-    finish("error", "Could not join room", reasons[details] ?? `The server said: ${detail}.`);
-  } else if (description === "Room closed") {
+  if (description === ERRORS.COULD_NOT_JOIN || description === ERRORS.NO_SUCH_PEER) {
+    // The first ends the client ("closed" comes next); the second is a peer
+    // that left while a message to it was on its way: harmless.
+    return;
+  }
+  if (description === ERRORS.ROOM_CLOSED) {
     if (details === "shutdown") {
       // The server is restarting: the socket closes next, and we come back.
       setState("connecting");
       setStatus("The server is restarting; reconnecting…");
-    } else {
-      finish("closed", "Room closed", "The room was closed by the server.");
     }
-  } else if (description === "No such peer") {
-    // A peer left while a message to it was on its way: harmless.
-    console.debug("room: no such peer", details);
+    return;
+  }
+  console.warn("room: server error", description, details);
+  showNotice(`Server error: ${description}`, detail === "null" ? "" : detail, {
+    info: true,
+    hideAfterMs: 8000,
+  });
+}
+
+const JOIN_REFUSALS = {
+  room_is_full: "This room is full. Try again later, or pick another room.",
+  room_closed: "This room has just been closed.",
+  no_such_room: "This room does not exist.",
+};
+
+/** @param {import("./rtcsignal.js").CloseReason} reason */
+function onClosed({ kind, details, status }) {
+  if (finished) return;
+  if (kind === "join_refused") {
+    const detail = typeof details === "string" ? details : JSON.stringify(details ?? null);
+    finish("error", "Could not join room", JOIN_REFUSALS[details] ?? `The server said: ${detail}.`);
+  } else if (kind === "room_closed") {
+    finish("closed", "Room closed", "The room was closed by the server.");
+  } else if (kind === "kicked") {
+    finish("closed", "Disconnected", "The server disconnected this page.");
+  } else if (kind === "refused") {
+    finish("error", "Cannot connect", `The server refused this page (HTTP ${status}).`);
   } else {
-    console.warn("room: server error", description, details);
-    showNotice(`Server error: ${description}`, detail === "null" ? "" : detail, {
-      info: true,
-      hideAfterMs: 8000,
-    });
-  }
-}
-
-function onPeerSignal(event, data, from) {
-  if (!from || from === session.peerId) return;
-  let call = calls.get(from);
-  if (!call) {
-    // Someone we were not told about offers: answer as the polite side.
-    if (event !== "offer" && !(event === "description" && data?.type === "offer")) return;
-    call = ensureCall(from, { polite: true });
-    render();
-  }
-  call.receive(event === "candidate" || event === "reset" ? event : "description", data);
-}
-
-const OUTBOX_LIMIT = 256;
-
-function sendTo(peerId, event, data) {
-  const message = { event, data, to: [peerId] };
-  if (signaling.send(message)) return;
-  session.outbox.push(message);
-  if (session.outbox.length > OUTBOX_LIMIT) session.outbox.shift();
-}
-
-// TURN credentials from the server expire ("<expiry>:<peer id>" usernames):
-// ask for fresh ones when 80% of their life has passed.
-let iceRefreshTimer = null;
-
-function scheduleIceRefresh(iceServers) {
-  clearTimeout(iceRefreshTimer);
-  const expiries = iceServers
-    .map((server) => Number.parseInt(String(server.username ?? "").split(":")[0], 10))
-    .filter((expiry) => Number.isFinite(expiry) && expiry > 0);
-  if (expiries.length === 0) return;
-  const left = Math.min(...expiries) * 1000 - Date.now();
-  const delay = Math.max(5000, left * 0.8);
-  iceRefreshTimer = setTimeout(() => {
-    if (session.peerId) signaling.send({ event: "ice_servers", to: [session.peerId] });
-  }, Math.min(delay, 2 ** 31 - 1));
-}
-
-function updateIceServers(iceServers) {
-  session.iceServers = iceServers;
-  scheduleIceRefresh(iceServers);
-  for (const call of calls.values()) {
-    try {
-      call.pc.setConfiguration({ ...call.pc.getConfiguration(), iceServers });
-    } catch (err) {
-      console.warn("room: cannot update ICE servers", err);
-    }
+    finish("closed", "Disconnected", "The connection to the server ended.");
   }
 }
 
 // --- Calls -----------------------------------------------------------------
 
-function ensureCall(peerId, { polite }) {
-  let call = calls.get(peerId);
-  if (call) return call;
-  call = new Call({
-    peerId,
-    polite,
-    iceServers: session.iceServers,
-    certificate: session.certificate,
-    media,
-    send: (event, data) => sendTo(peerId, event, data),
-    onChange: () => renderTile(peerId),
+function startCalls(certificate) {
+  calls = new Calls(client, { stream: media.stream, certificate });
+  calls.setMediaState(mediaState());
+  calls.on("added", ({ call }) => {
+    renderTile(call);
+    render();
   });
-  calls.set(peerId, call);
-  renderTile(peerId);
-  return call;
-}
-
-function closeCall(peerId) {
-  const call = calls.get(peerId);
-  if (!call) return;
-  calls.delete(peerId);
-  call.close();
-  tileOf(peerId)?.remove();
-  render();
-}
-
-function closeAllCalls() {
-  for (const id of [...calls.keys()]) closeCall(id);
+  calls.on("changed", ({ call }) => renderTile(call));
+  calls.on("media", ({ call, audio, video }) => {
+    const tile = tileOf(call.peerId);
+    if (!tile) return;
+    tile.dataset.audio = audio ? "on" : "off";
+    tile.dataset.video = video ? "on" : "off";
+  });
+  calls.on("removed", ({ call }) => {
+    tileOf(call.peerId)?.remove();
+    render();
+  });
 }
 
 // --- Local media -----------------------------------------------------------
@@ -380,7 +251,7 @@ function describeMediaError(err) {
 function setMicMuted(muted) {
   media.micMuted = muted;
   if (media.tracks.audio) media.tracks.audio.enabled = !muted;
-  sendMediaState("all");
+  calls?.setMediaState(mediaState());
   render();
 }
 
@@ -392,20 +263,20 @@ async function setCameraOn(on) {
       media.tracks.video.stop();
       media.stream.removeTrack(media.tracks.video);
       media.tracks.video = null;
-      await Promise.all([...calls.values()].map((c) => c.replaceTrack("video", null)));
+      await calls?.replaceTrack("video", null);
     } else if (on && !media.tracks.video) {
       const stream = await navigator.mediaDevices.getUserMedia({ video: VIDEO });
       const track = stream.getVideoTracks()[0];
       media.tracks.video = track;
       media.stream.addTrack(track);
-      await Promise.all([...calls.values()].map((c) => c.replaceTrack("video", track)));
+      await calls?.replaceTrack("video", track);
       ui.localVideo.srcObject = media.stream;
     }
   } catch (err) {
     showNotice("Camera", describeMediaError(err), { info: true });
   } finally {
     media.cameraBusy = false;
-    sendMediaState("all");
+    calls?.setMediaState(mediaState());
     render();
   }
 }
@@ -415,20 +286,6 @@ function mediaState() {
     audio: media.sending.audio && !media.micMuted,
     video: media.sending.video && media.tracks.video !== null,
   };
-}
-
-function sendMediaState(to) {
-  if (session.peerId === null) return;
-  signaling.send({ event: "media", data: mediaState(), to });
-}
-
-function onPeerMedia(peerId, data) {
-  const call = calls.get(peerId);
-  if (call && data) call.remoteMedia = { audio: data.audio !== false, video: data.video !== false };
-  const tile = tileOf(peerId);
-  if (!tile || !data) return;
-  tile.dataset.audio = data.audio === false ? "off" : "on";
-  tile.dataset.video = data.video === false ? "off" : "on";
 }
 
 // --- Rendering -------------------------------------------------------------
@@ -442,13 +299,14 @@ const CONNECTION_LABELS = {
   closed: "closed",
 };
 
+/** @returns {HTMLElement | null} */
 function tileOf(peerId) {
   return ui.stage.querySelector(`figure[data-peer-tile="${CSS.escape(peerId)}"]`);
 }
 
-function renderTile(peerId) {
-  const call = calls.get(peerId);
-  if (!call) return;
+function renderTile(call) {
+  const peerId = call.peerId;
+  if (call.closed) return;
   let tile = tileOf(peerId);
   if (!tile) {
     tile = createTile(peerId);
@@ -524,7 +382,7 @@ function play(video) {
 }
 
 function render() {
-  const others = calls.size;
+  const others = calls?.calls.size ?? 0;
   const joined = document.body.dataset.state === "joined";
   ui.alone.hidden = !(joined && others === 0);
   if (joined) {
@@ -539,12 +397,12 @@ function render() {
   ui.localTile.dataset.video = state.video ? "on" : "off";
   ui.mic.setAttribute("aria-pressed", String(media.micMuted));
   ui.mic.querySelector(".text").textContent = media.micMuted ? "Unmute" : "Mute";
-  ui.mic.disabled = !media.sending.audio || session.finished;
+  ui.mic.disabled = !media.sending.audio || finished;
   const cameraOff = media.sending.video && media.tracks.video === null;
   ui.camera.setAttribute("aria-pressed", String(cameraOff));
   ui.camera.querySelector(".text").textContent = cameraOff ? "Camera on" : "Camera off";
-  ui.camera.disabled = !media.sending.video || session.finished || media.cameraBusy;
-  ui.leave.disabled = session.finished;
+  ui.camera.disabled = !media.sending.video || finished || media.cameraBusy;
+  ui.leave.disabled = finished;
 }
 
 function setState(state) {
@@ -578,9 +436,10 @@ function hideNotice() {
 
 /** Stop for good: refused, room closed, or left. */
 function finish(state, title, text) {
-  session.finished = true;
-  signaling.finish();
-  closeAllCalls();
+  finished = true;
+  client.close();
+  calls?.close();
+  for (const tile of ui.stage.querySelectorAll("figure[data-peer-tile]")) tile.remove();
   for (const track of media.stream?.getTracks() ?? []) track.stop();
   media.tracks.audio = media.tracks.video = null;
   ui.localVideo.srcObject = null;
@@ -604,7 +463,6 @@ ui.sound.addEventListener("click", () => {
 });
 ui.copyLink.addEventListener("click", copyLink);
 ui.leave.addEventListener("click", () => {
-  signaling.stop(1000);
   finish("closed", "You left the room", "Your camera and microphone are off.");
   ui.rejoin.focus();
 });
@@ -612,7 +470,10 @@ ui.leave.addEventListener("click", () => {
 // server lets the others know at once instead of holding us for a resume.
 // Scripts may close a WebSocket only with 1000 or 3000-4999 (the browser's
 // own "going away", 1001, is not allowed to them): 1000 is the clean leave.
-window.addEventListener("pagehide", () => signaling.stop(1000, "page closed"));
+window.addEventListener("pagehide", () => {
+  finished = true;
+  client.close(1000, "page closed");
+});
 // Back from the back-forward cache, the socket and the calls are gone: start anew.
 window.addEventListener("pageshow", (event) => {
   if (event.persisted) window.location.reload();
@@ -636,17 +497,15 @@ async function copyLink() {
 
 // --- Start -----------------------------------------------------------------
 
-// One certificate for all of this page's calls, made here so that the page
-// knows its own fingerprint (verify.js).  Without one, each call gets the
-// browser's own and shows "not verified".
+// One certificate for all of this page's calls, so that the page knows its
+// own fingerprint (verify.js).  Without one, each call gets the browser's
+// own and shows "not verified".
 async function makeCertificate() {
   try {
-    session.certificate = await RTCPeerConnection.generateCertificate({
-      name: "ECDSA",
-      namedCurve: "P-256",
-    });
+    return await createCertificate();
   } catch (err) {
     console.warn("room: cannot make a DTLS certificate", err);
+    return null;
   }
 }
 
@@ -660,10 +519,12 @@ async function main() {
     return;
   }
   setStatus("Starting your camera and microphone…");
-  await Promise.all([startLocalMedia(), makeCertificate()]);
+  const [, certificate] = await Promise.all([startLocalMedia(), makeCertificate()]);
+  if (finished) return;
+  startCalls(certificate);
   render();
   setStatus("Connecting to the server…");
-  signaling.start();
+  client.connect();
 }
 
 main();

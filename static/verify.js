@@ -359,6 +359,17 @@ export class VerifiedChannel {
     };
   }
 
+  /**
+   * The connection failed: a code not worked out yet is failed now, and
+   * `onChange()` says so at once, before the connection is replaced (a
+   * rebuilt call gets a channel of its own).
+   */
+  fail(reason) {
+    if (this.state !== "pending" || this._closed) return;
+    this._failIfPending(reason);
+    this._onChange();
+  }
+
   close() {
     this._closed = true;
     clearTimeout(this._timer);
@@ -433,7 +444,7 @@ export class VerifiedChannel {
       .then(step)
       .then((messages) => {
         if (this._closed) return;
-        for (const text of messages ?? []) {
+        for (const text of /** @type {string[]} */ (messages ?? [])) {
           if (this._channel?.readyState === "open") this._channel.send(text);
         }
         this._update();

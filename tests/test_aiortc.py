@@ -156,7 +156,7 @@ def run(scenario: Callable[[], Awaitable[None]], seconds: float = 40) -> None:
 
 class BrowserRole:
     """
-    An aiortc peer that does what call.js does, as far as the bot can
+    An aiortc peer that does what rtcsignal-calls.js does, as far as the bot can
     tell: the newcomer offers, ``{type, sdp}`` descriptions, candidates in
     the SDP (aiortc does not trickle).  It sends a test pattern as its
     "camera", opens a data channel and keeps the frames it receives.

@@ -24,10 +24,10 @@ from .browser_support import ALL_REMOTE_VIDEOS, REPO, ROOM, Peer, Server, open_c
 
 DOCS_SCREENSHOT = REPO / "docs" / "screenshot.png"
 
-# signaling.socketUrl, run in the page: the socket is in the page's own
+# rtcsignal.socketUrl, run in the page: the socket is in the page's own
 # folder, over wss: for https: pages, and carries the page's token.
 SOCKET_URLS = """async () => {
-    const { socketUrl } = await import(new URL("static/signaling.js", location.href));
+    const { socketUrl } = await import(new URL("static/rtcsignal.js", location.href));
     return [
         ["https://h.test/standup", "standup"],
         ["http://h.test:8080/rtc/standup?token=a.b.c&x=1#top", "standup"],

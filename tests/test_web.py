@@ -135,7 +135,7 @@ async def test_no_directory_listing(get: Get) -> None:
         assert answer.status in (301, 404), path
         assert "Directory listing" not in answer.text, path
         assert "room.js" not in answer.text, path
-        assert "signaling.js" not in answer.text, path
+        assert "rtcsignal.js" not in answer.text, path
 
 
 @pytest.mark.parametrize(
@@ -173,7 +173,7 @@ async def test_every_imported_module_is_served(get: Get) -> None:
         answer = await get(f"/static/{name}")
         assert answer.status == 200, name
         pending += re.findall(r'^import .* from "\./([\w.-]+\.js)";$', answer.text, re.M)
-    assert {"room.js", "call.js", "signaling.js", "names.js"} <= seen
+    assert {"room.js", "rtcsignal-calls.js", "rtcsignal.js", "verify.js", "names.js"} <= seen
 
 
 @pytest_twisted.ensureDeferred
@@ -203,7 +203,7 @@ def test_pages_reference_nothing_outside_the_server() -> None:
 # Security headers (SPEC section 2): tokens may be in a page's URL.
 
 HTML_PATHS = ["/", "/standup", "/nope/deeper", "/static/missing.js"]
-ASSET_PATHS = ["/static/room.js", "/static/style.css", "/static/signaling.js"]
+ASSET_PATHS = ["/static/room.js", "/static/style.css", "/static/rtcsignal.js"]
 EVERY_PATH = [*HTML_PATHS, *ASSET_PATHS, "/healthz", "/socket/standup/extra/"]
 
 

@@ -3,7 +3,7 @@ A WebRTC bot that joins a room and answers calls, built on the asyncio
 client (`twisted_signal.client.aio_connect`) and aiortc.
 
 It speaks the room page's signaling (static/room.js and
-call.js): ``offer``/``answer`` carry ``{type, sdp}``, ``candidate`` an
+rtcsignal-calls.js): ``offer``/``answer`` carry ``{type, sdp}``, ``candidate`` an
 RTCIceCandidateInit, ``media`` ``{audio, video}``; the newcomer makes the
 offers.  To every peer it sends a moving test pattern, it decodes (counts)
 the video they send, it echoes what arrives on their data channels, and it
@@ -57,7 +57,7 @@ __all__ = ["Bot", "TestPattern", "gather_loopback_only", "main", "run"]
 log = logging.getLogger("aiortc_bot")
 
 OFFER_WAIT = 4.0
-"""Like call.js: if a newcomer has not offered within this long, offer."""
+"""Like rtcsignal-calls.js: if a newcomer has not offered within this long, offer."""
 
 # BT.601 Y, U, V of the classic colour bars: white, yellow, cyan, green,
 # magenta, red, blue, black.

@@ -1,0 +1,1 @@
+../../static/rtcsignal-calls.d.ts

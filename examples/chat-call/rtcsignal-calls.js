@@ -1,0 +1,1 @@
+../../static/rtcsignal-calls.js
