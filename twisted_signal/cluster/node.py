@@ -189,6 +189,12 @@ class ClusterRooms(Rooms):
         super().__init__(factory, max_peers=max_peers, clock=reactor)
         self.reactor = reactor
         self.lease = lease
+        self.now: Callable[[], float] = time.monotonic
+        """The clock of leases and timeouts (monotonic; a test's `task.Clock`)."""
+        self.keep_ms = int(lease * scripts.KEEP_LEASES * 1000)
+        """How long a room's keys outlive its last renewal or write (ms)."""
+        self._seq = 0
+        """The number of the last entry this node wrote to a stream."""
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self._incarnation = uuid.uuid4().hex
         self.redis = RedisClient(redis_url, reactor, timeout=max(lease / 3, 0.5))
@@ -199,7 +205,8 @@ class ClusterRooms(Rooms):
         self._inbox_cursor = "0-0"
         self._run_id: str | None = None
         self._node_ok = 0.0
-        self._ticking = False
+        self._waiting_since: float | None = None
+        """When the oldest heartbeat that Redis has not answered yet went out."""
         self._registered = False
         self._quiet_ticks = 0
         self.judge_after = 0.0
@@ -301,7 +308,14 @@ class ClusterRooms(Rooms):
         self.reactor.callLater(0, fn)
 
     def xadd(self, stream: str, **fields: Any) -> None:
-        args: list[Any] = ["XADD", stream, "MAXLEN", "~", STREAM_MAXLEN, "*"]
+        """
+        Append an entry to `stream`, numbered (``src``, ``seq``) so that its
+        reader applies it once even if it reads it again; the stream expires
+        `keep_ms` after its last write.
+        """
+        self._seq += 1
+        args: list[Any] = ["EVAL", scripts.XADD, 1, stream, self.keep_ms, STREAM_MAXLEN]
+        args += ["src", self.node_id, "seq", self._seq]
         for name, value in fields.items():
             args += [name, value]
         self.redis.execute(*args).addErrback(self._xadd_failed, stream)
@@ -701,7 +715,7 @@ class ClusterRooms(Rooms):
 
     def startService(self) -> None:
         super().startService()
-        self._node_ok = time.monotonic()
+        self._node_ok = self.now()
         self._tick.start(self.lease / 3, now=True)
         self._reading = True
         self._read()
@@ -724,7 +738,7 @@ class ClusterRooms(Rooms):
                 handle.send(wire.error(handle.peer_id, "Room closed", "shutdown").to_bytes())
                 handle.close(CLOSE_GOING_AWAY)
         d: Deferred[None] = Deferred()
-        self._when_settled(d, time.monotonic() + self.lease * SAFE_SHARE / 2)
+        self._when_settled(d, self.now() + self.lease * SAFE_SHARE / 2)
         return d
 
     def _when_settled(self, done: Deferred[None], deadline: float) -> None:
@@ -736,7 +750,7 @@ class ClusterRooms(Rooms):
             relay._local or not relay._queue.idle or (relay.room and not relay.room._queue.idle)
             for relay in self._relays.values()
         )
-        if busy and time.monotonic() < deadline:
+        if busy and self.now() < deadline:
             self.reactor.callLater(0.05, self._when_settled, done, deadline)
         else:
             self.reactor.callLater(0.1, self._hand_over, done)
@@ -772,18 +786,31 @@ class ClusterRooms(Rooms):
 
         DeferredList(waits).addBoth(closed)
 
+    @property
+    def unavailable(self) -> str | None:
+        """
+        ``redis_unreachable`` (``/healthz`` answers 503) once a heartbeat
+        has waited for Redis for more than half a lease, until one is
+        answered (the node can serve joins again).
+        """
+        since = self._waiting_since
+        if since is not None and self.now() - since > self.lease / 2:
+            return "redis_unreachable"
+        return None
+
     def _heartbeat(self) -> None:
         """
-        One tick.  It never makes the next tick wait: a tick whose commands
-        are still out holds the next one back for at most lease/2.
+        One tick, every lease/3, whether or not the previous tick's commands
+        have been answered: while Redis is slow or paused, each tick's
+        renewals wait in line, and the newest one renews the leases as soon
+        as Redis answers.
         """
-        sent = time.monotonic()
-        if self._ticking and sent - self._last_tick < self.lease / 2:
-            return
-        self._ticking = True
+        sent = self.now()
         if self._last_tick and sent - self._last_tick > self.lease / 2:
             self._log.warn("cluster heartbeat {late:.1f}s late", late=sent - self._last_tick)
         self._last_tick = sent
+        if self._waiting_since is None:
+            self._waiting_since = sent
         if sent - self._node_ok > self.lease * SAFE_SHARE:
             self._presumed_dead("could not renew its node lease in time")
         d = self.redis.execute("INFO", "server").addCallback(_run_id)
@@ -799,13 +826,9 @@ class ClusterRooms(Rooms):
         )
         d.addErrback(self._heartbeat_failed)
 
-        def done(_: object) -> None:
-            self._ticking = False
-
-        d.addBoth(done)
-
     def _node_renewed(self, reply: int, sent: float, run_id: str) -> Any:
-        self._node_ok = sent
+        self._node_ok = max(self._node_ok, sent)
+        self._waiting_since = None
         # The run id is taken as seen only once this node has registered
         # with that Redis: a tick that fails between the two sees it again.
         restarted = self._run_id is not None and run_id != self._run_id
@@ -815,7 +838,7 @@ class ClusterRooms(Rooms):
             # The owners take their rooms back first: relays wait two ticks
             # before they would take an ownerless room themselves.
             self._quiet_ticks = 2
-            self.judge_after = time.monotonic() + self.lease
+            self.judge_after = self.now() + self.lease
             waits = []
             for relay in self._relays.values():
                 relay.seen_epoch = 0
