@@ -41,6 +41,8 @@ class FakeRedis:
         self.pending: list[tuple[Deferred[Any], tuple[Any, ...]]] = []
         self.commands: list[tuple[Any, ...]] = []
         self.owned = False
+        self.streams: dict[str, list[list[bytes]]] = {}
+        """What each stream took, as a reader gets it (field, value, ...)."""
         self.lost = False
         """Renewals fail: the owner key lapsed."""
 
@@ -71,6 +73,9 @@ class FakeRedis:
             return [7, b"0-0"] if acquired else [0, b"owner|7"]
         if args[:2] == ("EVAL", scripts.RENEW) and self.lost:
             return 0
+        if args[:2] == ("EVAL", scripts.XADD):
+            flat = [a if isinstance(a, bytes) else str(a).encode() for a in args[6:]]
+            self.streams.setdefault(args[3], []).append(flat)
         if args[0] == "EVAL":
             return {
                 scripts.DEAD_MEMBERS: [],
@@ -261,3 +266,55 @@ class AppliedOnceTests(_OwnerCase):
         relay.from_stream({"src": "c", "seq": "2", "op": "join", "peer": "w", "node": "c"})
         self.clock.advance(0)
         self.assertIn("w", relay.peers)
+
+
+class WritesTests(_OwnerCase):
+    """
+    Entries that Redis does not take are written again once it answers, in
+    order, and a copy that reaches a stream twice is read once.
+    """
+
+    def write(self, n: int) -> None:
+        """Write a delivery of n to y through this node's own inbox."""
+        data = json.dumps({"event": "n", "data": n})
+        self.rooms.xadd(self.inbox, room="r", epoch=7, peer="y", kind="send", data=data)
+
+    def read_inbox(self) -> None:
+        """Read this node's inbox as its reader does."""
+        for i, flat in enumerate(self.redis.streams.pop(self.inbox, [])):
+            self.rooms._entry(self.inbox, f"1-{i}", flat, self.inbox, [])
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.inbox = self.rooms.key("inbox", "owner")
+        self.read_inbox()
+
+    def test_writes_refused_meanwhile_are_written_again_in_order(self) -> None:
+        self.write(1)
+        self.redis.down = True
+        for n in (2, 3, 4):
+            self.write(n)
+            self.wait(0.1)
+        self.redis.down = False
+        self.write(5)  # behind those that wait
+        self.wait(0.3)
+        self.write(6)
+        self.read_inbox()
+        self.assertEqual(self.y.numbers(), [1, 2, 3, 4, 5, 6])
+        self.assertFalse(self.rooms.writes.waiting)
+
+    def test_a_write_that_timed_out_but_was_taken_is_read_once(self) -> None:
+        self.redis.paused = True
+        self.write(1)
+        self.wait(0.5)
+        self.write(2)
+        self.wait(LEASE / 3 + 0.1)  # both timed out: Redis has them in line
+        self.write(3)
+        self.redis.resume()
+        self.wait(0.5)
+        self.write(4)
+        stream = [dict(zip(f[::2], f[1::2], strict=True)) for f in self.redis.streams[self.inbox]]
+        numbers = [json.loads(e[b"data"])["data"] for e in stream if e[b"kind"] == b"send"]
+        self.assertEqual(numbers, [1, 2, 1, 2, 3, 4])  # 1 and 2 twice in the stream
+        self.read_inbox()
+        self.assertEqual(self.y.numbers(), [1, 2, 3, 4])  # once each, in order

@@ -31,7 +31,7 @@ from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
 from ..rooms import RoomFactory, Rooms, is_room_name
 from . import scripts
 from .relay import SAFE_SHARE, RoomRelay, _text
-from .resp import RedisClient, RedisRefused, RedisURL
+from .resp import RedisClient, RedisError, RedisRefused, RedisURL
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -43,6 +43,11 @@ PREFIX = "rtcsignal:"
 #: memory of a stream whose reader is gone.  Trimming by length alone would
 #: drop entries that a reader under load has not read yet.
 STREAM_MAXLEN = 1_000_000
+#: The most entries a node keeps to write again while Redis does not take
+#: them (`ClusterRooms.xadd`); beyond it the oldest go.
+MAX_OUTBOX = 100_000
+#: How soon a node writes its waiting entries again (seconds).
+RETRY_DELAY = 0.2
 #: What a node id in a resume token may look like (`ClusterRooms.claim_elsewhere`).
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
@@ -151,6 +156,101 @@ class _Arrival:
             handle.send(payload)
 
 
+class _Writes:
+    """
+    A node's writes to streams (`ClusterRooms.xadd`), numbered and in order.
+    One that Redis does not take (no connection, or no answer in time) is
+    written again once Redis answers, with every one after it, in order; a
+    copy that reaches a stream twice (Redis took it after all) is skipped by
+    its reader (``seq``).
+    """
+
+    _log = Logger()
+
+    def __init__(self, rooms: ClusterRooms) -> None:
+        self._rooms = rooms
+        self.seq = 0
+        """The number of the last entry written."""
+        self.waiting: deque[tuple[Any, ...]] = deque()
+        """Entries that Redis has not taken yet, to write again, in order."""
+        self._writing = 0
+        self._flushing = False
+        self._failed = False
+        self._retry: IDelayedCall | None = None
+
+    def add(self, stream: str, fields: Mapping[str, Any]) -> None:
+        rooms = self._rooms
+        self.seq += 1
+        args: list[Any] = ["EVAL", scripts.XADD, 1, stream, rooms.keep_ms, STREAM_MAXLEN]
+        args += ["src", rooms.node_id, "seq", self.seq]
+        for name, value in fields.items():
+            args += [name, value]
+        if self.waiting or self._flushing:
+            # Earlier entries wait for Redis: this one waits behind them.
+            self._keep(tuple(args))
+            return
+        self._writing += 1
+        rooms.redis.execute(*args).addBoth(self._written, tuple(args))
+
+    def clear(self) -> None:
+        self.waiting.clear()
+
+    def _written(self, result: Any, args: tuple[Any, ...]) -> None:
+        self._writing -= 1
+        if isinstance(result, Failure):
+            if result.check(RedisError):
+                self._log.warn(
+                    "Redis refused an entry for {stream}: {why}",
+                    stream=args[3],
+                    why=result.getErrorMessage(),
+                )
+            else:
+                if not self.waiting:
+                    self._log.warn(
+                        "could not write to {stream}: {why}; writing it again when Redis answers",
+                        stream=args[3],
+                        why=result.getErrorMessage(),
+                    )
+                self._keep(args)
+        self._flush_soon(RETRY_DELAY)
+
+    def _keep(self, args: tuple[Any, ...]) -> None:
+        if len(self.waiting) >= MAX_OUTBOX:
+            self.waiting.popleft()
+        self.waiting.append(args)
+
+    def _flush_soon(self, delay: float) -> None:
+        if self.waiting and not self._writing and not self._flushing and self._retry is None:
+            self._retry = self._rooms.reactor.callLater(delay, self._flush)
+
+    def _flush(self) -> None:
+        """Write the waiting entries again, in order, until Redis takes them all."""
+        self._retry = None
+        if not self.waiting or self._writing or self._flushing:
+            return
+        self._flushing = True
+        # After a failed try, one entry finds out whether Redis answers.
+        batch = [self.waiting[0]] if self._failed else list(self.waiting)
+        writes = [self._rooms.redis.execute(*args) for args in batch]
+
+        def done(results: list[tuple[bool, Any]]) -> None:
+            self._flushing = False
+            taken = 0
+            for ok, value in results:
+                if not ok and not value.check(RedisError):
+                    break
+                taken += 1
+            for args in batch[:taken]:
+                if self.waiting and self.waiting[0] is args:
+                    self.waiting.popleft()
+            self._failed = taken < len(batch)
+            if not self._failed and not self.waiting:
+                self._log.info("Redis took the entries that waited for it")
+            self._flush_soon(RETRY_DELAY if self._failed else 0)
+
+        DeferredList(writes, consumeErrors=True).addCallback(done)
+
+
 class _NotStartedAgain(Events):
     """`Events` that pass everything on but a room's start."""
 
@@ -193,8 +293,9 @@ class ClusterRooms(Rooms):
         """The clock of leases and timeouts (monotonic; a test's `task.Clock`)."""
         self.keep_ms = int(lease * scripts.KEEP_LEASES * 1000)
         """How long a room's keys outlive its last renewal or write (ms)."""
-        self._seq = 0
-        """The number of the last entry this node wrote to a stream."""
+        self.writes = _Writes(self)
+        self._inbox_applied: dict[str, int] = {}
+        """The last ``seq`` read in this node's inbox from each node."""
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self._incarnation = uuid.uuid4().hex
         self.redis = RedisClient(redis_url, reactor, timeout=max(lease / 3, 0.5))
@@ -310,20 +411,11 @@ class ClusterRooms(Rooms):
     def xadd(self, stream: str, **fields: Any) -> None:
         """
         Append an entry to `stream`, numbered (``src``, ``seq``) so that its
-        reader applies it once even if it reads it again; the stream expires
-        `keep_ms` after its last write.
+        reader applies it once even if it reads it again, and written again
+        until Redis takes it (`_Writes`); the stream expires `keep_ms` after
+        its last write.
         """
-        self._seq += 1
-        args: list[Any] = ["EVAL", scripts.XADD, 1, stream, self.keep_ms, STREAM_MAXLEN]
-        args += ["src", self.node_id, "seq", self._seq]
-        for name, value in fields.items():
-            args += [name, value]
-        self.redis.execute(*args).addErrback(self._xadd_failed, stream)
-
-    def _xadd_failed(self, failure: Failure, stream: str) -> None:
-        self._log.warn(
-            "could not write to {stream}: {why}", stream=stream, why=failure.getErrorMessage()
-        )
+        self.writes.add(stream, fields)
 
     def ask(self, stream: str, timeout: float, **fields: Any) -> Deferred[Any]:
         """
@@ -866,6 +958,9 @@ class ClusterRooms(Rooms):
         The other nodes take this node for dead: its peers have left their
         rooms there.  Let them go here too; their clients reconnect.
         """
+        # What waited for Redis is stale now: the others have let go of
+        # this node's peers.
+        self.writes.clear()
         had = [r for r in self._relays.values() if r._local or r.room is not None]
         if not had:
             return
@@ -927,6 +1022,11 @@ class ClusterRooms(Rooms):
             fields[field] = _text(flat[i + 1])
         if name == inbox:
             self._inbox_cursor = entry_id
+            src, seq = fields.get("src"), fields.get("seq", "")
+            if src is not None and seq.isdigit():
+                if int(seq) <= self._inbox_applied.get(src, 0):
+                    return  # written again after all: read already
+                self._inbox_applied[src] = int(seq)
             self._from_inbox(fields, raw)
             return
         relay = self._relays.get(name[len(self.key("room", "")) : -len(":in")])
