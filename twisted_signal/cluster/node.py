@@ -958,12 +958,12 @@ class ClusterRooms(Rooms):
         The other nodes take this node for dead: its peers have left their
         rooms there.  Let them go here too; their clients reconnect.
         """
-        # What waited for Redis is stale now: the others have let go of
-        # this node's peers.
-        self.writes.clear()
         had = [r for r in self._relays.values() if r._local or r.room is not None]
         if not had:
             return
+        # What waited for Redis is stale now: the others let go of this
+        # node's peers.
+        self.writes.clear()
         self._log.warn("this node {why}: closing its peers", why=why)
         for relay in had:
             relay.step_down()
