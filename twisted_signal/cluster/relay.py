@@ -435,6 +435,13 @@ class RoomRelay:
         held.append(action)
 
     def _release_held(self) -> None:
+        """
+        A renewal (or acquire) succeeded: what was held goes out, unless its
+        answer came so late that the lease it gave has run out too (then
+        the next renewal decides).
+        """
+        if not self.lease_valid():
+            return
         held, self._held = self._held, None
         if held:
             self._log.info(
