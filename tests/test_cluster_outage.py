@@ -64,24 +64,21 @@ class FakeRedis:
             d.callback(self.reply(args))  # ignored when it timed out
 
     def reply(self, args: tuple[Any, ...]) -> Any:
-        if args[0] == "INFO":
-            return b"# Server\r\nrun_id:one\r\n"
-        if args[0] == "HGETALL":
-            return []
-        if args[:2] == ("EVAL", scripts.ACQUIRE):
+        command = args[1] if args[0] == "EVAL" else args[0]
+        if command == scripts.ACQUIRE:
             acquired, self.owned = not self.owned, True
             return [7, b"0-0"] if acquired else [0, b"owner|7"]
-        if args[:2] == ("EVAL", scripts.RENEW) and self.lost:
-            return 0
-        if args[:2] == ("EVAL", scripts.XADD):
+        if command == "XADD":
             flat = [a if isinstance(a, bytes) else str(a).encode() for a in args[6:]]
-            self.streams.setdefault(args[3], []).append(flat)
-        if args[0] == "EVAL":
-            return {
-                scripts.DEAD_MEMBERS: [],
-                scripts.XADD: b"1-1",
-            }.get(args[1], 1)
-        return None
+            self.streams.setdefault(args[1], []).append(flat)
+        answers: dict[str, Any] = {
+            "INFO": b"# Server\r\nrun_id:one\r\n",
+            "HGETALL": [],
+            "XADD": b"1-1",
+            scripts.DEAD_MEMBERS: [],
+            scripts.RENEW: 0 if self.lost else 1,
+        }
+        return answers.get(command, 1)
 
 
 class Reader:
@@ -318,3 +315,28 @@ class WritesTests(_OwnerCase):
         self.assertEqual(numbers, [1, 2, 1, 2, 3, 4])  # 1 and 2 twice in the stream
         self.read_inbox()
         self.assertEqual(self.y.numbers(), [1, 2, 3, 4])  # once each, in order
+
+    def test_a_written_stream_expires_a_few_leases_after_its_last_write(self) -> None:
+        def expiries() -> list[tuple[Any, ...]]:
+            return [c for c in self.redis.commands if c[:2] == ("PEXPIRE", self.inbox)]
+
+        self.wait(LEASE + 0.1)
+        self.redis.commands.clear()
+        for n in range(3):
+            self.write(n)
+        keep = int(LEASE * scripts.KEEP_LEASES * 1000)
+        self.assertEqual(expiries(), [("PEXPIRE", self.inbox, keep)])  # once a lease
+        self.wait(LEASE / 2)
+        self.write(3)
+        self.assertEqual(len(expiries()), 1)
+        self.wait(LEASE / 2 + 0.1)
+        self.write(4)
+        self.assertEqual(len(expiries()), 2)
+        # Refused, the write is made again and the stream then expires.
+        self.wait(LEASE + 0.1)
+        self.redis.down = True
+        self.write(5)
+        self.assertEqual(len(expiries()), 2)
+        self.redis.down = False
+        self.wait(0.3)
+        self.assertEqual(len(expiries()), 3)

@@ -4,8 +4,9 @@ that writes checks first that the caller still owns the room at its epoch.
 
 Nothing a room leaves in Redis outlives it by more than ``keep`` (a few
 leases, `KEEP_LEASES`): the owner key lasts a lease, and the epoch counter,
-the members hash and the room's stream get ``keep`` again at every acquire,
-renew and write, so that a room that is gone leaves no key behind.
+the members hash and the room's stream get ``keep`` again at every acquire
+and renew (and the streams when written, see ``cluster.node._Writes``), so
+that a room that is gone leaves no key behind.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ __all__ = [
     "NODE_RENEW",
     "RELEASE",
     "RENEW",
-    "XADD",
 ]
 
 #: How many leases a room's epoch, members and stream outlive its last
@@ -122,13 +122,4 @@ if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if cur then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 0
-"""
-
-# KEYS: stream.  ARGV: keep ms, max length, then field, value pairs.  XADD
-# that also makes the stream expire `keep` after its last write, so that
-# the stream of a room (or the inbox of a node) that is gone goes too.
-XADD = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return id
 """
