@@ -201,6 +201,10 @@ class _Writes:
     def clear(self) -> None:
         self.waiting.clear()
 
+    def forget_expiries(self) -> None:
+        """Redis lost its keys: the next write to each stream sets its expiry."""
+        self._expiring.clear()
+
     def _written(self, result: Any, args: tuple[Any, ...]) -> None:
         self._writing -= 1
         if not isinstance(result, Failure):
@@ -954,6 +958,7 @@ class ClusterRooms(Rooms):
             # before they would take an ownerless room themselves.
             self._quiet_ticks = 2
             self.judge_after = self.now() + self.lease
+            self.writes.forget_expiries()  # the streams are new
             waits = []
             for relay in self._relays.values():
                 relay.seen_epoch = 0
