@@ -224,3 +224,33 @@ def test_many_short_rooms_leave_nothing_in_redis(cluster: Cluster) -> None:  # n
         time.sleep(0.2)
     # What remains is per node: its liveness key and its inbox.
     assert len(keys) <= 4, keys
+
+
+def test_a_join_elsewhere_right_after_a_redis_restart_does_not_split_the_room(
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    """
+    Redis restarts; before the room's owner has taken it again, a peer
+    joins the room on the other node.  That node must not take the room
+    (two rooms of one name, and the owner's peers closed with 1001): the
+    join waits for the owner, which admits it.
+    """
+    a, b = cluster.node(), cluster.node()
+    for i in range(3):
+        room = f"again{i}"
+        x, y = _join_all([a.socket_url(room), a.socket_url(room)])  # a owns the room
+        time.sleep(LEASE / 6 * i)  # at another point between ticks each time
+        cluster.redis.stop()
+        cluster.redis.start()
+        time.sleep(0.05)
+        try:
+            with join(b.socket_url(room)) as z:
+                assert set(z.authenticated["data"]["peers"]) == {x.peer_id, y.peer_id}
+                assert x.recv(timeout=LEASE * 2) == joined(z.peer_id)
+                assert y.recv(timeout=LEASE * 2) == joined(z.peer_id)
+                z.send("hi", "all", i)
+                assert x.recv(timeout=LEASE * 2)["data"] == i
+        except ConnectionClosed as e:
+            raise AssertionError(f"round {i}: {e}\n{a.output}\n{b.output}") from None
+        x.close()
+        y.close()

@@ -908,14 +908,22 @@ class ClusterRooms(Rooms):
     @property
     def unavailable(self) -> str | None:
         """
-        ``redis_unreachable`` (``/healthz`` answers 503) once a heartbeat
-        has waited for Redis for more than half a lease, until one is
-        answered (the node can serve joins again).
+        ``redis_unreachable`` (``/healthz`` answers 503) until the node has
+        registered with Redis, and once a heartbeat has waited for Redis for
+        more than half a lease, until one is answered: the node cannot serve
+        joins meanwhile.
         """
         since = self._waiting_since
-        if since is not None and self.now() - since > self.lease / 2:
-            return "redis_unreachable"
-        return None
+        waited = since is not None and self.now() - since > self.lease / 2
+        return "redis_unreachable" if waited or not self._registered else None
+
+    @property
+    def settling(self) -> bool:
+        """
+        Redis restarted lately (within two ticks of this node seeing it):
+        relays here take no room yet, so that its previous owner gets it.
+        """
+        return self._quiet_ticks > 0
 
     def _heartbeat(self) -> None:
         """

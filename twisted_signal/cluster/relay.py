@@ -127,23 +127,28 @@ class RoomRelay:
         Take the room if it has no owner; otherwise learn the owner's epoch.
         """
         sent = self._rooms.now()
-        d = self._acquire()
+        # Right after a Redis restart, the rooms' previous owners take them
+        # back first: a join here meanwhile goes to the room's stream, which
+        # the owner reads anew once it has the room again.
+        d = self._acquire("wait" if self._rooms.settling else "take")
         return d.addCallbacks(self._acquired, self._unresolved, callbackArgs=(sent,))
 
-    def _acquire(self) -> Deferred[Any]:
+    def _acquire(self, mode: str) -> Deferred[Any]:
         """Run the ACQUIRE script: the owner lease and epoch, or the owner's epoch."""
         rooms = self._rooms
         return rooms.redis.execute(
             "EVAL",
             scripts.ACQUIRE,
-            4,
+            5,
             rooms.key("room", self.name, "owner"),
             rooms.key("room", self.name, "epoch"),
             rooms.key("room", self.name, "in"),
             rooms.key("room", self.name, "cursor"),
+            rooms.key("node", rooms.node_id),
             rooms.node_id,
             int(rooms.lease * 1000),
             rooms.keep_ms,
+            mode,
         )
 
     def _unresolved(self, failure: Failure) -> None:
@@ -302,7 +307,7 @@ class RoomRelay:
         room = self.room
         assert room is not None
         sent = rooms.now()
-        d = self._acquire()
+        d = self._acquire("take")
 
         def got(reply: list[Any]) -> Any:
             epoch = int(reply[0])

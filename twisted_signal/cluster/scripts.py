@@ -28,16 +28,22 @@ __all__ = [
 #: takes (a lease and a tick), so a new owner still finds them.
 KEEP_LEASES = 3
 
-# KEYS: owner, epoch, in-stream, cursor.  ARGV: node, lease ms, keep ms.
-# Returns {epoch, where to read the in-stream from} when acquired, {0,
-# current owner} when not.  After a hand-over, reading goes on from where the
-# previous owner stopped; otherwise from the newest entry.  A new epoch
+# KEYS: owner, epoch, in-stream, cursor, the caller's node key.  ARGV: node,
+# lease ms, keep ms, mode.  Returns {epoch, where to read the in-stream from}
+# when acquired, {0, current owner} when not, and {0, why} when the caller
+# may not take it now: it is not registered in this Redis (it lost its
+# keys, and the node has not seen that yet), or `mode` is "wait" (it saw
+# that lately, and the previous owners take their rooms back first).  After
+# a hand-over, reading goes on from where the previous owner stopped;
+# otherwise from the newest entry.  A new epoch
 # counter (a name used for the first time, or whose counter expired, or a
 # Redis that lost its keys) starts at Redis's clock in milliseconds, so that
 # epochs still only grow for the nodes that remember an older one.
 ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if cur then return {0, cur} end
+if redis.call('EXISTS', KEYS[5]) == 0 then return {0, 'unregistered'} end
+if ARGV[4] == 'wait' then return {0, 'waiting'} end
 local epoch = redis.call('INCR', KEYS[2])
 if epoch == 1 then
   local now = redis.call('TIME')
