@@ -340,3 +340,19 @@ class WritesTests(_OwnerCase):
         self.redis.down = False
         self.wait(0.3)
         self.assertEqual(len(expiries()), 3)
+
+    def test_what_waits_for_redis_is_bounded(self) -> None:
+        from twisted_signal.cluster import node
+
+        self.patch(node, "MAX_OUTBOX_BYTES", 10_000)
+        self.redis.down = True
+        for n in range(100):
+            self.write(n)
+        waiting = self.rooms.writes.waiting
+        self.assertLess(sum(node._size(e) for e in waiting), 10_000)
+        self.assertEqual(waiting[-1][-1], json.dumps({"event": "n", "data": 99}))  # the newest
+        self.redis.down = False
+        self.wait(0.3)
+        self.read_inbox()
+        numbers = self.y.numbers()
+        self.assertEqual(numbers, list(range(100 - len(numbers), 100)))

@@ -43,9 +43,12 @@ PREFIX = "rtcsignal:"
 #: memory of a stream whose reader is gone.  Trimming by length alone would
 #: drop entries that a reader under load has not read yet.
 STREAM_MAXLEN = 1_000_000
-#: The most entries a node keeps to write again while Redis does not take
-#: them (`ClusterRooms.xadd`); beyond it the oldest go.
-MAX_OUTBOX = 100_000
+#: The most entries, and bytes of them, that a node keeps to write again
+#: while Redis does not take them (`ClusterRooms.xadd`); beyond either the
+#: oldest go.  (A node lets them all go once it closes its peers, a lease
+#: into an outage at most.)
+MAX_OUTBOX = 1_000_000
+MAX_OUTBOX_BYTES = 64 * 1024 * 1024
 #: How soon a node writes its waiting entries again (seconds).
 RETRY_DELAY = 0.2
 #: What a node id in a resume token may look like (`ClusterRooms.claim_elsewhere`).
@@ -177,6 +180,7 @@ class _Writes:
         """The number of the last entry written."""
         self.waiting: deque[tuple[Any, ...]] = deque()
         """Entries that Redis has not taken yet, to write again, in order."""
+        self._waiting_bytes = 0
         self._writing = 0
         self._flushing = False
         self._failed = False
@@ -200,6 +204,7 @@ class _Writes:
 
     def clear(self) -> None:
         self.waiting.clear()
+        self._waiting_bytes = 0
 
     def forget_expiries(self) -> None:
         """Redis lost its keys: the next write to each stream sets its expiry."""
@@ -241,9 +246,13 @@ class _Writes:
         rooms.redis.execute("PEXPIRE", stream, rooms.keep_ms).addErrback(failed)
 
     def _keep(self, args: tuple[Any, ...]) -> None:
-        if len(self.waiting) >= MAX_OUTBOX:
-            self.waiting.popleft()
         self.waiting.append(args)
+        self._waiting_bytes += _size(args)
+        while len(self.waiting) > MAX_OUTBOX or self._waiting_bytes > MAX_OUTBOX_BYTES:
+            self._drop_first()
+
+    def _drop_first(self) -> None:
+        self._waiting_bytes -= _size(self.waiting.popleft())
 
     def _flush_soon(self, delay: float) -> None:
         if self.waiting and not self._writing and not self._flushing and self._retry is None:
@@ -268,7 +277,7 @@ class _Writes:
                 taken += 1
             for args in batch[:taken]:
                 if self.waiting and self.waiting[0] is args:
-                    self.waiting.popleft()
+                    self._drop_first()
                 self._taken(args[1])
             self._failed = taken < len(batch)
             if not self._failed and not self.waiting:
@@ -276,6 +285,11 @@ class _Writes:
             self._flush_soon(RETRY_DELAY if self._failed else 0)
 
         DeferredList(writes, consumeErrors=True).addCallback(done)
+
+
+def _size(args: tuple[Any, ...]) -> int:
+    """About how many bytes an entry's command holds."""
+    return sum(len(a) if isinstance(a, bytes | str) else 8 for a in args)
 
 
 class _NotStartedAgain(Events):
