@@ -356,3 +356,10 @@ class WritesTests(_OwnerCase):
         self.read_inbox()
         numbers = self.y.numbers()
         self.assertEqual(numbers, list(range(100 - len(numbers), 100)))
+
+    def test_a_stopped_node_writes_nothing_again(self) -> None:
+        self.redis.down = True
+        self.write(1)
+        self.rooms.writes.stop()
+        self.wait(1)
+        self.assertEqual(self.clock.getDelayedCalls(), [self.rooms._tick.call])

@@ -185,6 +185,7 @@ class _Writes:
         self._flushing = False
         self._failed = False
         self._retry: IDelayedCall | None = None
+        self._stopped = False
         self._expiring: dict[str, float] = {}
         """When this node last made each stream expire (`now`)."""
 
@@ -205,6 +206,14 @@ class _Writes:
     def clear(self) -> None:
         self.waiting.clear()
         self._waiting_bytes = 0
+
+    def stop(self) -> None:
+        """The node has stopped: nothing is written again."""
+        self._stopped = True
+        self.clear()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
     def forget_expiries(self) -> None:
         """Redis lost its keys: the next write to each stream sets its expiry."""
@@ -255,6 +264,8 @@ class _Writes:
         self._waiting_bytes -= _size(self.waiting.popleft())
 
     def _flush_soon(self, delay: float) -> None:
+        if self._stopped:
+            return
         if self.waiting and not self._writing and not self._flushing and self._retry is None:
             self._retry = self._rooms.reactor.callLater(delay, self._flush)
 
@@ -912,6 +923,7 @@ class ClusterRooms(Rooms):
         )
 
         def closed(_: object) -> None:
+            self.writes.stop()
             self.redis.close()
             self._reader.close()
             self.running = False
