@@ -15,7 +15,8 @@ ARGS ?=
 # downloaded build; Firefox through puppeteer-core on node) and cut the
 # network with nftables; the TURN test runs a real coturn on loopback; the
 # metrics test a real Prometheus; the benchmark's load generator and
-# peerjs-server run on Node; the cluster tests a real Redis.
+# peerjs-server run on Node (the peerjs wire tests run peerjs-server too, so
+# unit installs it); the cluster tests a real Redis.
 SYSTEM_PACKAGES := chromium coturn firefox-esr nodejs nftables prometheus redis-server
 # puppeteer-core for Firefox, pinned by tests/browsers/package-lock.json.
 BROWSER_DRIVERS := tests/browsers/node_modules/.package-lock.json
@@ -82,7 +83,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-unit: install system-packages browser-drivers $(SSLYZE)
+unit: install system-packages browser-drivers $(SSLYZE) bench/node_modules/.installed
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 

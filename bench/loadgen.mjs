@@ -30,7 +30,9 @@ function port(room) {
 
 function url(room, id) {
   if (opts.protocol === "peerjs") {
-    return `ws://${HOST}:${opts.port}/peerjs?key=peerjs&id=${id}&token=${randomUUID()}`;
+    // opts.path: where the server mounts peerjs (peerjs-server: "/").
+    const path = opts.path ?? "/";
+    return `ws://${HOST}:${opts.port}${path}peerjs?key=peerjs&id=${id}&token=${randomUUID()}`;
   }
   return `ws://${HOST}:${port(room)}/socket/${room}/`;
 }

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,8 @@ class Server:
     name: str
     argv: list[str]
     protocol: str = "signal"
+    path: str = "/"
+    """Where a "peerjs" server serves peerjs (peerjs-server: /)."""
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -186,6 +188,9 @@ def servers(with_peerjs: bool, with_metrics: bool) -> dict[str, Server]:
             [NODE, str(peerjs), "--port", "PORT", "--host", "127.0.0.1"],
             protocol="peerjs",
         )
+        # Like with like: the same peerjs load against this server's front.
+        front = twisted_signal("twisted-signal peerjs", "--peerjs", "/peerjs/")
+        found["twisted-signal peerjs"] = replace(front, protocol="peerjs", path="/peerjs/")
     return found
 
 
@@ -253,6 +258,8 @@ def one_run(figure: str, server: Server, options: dict[str, Any], attempt: int, 
 
         cpu_before, busy_before, started = process_cpu(server.pid), machine_busy(), time.time()
         options = {**options, "protocol": server.protocol, "port": server.port}
+        if server.protocol == "peerjs":
+            options["path"] = server.path
         result = run_loadgen(server, options, on_ready, on_mark)
         wall = time.time() - started
         server_cpu = process_cpu(server.pid) - cpu_before

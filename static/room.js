@@ -123,8 +123,23 @@ window.rtcsignal = Object.freeze({
 
 // --- Signaling -------------------------------------------------------------
 
+// The server's own events (docs/protocol.md): acted on only when the server
+// sent them (`from` null; `joined`: from the newcomer itself).  A relay that
+// lets a peer's message through under one of these names must not end our
+// call, change our peer id or pick our TURN server: such a message is ignored.
+const SERVER_EVENTS = new Set(["authenticated", "joined", "left", "error", "ice_servers"]);
+
+function fromServer({ event, data, from }) {
+  if (!SERVER_EVENTS.has(event) || from === null || from === undefined) return true;
+  return event === "joined" && data?.peer_id === from;
+}
+
 function onMessage(message) {
   const { event, data, from } = message;
+  if (!fromServer(message)) {
+    console.warn(`room: ignored "${event}" from peer ${from}: only the server sends it`);
+    return;
+  }
   switch (event) {
     case "authenticated":
       return onAuthenticated(data ?? {});

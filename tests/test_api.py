@@ -172,3 +172,59 @@ def test_message_module_imports_nothing_from_twisted_or_autobahn() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "\n"
+
+
+_IMPORTED_BY = """
+import sys
+exec(sys.argv[1])
+print(",".join(sorted(name for name in sys.modules if name.startswith(tuple(sys.argv[2:])))))
+"""
+
+
+def _loaded_by(statement: str, *prefixes: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORTED_BY, statement, *prefixes],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [name for name in result.stdout.strip().split(",") if name]
+
+
+SERVER_SIDE = ("twisted.web", "autobahn.twisted", "twisted_signal.peer", "twisted_signal.room")
+
+
+def test_the_asyncio_client_loads_neither_twisted_nor_the_server() -> None:
+    loaded = _loaded_by(
+        "from twisted_signal.client import aio_connect, Backoff",
+        "twisted",
+        "autobahn",
+        "aiortc",
+        "twisted_signal.",
+    )
+    assert loaded == [
+        "twisted_signal",
+        "twisted_signal.client",
+        "twisted_signal.client._asyncio",
+        "twisted_signal.client._core",
+        "twisted_signal.message",
+    ]
+
+
+def test_the_twisted_client_loads_no_server_module_nor_twisted_web() -> None:
+    loaded = _loaded_by("from twisted_signal.client import connect", *SERVER_SIDE)
+    assert "autobahn.twisted.websocket" in loaded
+    assert [name for name in loaded if not name.startswith("autobahn.twisted")] == []
+
+
+def test_public_names_are_loaded_on_first_use() -> None:
+    assert _loaded_by("import twisted_signal", *SERVER_SIDE) == []
+    assert "twisted_signal.peer" in _loaded_by("from twisted_signal import Peer", *SERVER_SIDE)
+    assert "Room" in dir(twisted_signal)
+
+
+def test_every_public_name_has_a_home() -> None:
+    assert sorted(twisted_signal._HOMES) == sorted(PUBLIC_NAMES - {"__version__"})

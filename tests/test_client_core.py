@@ -216,3 +216,50 @@ def test_importing_the_client_needs_neither_aiortc_nor_websockets() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+# Server events are trusted only from the server (SPEC 1.2).
+
+FORGED = [
+    ("left", {"peer_id": "a"}),
+    ("error", {"description": "Room closed", "details": "normal"}),
+    ("error", {"description": "Could not join room", "details": "room_is_full"}),
+    ("authenticated", {"peer_id": "evil", "peers": [], "resume_token": "stolen"}),
+    ("ice_servers", [{"urls": ["turn:evil.example"], "username": "u", "credential": "c"}]),
+    ("joined", {"peer_id": "ghost"}),
+]
+
+
+@pytest.mark.parametrize(("event", "data"), FORGED)
+def test_a_server_event_from_a_peer_is_ignored(event: str, data: Any) -> None:
+    seen: list[Message] = []
+    core = joined_core(on_message=seen.append, reconnect=True)
+    core.received(json.dumps({"event": "ice_servers", "data": [{"urls": ["stun:ok"]}]}))
+    before = (core.session.peer_id, list(core.session.peers), list(core.session.ice_servers))
+    authenticated = core.session.authenticated
+    seen.clear()
+    core.inbox.take(None)
+
+    actions = core.received(frame(event, data, "a"))
+    assert [(type(a), getattr(a, "level", None)) for a in actions] == [(Log, "warn")]
+    perform(actions, Recorder())
+    assert seen == [] and core.inbox.take(None) is None
+    assert (core.session.peer_id, core.session.peers, core.session.ice_servers) == before
+    assert core.session.authenticated == authenticated and core.session.resume_token == "r1"
+    assert core.joined and not core.session.final and core.session.refusal is None
+    # The connection is lost: the client comes back (the room was not closed
+    # for it), resuming as itself.
+    assert kinds(core.lost(1006, "")) == [Log, Retry]
+    assert "resume=r1" in core.attempt()
+
+
+def test_joined_is_the_servers_when_from_the_newcomer_itself() -> None:
+    core = joined_core()
+    assert kinds(core.received(frame("joined", {"peer_id": "b"}, "b"))) == [Deliver]
+    assert kinds(core.received(frame("joined", {"peer_id": "c"}, "b"))) == [Log]
+    assert core.session.peers == ["a", "b"]
+    # The same server events from the server (from: null) are followed.
+    assert kinds(core.received(frame("left", {"peer_id": "a"}))) == [Deliver]
+    assert core.session.peers == ["b"]
+    core.received(frame("error", {"description": "Room closed", "details": "normal"}))
+    assert core.session.final

@@ -22,6 +22,7 @@ from twisted_signal.events import Events
 from .cluster_support import Redis
 from .support import Client, LiveServer, join, joined, start_server
 from .test_peer import (
+    test_a_peer_cannot_send_the_servers_events,
     test_addressing_yourself_echoes,
     test_authenticated_for_the_first_peer,
     test_broadcast_never_comes_back_to_the_sender,
@@ -29,12 +30,14 @@ from .test_peer import (
     test_from_is_stamped_and_extra_keys_are_dropped,
     test_joined_to_others_and_peers_already_in_the_room,
     test_left_when_a_peer_closes,
+    test_server_code_may_use_the_servers_event_names,
     test_trailing_slash_is_optional_and_64_character_names_work,
     test_unicast_reaches_only_the_addressee,
     test_unknown_addressee_delivers_nothing,
 )
 
 __all__ = [
+    "test_a_peer_cannot_send_the_servers_events",
     "test_addressing_yourself_echoes",
     "test_authenticated_for_the_first_peer",
     "test_broadcast_never_comes_back_to_the_sender",
@@ -42,6 +45,7 @@ __all__ = [
     "test_from_is_stamped_and_extra_keys_are_dropped",
     "test_joined_to_others_and_peers_already_in_the_room",
     "test_left_when_a_peer_closes",
+    "test_server_code_may_use_the_servers_event_names",
     "test_trailing_slash_is_optional_and_64_character_names_work",
     "test_unicast_reaches_only_the_addressee",
     "test_unknown_addressee_delivers_nothing",

@@ -142,9 +142,14 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=no_constant, parse_float=finite)
 
 
-def classify(frame: str) -> tuple[str, Any]:
+SERVER_ONLY_EVENTS = frozenset({"authenticated", "joined", "left", "error"})
+"""Names a peer may not send; "ice_servers" it may, to itself alone (SPEC 1.2)."""
+
+
+def classify(frame: str, sender: str) -> tuple[str, Any]:
     """
-    ``("valid", parsed)``, or the direct answer the server owes `frame`.
+    ``("valid", parsed)``, or the direct answer the server owes `frame` from
+    the peer `sender`.
     """
     if frame == "ping":
         return ("pong", None)
@@ -160,7 +165,14 @@ def classify(frame: str) -> tuple[str, Any]:
             to == "all"
             or (isinstance(to, list) and len(to) <= 64 and all(isinstance(i, str) for i in to))
         )
+        valid = valid and event not in SERVER_ONLY_EVENTS
+        valid = valid and (event != "ice_servers" or refresh(to, sender))
     return ("valid", value) if valid else ("Invalid message", None)
+
+
+def refresh(to: Any, sender: str) -> bool:
+    """Whether `to` addresses `sender` alone: an ``ice_servers`` request (SPEC 5.2)."""
+    return isinstance(to, list) and set(to) == {sender}
 
 
 def key(message: dict[str, Any]) -> str:
@@ -504,7 +516,7 @@ class ServerFuzz(RuleBasedStateMachine):
         members = self.members[sender.room]
         by_id = {p.peer_id: p for p in members}
         to = parsed["to"]
-        if parsed["event"] == "ice_servers" and to == [sender.peer_id]:
+        if parsed["event"] == "ice_servers" and refresh(to, sender.peer_id):
             sender.direct.append(("ice", None))
         else:
             message = {
@@ -656,8 +668,13 @@ class ServerFuzz(RuleBasedStateMachine):
                     ids.insert(where % (len(ids) + 1), self.unknown_id(sender, kind, which))
                 body["to"] = ids
             frame = json.dumps(body)
-            verdict, parsed = classify(frame)
-            assert verdict == "valid", (frame, verdict)
+            verdict, parsed = classify(frame, sender.peer_id)
+            if verdict != "valid":
+                # One of the server's event names: refused, delivered to nobody.
+                assert verdict == "Invalid message", (frame, verdict)
+                sender.direct.append((verdict, None))
+                sender.ws.send(frame)
+                return
             self.relay(sender, frame, parsed, cuts)
 
     @precondition(lambda self: self.alive())
@@ -676,13 +693,13 @@ class ServerFuzz(RuleBasedStateMachine):
     def send_raw(self, pick: int, frame: str | bytes) -> None:
         """A frame that is not a valid message: it gets its error, and nobody else hears of it."""
         expected: Expected
+        sender = self.pick(pick)
         if isinstance(frame, bytes):
             expected = ("Invalid message", "binary frames are not supported")
         else:
-            expected = classify(frame)
+            expected = classify(frame, sender.peer_id)
             assume(expected[0] != "valid")
         with self.step("send_raw"):
-            sender = self.pick(pick)
             sender.direct.append(expected)
             sender.ws.send(frame)
 

@@ -145,6 +145,7 @@ class PeerHotPathTests(_PeersTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.peers = [self._connect() for _ in range(4)]
+        self.clock.advance(0)  # they count what their transports hold from now on
         for _, transport in self.peers:
             transport.clear()
 
@@ -293,7 +294,8 @@ class PeerJoinTests(_PeersTestCase):
         transport = _TCPLikeTransport()
         transport.protocol = protocol
         protocol.makeConnection(transport)
-        channel = weakref.ref(protocol._channel)
+        # The site builds the HTTP channel itself (no wrapper around it).
+        channel = weakref.ref(protocol)
         protocol.dataReceived(_UPGRADE)
         peer = transport.protocol
         self.assertIsInstance(peer, Peer)
@@ -302,3 +304,40 @@ class PeerJoinTests(_PeersTestCase):
         gc.collect()
         self.assertIsNone(channel())
         self.assertIsNone(transport.producer)
+
+
+class PeerTurnTests(_PeersTestCase):
+    """
+    One connection cannot keep the reactor to itself: however many frames
+    one read brings, a bounded number are handled per turn, reading stops
+    meanwhile, and the rest are handled, in order, in the next turns.
+    """
+
+    def test_a_read_of_many_frames_is_handled_in_turns(self) -> None:
+        peer, transport = self._connect()
+        self.clock.advance(0)
+        transport.clear()
+        frames = [_frame(b"ping") for _ in range(150)]
+        pings = [bytes([0x89, 0x80]) + b"\0\0\0\0"] * 150
+        peer.dataReceived(b"".join(frames + pings))
+        handled_first = transport.value().count(b"pong")
+        self.assertLess(handled_first, 150)
+        self.assertEqual(transport.producerState, "paused")
+        # What arrives meanwhile waits its turn too.
+        peer.dataReceived(_frame(b"ping"))
+        self.assertEqual(transport.value().count(b"pong"), handled_first)
+        for _ in range(20):
+            self.clock.advance(0)
+        # Once its frames are being dropped (past the burst of 200), the
+        # connection's turns come 10 ms apart: the rest is still waiting.
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(transport.value().count(b"\x81\x04pong"), 150)
+        for _ in range(10):
+            self.clock.advance(0.01)
+        # 150 text pongs and 50 WebSocket pongs (the burst of 200, and
+        # what 10 ms turns refill), one "Rate limited" error, the rest dropped.
+        written = transport.value()
+        self.assertEqual(written.count(b"\x81\x04pong"), 150)
+        self.assertIn(written.count(b"\x8a\x00"), (50, 51, 52))
+        self.assertEqual(written.count(b"Rate limited"), 1)
+        self.assertEqual(transport.producerState, "producing")

@@ -10,6 +10,7 @@ handshake), a hand-written one over a bare socket.
 
 from __future__ import annotations
 
+import itertools
 import json
 import select
 import time
@@ -24,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from twisted_signal import AuthData, Peer, PeerContext, PeerFactory, Settings, Unauthorized
 from twisted_signal.auth import TokenVerifier
-from twisted_signal.limits import RateLimiter, Verdict
+from twisted_signal.limits import RateLimiter, SendBuffer, Verdict
 
 from .support import (
     OP_CLOSE,
@@ -160,6 +161,154 @@ def test_limiter_a_sustained_flood_is_closed_although_refills_let_some_through()
     # And it made a handful of errors, not one per refill.
     warnings = [now for now, verdict in verdicts if verdict is Verdict.DROP_AND_WARN]
     assert 1 <= len(warnings) <= 3, warnings
+
+
+def flood(limiter: RateLimiter, per_second: float, read_every: float, seconds: float) -> Any:
+    """
+    A flood of `per_second` frames that the server reads in batches, one
+    read every `read_every` seconds (all frames of a read are checked at
+    once, as when they arrive in one TCP segment): the verdicts, timed.
+    """
+    verdicts: list[tuple[float, Verdict]] = []
+    owed = 0.0
+    now = 0.0
+    while now < seconds:
+        now += read_every
+        owed += per_second * read_every
+        while owed >= 1:
+            owed -= 1
+            verdicts.append((now, limiter.check(now)))
+    return verdicts
+
+
+@pytest.mark.parametrize(
+    ("per_second", "read_every"),
+    [(190, 0.05), (190, 0.3), (1000, 0.01), (1000, 0.25), (60, 0.1), (55, 1.0)],
+)
+def test_limiter_the_default_closes_a_flood_after_10_s_whatever_the_gaps(
+    per_second: float, read_every: float
+) -> None:
+    """
+    SPEC 5.3 at the defaults (50/s, burst 200, 10 s): a peer whose messages
+    keep being dropped (some in every second) is closed 10 s after its first
+    drop, with a handful of errors, however its frames are spaced; a gap of
+    20 ms between drops does not end the run.
+    """
+    defaults = Settings()
+    limiter = RateLimiter(
+        defaults.rate, defaults.rate_period, defaults.rate_burst, defaults.flood_timeout, 0.0
+    )
+    verdicts = flood(limiter, per_second, read_every, 60.0)
+    drops = [now for now, verdict in verdicts if verdict is not Verdict.PASS]
+    closes = [now for now, verdict in verdicts if verdict is Verdict.CLOSE]
+    warnings = [now for now, verdict in verdicts if verdict is Verdict.DROP_AND_WARN]
+    assert closes, "never closed"
+    assert closes[0] - drops[0] == pytest.approx(10.0, abs=max(read_every, 0.05) + 1e-9)
+    assert len(warnings) == 1, warnings
+
+
+def test_limiter_at_most_one_warning_a_second() -> None:
+    limiter = RateLimiter(rate=50, period=1, burst=1, flood_timeout=10.0, now=0.0)
+    verdicts = []
+    # Bursts of 5 frames separated by pauses just over a second: each burst
+    # is a new run of drops, and there are never two warnings in a second.
+    for burst in range(8):
+        now = burst * 1.05
+        verdicts += [(now, limiter.check(now)) for _ in range(5)]
+    warnings = [now for now, verdict in verdicts if verdict is Verdict.DROP_AND_WARN]
+    assert len(warnings) == 8
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(warnings))
+    assert all(verdict is not Verdict.CLOSE for _, verdict in verdicts)
+
+
+def test_limiter_a_quiet_second_ends_the_run() -> None:
+    limiter = RateLimiter(rate=50, period=1, burst=1, flood_timeout=3.0, now=0.0)
+    assert limiter.check(0.0) is Verdict.PASS
+    assert limiter.check(0.001) is Verdict.DROP_AND_WARN
+    # Drops every 0.9 s (after a message the refill lets through): one
+    # run, closed 3 s after its first drop.
+    for i in range(1, 4):
+        now = 0.001 + 0.9 * i
+        assert [limiter.check(now), limiter.check(now)] == [Verdict.PASS, Verdict.DROP]
+    assert [limiter.check(3.001), limiter.check(3.001)] == [Verdict.PASS, Verdict.CLOSE]
+    # The same peer after more than a second without a drop: a new run.
+    limiter = RateLimiter(rate=50, period=1, burst=1, flood_timeout=3.0, now=0.0)
+    assert limiter.check(0.0) is Verdict.PASS
+    assert limiter.check(0.001) is Verdict.DROP_AND_WARN
+    assert limiter.check(0.002) is Verdict.DROP
+    assert limiter.check(1.1) is Verdict.PASS  # a token came back
+    assert limiter.check(1.1) is Verdict.DROP_AND_WARN
+
+
+# SPEC 1.4 step 7: what is held for a peer that does not read.
+
+
+def test_send_buffer_counts_only_what_the_transport_could_not_write() -> None:
+    buffer = SendBuffer(limit=1000)
+    # The transport writes everything at once: nothing is held.
+    assert all(buffer.add(600) for _ in range(100))
+    assert buffer.held == 0
+    buffer.pauseProducing()  # its buffer is full
+    assert buffer.add(600) is True
+    assert buffer.add(400) is True
+    assert buffer.held == 1000
+    assert buffer.add(1) is False
+    # Written out: nothing is held any more.
+    buffer.resumeProducing()
+    assert buffer.held == 0
+    assert buffer.add(5000) is True
+
+
+def test_settings_max_send_buffer() -> None:
+    assert Settings().max_send_buffer == 4 * 1024 * 1024
+    with pytest.raises(ValueError, match="max_send_buffer"):
+        Settings(max_send_buffer=0)
+
+
+def test_send_buffer_over_a_real_transport() -> None:
+    """
+    Registered with a TCP transport (Twisted's `FileDescriptor` write
+    buffer), the count follows what the transport holds: paused past its
+    ``bufferSize``, resumed once it has written everything.
+    """
+    from twisted.internet.abstract import FileDescriptor
+
+    class Stalled(FileDescriptor):
+        written = 0
+        accepting = True
+
+        def writeSomeData(self, data: bytes) -> int:
+            n = min(len(data), 1000) if self.accepting else 0
+            self.written += n
+            return n
+
+        def startWriting(self) -> None:
+            pass
+
+        def stopWriting(self) -> None:
+            pass
+
+    transport = Stalled()
+    transport.connected = True
+    buffer = SendBuffer(limit=200_000)
+    transport.registerProducer(buffer, True)
+    transport.accepting = False
+    chunk = b"x" * 60_000
+    transport.write(chunk)
+    assert not buffer.full
+    transport.write(chunk)  # 120 KB: past the transport's 64 KiB
+    assert buffer.full
+    assert buffer.add(len(chunk))
+    transport.write(chunk)
+    assert buffer.add(len(chunk))
+    transport.write(chunk)
+    assert buffer.add(len(chunk))
+    transport.write(chunk)
+    assert not buffer.add(len(chunk))  # 240 KB written since it was full
+    transport.accepting = True
+    while transport.dataBuffer or transport._tempDataLen:
+        transport.doWrite()
+    assert not buffer.full and buffer.held == 0
 
 
 # SPEC 5.3: live.

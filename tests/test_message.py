@@ -19,10 +19,12 @@ from twisted_signal.message import (
     MAX_ADDRESSEES,
     MAX_DEPTH,
     MAX_EVENT_LENGTH,
+    SERVER_EVENTS,
     InvalidMessage,
     Message,
     authenticated,
     error,
+    impersonates_server,
     joined,
     left,
 )
@@ -278,6 +280,75 @@ def test_client_from_is_replaced_by_the_sender() -> None:
     assert Message.from_json(text).from_ is None
 
 
+# The names of the server's events are the server's (SPEC 1.2).
+
+SERVER_ONLY = ["authenticated", "joined", "left", "error"]
+
+
+@pytest.mark.parametrize("event", SERVER_ONLY)
+@pytest.mark.parametrize("to", [ALL, [PEER_A], [PEER_B], [PEER_A, PEER_B], []])
+def test_a_peer_may_not_send_a_server_event(event: str, to: Any) -> None:
+    text = frame(event=event, to=to, data={"peer_id": PEER_A, "description": "Room closed"})
+    for payload in (text, text.encode("utf-8")):
+        e = parse_error(payload)
+        assert e.description == "Invalid message"
+        assert isinstance(e.details, str) and event in e.details, e.details
+
+
+def test_the_server_events_are_exactly_these() -> None:
+    assert {*SERVER_ONLY, "ice_servers"} == SERVER_EVENTS
+    # Names that are not the server's, even close ones, are anyone's.
+    for event in ("Left", "left ", "errors", "ice_server", "authenticate", "join"):
+        assert Message.from_json(frame(event=event, to=ALL), from_=PEER_A).event == event
+
+
+@pytest.mark.parametrize("to", [[PEER_A], [PEER_A, PEER_A]])
+def test_ice_servers_to_oneself_is_the_refresh_request(to: list[str]) -> None:
+    message = Message.from_json(frame(event="ice_servers", to=to, data=[1]), from_=PEER_A)
+    # Addressed to the sender once, so the server answers it (SPEC 5.2).
+    assert message == Message("ice_servers", [1], PEER_A, (PEER_A,))
+
+
+@pytest.mark.parametrize("to", [ALL, [PEER_B], [PEER_A, PEER_B], [PEER_B, PEER_A], []])
+def test_ice_servers_to_anyone_else_is_invalid(to: Any) -> None:
+    e = parse_error(frame(event="ice_servers", to=to, data=[{"urls": ["turn:evil.test"]}]))
+    assert e.description == "Invalid message"
+    assert isinstance(e.details, str) and "ice_servers" in e.details, e.details
+
+
+@pytest.mark.parametrize("event", sorted(SERVER_EVENTS))
+def test_the_server_side_may_use_its_own_event_names(event: str) -> None:
+    # The admin API's messages (no sender) are the server's own, and a
+    # message a node relays was accepted by the member's node already.
+    text = frame(event=event, to=ALL, data=None)
+    assert Message.from_json(text).event == event
+    relayed = Message.from_json(text, from_=PEER_A, server_events=True)
+    assert relayed == Message(event, None, PEER_A, ALL)
+
+
+@pytest.mark.parametrize(
+    ("message", "forged"),
+    [
+        (authenticated(PEER_A, [], []), False),
+        (joined(PEER_B), False),
+        (left(PEER_B), False),
+        (error(PEER_A, "Room closed", "normal"), False),
+        (Message("ice_servers", [], None, (PEER_A,)), False),
+        (Message("anything", 1, None, ALL), False),
+        (Message("offer", 1, PEER_B, (PEER_A,)), False),
+        (Message("authenticated", {"peer_id": PEER_B}, PEER_B, (PEER_A,)), True),
+        (Message("joined", {"peer_id": PEER_A}, PEER_B, ALL), True),
+        (Message("joined", None, PEER_B, ALL), True),
+        (Message("left", {"peer_id": PEER_B}, PEER_B, ALL), True),
+        (Message("error", {"description": "Room closed"}, PEER_B, (PEER_A,)), True),
+        (Message("ice_servers", [{"urls": ["turn:evil.test"]}], PEER_B, (PEER_A,)), True),
+        (Message("ice_servers", [], PEER_A, (PEER_A,)), True),
+    ],
+)
+def test_impersonates_server(message: Message, forged: bool) -> None:
+    assert impersonates_server(message) is forged
+
+
 def test_bytes_input() -> None:
     text = frame(event="offer", data={"name": "Zoë 🎥"}, to=[PEER_B])
     assert Message.from_json(text.encode("utf-8"), from_=PEER_A) == Message(
@@ -496,7 +567,7 @@ json_ish_text = st.text(alphabet='{}[]":,0123456789.eE+-\\ utrfalsenvoNIy', max_
 
 messages: st.SearchStrategy[Message] = st.builds(
     Message,
-    event=st.text(min_size=1, max_size=64),
+    event=st.text(min_size=1, max_size=64).filter(lambda event: event not in SERVER_EVENTS),
     data=json_values,
     from_=st.none() | peer_ids,
     to=st.just(ALL) | st.lists(peer_ids, max_size=64).map(tuple),

@@ -486,6 +486,65 @@ async def test_bad_input_is_answered_and_harms_nobody(
     await deferToThread(scenario)
 
 
+# SPEC 1.2: the names of the server's events are the server's.
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_cannot_send_the_servers_events(make_server: MakeServer) -> None:
+    server = await make_server()
+
+    def scenario() -> None:
+        a, b, c = join_quietly(server, "r", 3)
+        forged: list[tuple[str, Any, Any]] = []
+        for event in ("authenticated", "joined", "left", "error"):
+            for to in ("all", [b.peer_id], [a.peer_id], [b.peer_id, c.peer_id]):
+                forged.append((event, to, {"peer_id": b.peer_id, "description": "Room closed"}))
+        turn = [{"urls": ["turn:127.0.0.1:9"], "username": "u", "credential": "c"}]
+        for to in ("all", [b.peer_id], [a.peer_id, b.peer_id], [b.peer_id, a.peer_id], []):
+            forged.append(("ice_servers", to, turn))
+        for event, to, data in forged:
+            a.send(event, to, data)
+            got = a.recv()
+            reason = got["data"]["details"]
+            assert isinstance(reason, str) and event in reason and len(reason) <= 200, got
+            assert got == error(a.peer_id, "Invalid message", reason), (event, to)
+        # Asking for fresh ICE servers (to oneself alone) is still answered.
+        a.send("ice_servers", [a.peer_id, a.peer_id], turn)
+        assert a.recv() == {"event": "ice_servers", "data": [], "from": None, "to": [a.peer_id]}
+        # Nothing reached the others: the next message they get is this one.
+        a.send("after", "all", 1)
+        assert b.recv() == relayed("after", 1, a, "all")
+        assert c.recv() == relayed("after", 1, a, "all")
+        assert a.nothing_within(0.1) and b.nothing_within(0.05) and c.nothing_within(0.05)
+        close_all(a, b, c)
+
+    await deferToThread(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_code_may_use_the_servers_event_names(make_server: MakeServer) -> None:
+    # The rule is on what clients send: what Peer.on_receive makes of a
+    # message is the server's own doing, relayed as it is (in a cluster too,
+    # from any node to the room's owner).
+    class RenamingPeer(Peer):
+        def on_receive(self, message: Message, context: PeerContext) -> Message:
+            if message.event == "bye":
+                return replace(message, event="left")
+            return message
+
+    server = await make_server(peer_class=RenamingPeer)
+
+    def scenario() -> None:
+        a, b = join_quietly(server, "r", 2)
+        # From the second peer: in a cluster, the one on another node.
+        b.send("bye", [a.peer_id], {"peer_id": b.peer_id})
+        assert a.recv() == relayed("left", {"peer_id": b.peer_id}, b, [a.peer_id])
+        assert b.nothing_within(0.05)
+        close_all(a, b)
+
+    await deferToThread(scenario)
+
+
 # SPEC 1.2: the size limit.
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from twisted_signal import Peer, Room, Settings
-from twisted_signal.service import SignalingService
+from twisted_signal.service import SignalingService, with_backlog
 from twisted_signal.tap import DEFAULT_ENDPOINT, Options, makeService
 
 
@@ -89,7 +90,73 @@ def test_endpoint_is_repeatable_and_replaces_the_default() -> None:
         "--endpoint",
         "unix:/tmp/rtcsignal-test.sock",
     )
-    assert options["endpoint"] == ["tcp:9001:interface=127.0.0.1", "unix:/tmp/rtcsignal-test.sock"]
+    assert options["endpoint"] == [
+        "tcp:9001:interface=127.0.0.1:backlog=1024",
+        "unix:/tmp/rtcsignal-test.sock",
+    ]
+
+
+# Every tcp:/ssl: listener has a backlog of at least 1024 unless its string
+# sets one (SPEC 2); Twisted's is 50.
+
+
+@pytest.mark.parametrize(
+    ("given", "listened"),
+    [
+        ("tcp:8080", "tcp:8080:backlog=1024"),
+        ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=1024"),
+        ("tcp:port=8080:interface=\\:\\:1", "tcp:port=8080:interface=\\:\\:1:backlog=1024"),
+        ("TCP:8080", "TCP:8080:backlog=1024"),
+        ("tcp6:8080:interface=\\:\\:", "tcp6:8080:interface=\\:\\::backlog=1024"),
+        (
+            "ssl:8443:privateKey=k.pem:certKey=c.pem",
+            "ssl:8443:privateKey=k.pem:certKey=c.pem:backlog=1024",
+        ),
+        # Set by the string: kept, however small.
+        ("tcp:8080:backlog=10", "tcp:8080:backlog=10"),
+        ("tcp:8080:backlog=4096:interface=127.0.0.1", "tcp:8080:backlog=4096:interface=127.0.0.1"),
+        # Others have no backlog, or (reuseport:) default to 1024 already.
+        ("unix:/tmp/rtcsignal.sock", "unix:/tmp/rtcsignal.sock"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ("reuseport:8080", "reuseport:8080"),
+    ],
+)
+def test_with_backlog(given: str, listened: str) -> None:
+    assert with_backlog(given) == listened
+
+
+def endpoint_backlog(description: str) -> int:
+    from twisted.internet import reactor
+
+    endpoint = serverFromString(reactor, description)
+    backlog: int = endpoint._backlog
+    return backlog
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--endpoint", "tcp:8080:interface=127.0.0.1"),
+        ("--endpoint", "tcp:port=8080"),
+        ("--endpoint", "reuseport:8080:interface=127.0.0.1"),
+        ("--endpoint", "tcp:8080", "--endpoint", "tcp6:8081"),
+    ],
+)
+def test_every_tcp_endpoint_the_tap_builds_has_a_backlog_of_1024(argv: tuple[str, ...]) -> None:
+    options = parse(*argv)
+    assert [endpoint_backlog(e) for e in options["endpoint"]] == [1024] * (len(argv) // 2)
+    assert endpoint_backlog(parse()["endpoint"][0]) == 1024
+
+
+def test_the_metrics_endpoint_has_a_backlog_of_1024_too() -> None:
+    options = parse("--metrics-endpoint", "tcp:9100:interface=127.0.0.1")
+    assert endpoint_backlog(options["metrics-endpoint"]) == 1024
+    options = parse("--metrics-endpoint", "tcp:9100:backlog=7")
+    assert endpoint_backlog(options["metrics-endpoint"]) == 7
+
+
+def test_a_backlog_set_by_the_string_is_kept() -> None:
+    assert endpoint_backlog(parse("--endpoint", "tcp:8080:backlog=8")["endpoint"][0]) == 8
 
 
 def test_room_is_repeatable_with_optional_cap() -> None:
@@ -262,6 +329,7 @@ def test_help_lists_every_option_of_the_contract() -> None:
         "--ping-timeout",
         "--idle-timeout",
         "--max-message-bytes",
+        "--max-send-buffer",
         "--rate-limit",
         "--rate-burst",
         "--max-connections",
@@ -297,6 +365,7 @@ def test_hardening_defaults_are_the_contracts() -> None:
         ping_timeout=20,
         idle_timeout=900,
         max_message_bytes=65536,
+        max_send_buffer=4194304,
         rate=50,
         rate_period=1,
         rate_burst=200,
@@ -327,6 +396,12 @@ def test_hardening_options_reach_the_settings() -> None:
     assert makeService(options).shutdown_grace == 4  # type: ignore[attr-defined]
 
 
+def test_max_send_buffer_reaches_the_settings() -> None:
+    assert parse()["settings"].max_send_buffer == 4 * 1024 * 1024
+    assert parse("--max-send-buffer", "100000")["settings"].max_send_buffer == 100000
+    assert "--max-send-buffer=" in str(Options())
+
+
 def test_rate_limit_without_period_means_per_second() -> None:
     assert parse("--rate-limit", "30")["settings"].rate_period == 1
 
@@ -338,6 +413,9 @@ def test_rate_limit_without_period_means_per_second() -> None:
         ("--ping-timeout", "0"),
         ("--idle-timeout", "x"),
         ("--max-message-bytes", "100"),
+        ("--max-send-buffer", "1000"),
+        ("--max-send-buffer", "lots"),
+        ("--max-send-buffer", "100000", "--max-message-bytes", "200000"),
         ("--rate-limit", "0/1"),
         ("--rate-limit", "5/0"),
         ("--rate-limit", "five"),

@@ -182,11 +182,15 @@ async def test_ice_servers_in_authenticated_and_on_request(make_server: MakeServ
         assert answer["data"][1]["credential"] == turn_credential(
             "coturn-shared-secret", answer["data"][1]["username"]
         )
-        # Addressed to someone else, "ice_servers" is an ordinary event.
+        # Addressed to someone else, "ice_servers" is refused (SPEC 1.2):
+        # a peer cannot hand another the ICE servers of its choosing.
         b = join_strict(server.socket_url("demo"))
         assert a.recv()["event"] == "joined"
-        b.send("ice_servers", [a.peer_id], "hello")
-        assert a.recv()["data"] == "hello"
+        b.send("ice_servers", [a.peer_id], [{"urls": ["turn:127.0.0.1:9"]}])
+        refused = b.recv()
+        assert refused["event"] == "error", refused
+        assert refused["data"]["description"] == "Invalid message", refused
+        assert a.nothing_within(0.1)
         a.close()
         b.close()
 

@@ -126,9 +126,16 @@ _UPGRADE = (
     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     b"Sec-WebSocket-Version: 13\r\n\r\n"
 )
-_PING = b"\x89\x00"
-_PONG = b"\x8a\x80\0\0\0\0"
+_EMPTY_PONG = b"\x8a\x80\0\0\0\0"
 _TEXT_PING = b"\x81\x84\0\0\0\0ping"
+_CLIENT_PING = b"\x89\x80\0\0\0\0"
+
+
+def _frame(text: bytes) -> bytes:
+    """A short masked client text frame (with an all-zero mask)."""
+    return bytes([0x81, 0x80 | len(text)]) + b"\0\0\0\0" + text
+
+
 _CLOSE_1000 = b"\x88\x02\x03\xe8"
 
 
@@ -158,17 +165,31 @@ class PeerKeepaliveTests(SynchronousTestCase):
         self.transport.clear()
 
     def pings(self) -> int:
+        return len(self.ping_payloads())
+
+    def ping_payloads(self) -> list[bytes]:
         written: bytes = self.transport.value()
         self.transport.clear()
-        return written.count(_PING)
+        payloads = []
+        while written:  # the server's frames: short, unmasked
+            opcode, size = written[0] & 0x0F, written[1]
+            assert size < 126, written
+            if opcode == 0x9:
+                payloads.append(written[2 : 2 + size])
+            written = written[2 + size :]
+        return payloads
+
+    def pong(self, payload: bytes) -> None:
+        """The client answers a ping (a masked pong, with an all-zero mask)."""
+        self.peer.dataReceived(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
 
     def test_pings_every_interval_while_answered(self) -> None:
         times = []
         for _ in range(1000):
             self.clock.advance(0.1)
-            if self.pings():
+            for payload in self.ping_payloads():
                 times.append(self.clock.seconds())
-                self.peer.dataReceived(_PONG)
+                self.pong(payload)
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         # Never early, at most one resolution late.
         self.assertTrue(10 - 1e-6 <= times[0] <= 11 + 1e-6, times)
@@ -186,14 +207,44 @@ class PeerKeepaliveTests(SynchronousTestCase):
         self.assertFalse(self.peer.wasClean)
         self.assertEqual(len(self.factory.wheel), 0)
 
-    def test_any_traffic_answers_a_ping(self) -> None:
+    def test_a_pong_answers_a_ping(self) -> None:
         self.clock.advance(10)
-        self.assertEqual(self.pings(), 1)
+        [payload] = self.ping_payloads()
         self.clock.advance(1)
-        self.peer.dataReceived(_TEXT_PING)
+        self.pong(payload)
         self.clock.advance(10)
         self.assertFalse(self.transport.disconnecting)
         self.assertEqual(self.pings(), 1)  # the next one, an interval after the first
+
+    def test_only_a_pong_answers_a_ping(self) -> None:
+        """
+        SPEC 1.4 step 6: a client that keeps sending but never reads is not
+        alive.  `ping` text frames, messages, pings of its own and pongs
+        without the ping's payload (which it cannot know without reading)
+        do not answer the server's ping.
+        """
+        self.clock.advance(10)
+        [payload] = self.ping_payloads()
+        for _ in range(8):
+            self.clock.advance(0.5)
+            self.peer.dataReceived(_TEXT_PING)
+            self.peer.dataReceived(_frame(b'{"event":"x","to":"all"}'))
+            self.peer.dataReceived(_CLIENT_PING)
+            self.peer.dataReceived(_EMPTY_PONG)
+            self.pong(b"\0" * 8 if payload != b"\0" * 8 else b"\1" * 8)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(2)  # 5 s after the ping, and a resolution
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.peer.wasClean)
+
+    def test_pings_carry_fresh_payloads(self) -> None:
+        payloads = []
+        for _ in range(5):
+            self.clock.advance(10)
+            [payload] = self.ping_payloads()
+            payloads.append(payload)
+            self.pong(payload)
+        self.assertEqual(len(set(payloads)), 5)
 
     def test_idle_peer_closed_with_1000(self) -> None:
         self.connect(Settings(ping_interval=0, idle_timeout=60))

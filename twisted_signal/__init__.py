@@ -3,19 +3,38 @@ twisted-signal: a WebRTC signaling server on Twisted and Autobahn.
 
 Peers open a WebSocket at ``/socket/<room>/``, join the room, and exchange
 JSON messages that the server relays between the peers of the room.
+
+The public names below are imported on first use (PEP 562), so that
+``import twisted_signal.client`` (the asyncio client in particular) loads
+the pure codec and not the server, Autobahn's Twisted side or twisted.web.
 """
 
-from .context import AuthData, PeerContext
-from .errors import BadRequest, InvalidMessage, NoSuchPeer, Refused, Unauthorized
-from .message import Message
-from .peer import Peer, PeerFactory
-from .room import PeerHandle, Room
-from .rooms import Rooms
-from .service import SignalingService
-from .settings import Settings
-from .web import SignalingResource
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Each public name and the module that defines it.
+_HOMES = {
+    "AuthData": "context",
+    "PeerContext": "context",
+    "BadRequest": "errors",
+    "InvalidMessage": "errors",
+    "NoSuchPeer": "errors",
+    "Refused": "errors",
+    "Unauthorized": "errors",
+    "Message": "message",
+    "Peer": "peer",
+    "PeerFactory": "peer",
+    "PeerHandle": "room",
+    "Room": "room",
+    "Rooms": "rooms",
+    "SignalingService": "service",
+    "Settings": "settings",
+    "SignalingResource": "web",
+}
 
 __all__ = [
     "AuthData",
@@ -36,3 +55,27 @@ __all__ = [
     "Unauthorized",
     "__version__",
 ]
+
+if TYPE_CHECKING:
+    from .context import AuthData, PeerContext
+    from .errors import BadRequest, InvalidMessage, NoSuchPeer, Refused, Unauthorized
+    from .message import Message
+    from .peer import Peer, PeerFactory
+    from .room import PeerHandle, Room
+    from .rooms import Rooms
+    from .service import SignalingService
+    from .settings import Settings
+    from .web import SignalingResource
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

@@ -26,11 +26,13 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from .bodies import BODY_ALLOWANCE, BodyLimit
 from .errors import NoSuchPeer, NoSuchRoom, RoomUnavailable
 from .message import InvalidMessage, Message
 from .rooms import Rooms, room_summary
 
 if TYPE_CHECKING:
+    from twisted.web.http_headers import Headers
     from twisted.web.server import Request
 
 __all__ = ["OPENAPI_PATH", "AdminResource", "is_bearer_token", "room_summary"]
@@ -169,12 +171,40 @@ class AdminResource(Resource):
                 return {"GET": self._describe}
         return None
 
+    def body_limit(self, method: bytes, segments: list[bytes], headers: Headers) -> BodyLimit:
+        """
+        How many bytes of body a `method` request for the path `segments`
+        (below ``/admin/``, percent-decoded) with `headers` may carry, and
+        the answer to one that carries more: a message post takes
+        `max_body_bytes`, other requests `BODY_ALLOWANCE`; over it, 401
+        without the token (as any request without it), else 413.
+        """
+        route = [s.decode("utf-8", "replace") for s in segments]
+        if route and route[-1] == "":
+            route.pop()
+        limit = BODY_ALLOWANCE
+        if method == b"POST" and len(route) == 3 and route[::2] == ["rooms", "messages"]:
+            limit = self._max_body_bytes
+        header = headers.getRawHeaders(b"authorization", [None])[0]
+        if self._authorized(header):
+            return BodyLimit(limit)
+        return BodyLimit(
+            limit,
+            401,
+            "Unauthorized",
+            _why(header),
+            ((b"WWW-Authenticate", _challenge(header)),),
+        )
+
+    def _authorized(self, header: bytes | None) -> bool:
+        scheme, _, credentials = (header or b"").partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
+
     def _authenticate(self, request: Request) -> None:
         header = request.getHeader(b"authorization")
-        scheme, _, credentials = (header or b"").partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token):
+        if self._authorized(header):
             return
-        why = "a bearer token is required" if header is None else "the bearer token is not valid"
+        why = _why(header)
         self._log.info(
             "admin: refused {method} {path} from {remote}: {why}",
             method=request.method.decode("ascii", "replace"),
@@ -182,8 +212,7 @@ class AdminResource(Resource):
             remote=_remote(request),
             why=why,
         )
-        challenge = _REALM if header is None else _REALM + b', error="invalid_token"'
-        raise _Refusal(_problem(401, "Unauthorized", why, www_authenticate=challenge))
+        raise _Refusal(_problem(401, "Unauthorized", why, www_authenticate=_challenge(header)))
 
     # The routes.
 
@@ -293,6 +322,16 @@ def _refused(failure: Failure) -> _Answer:
     if isinstance(e, RoomUnavailable):
         return _problem(503, "Service Unavailable", str(e), retry_after=b"1")
     failure.raiseException()
+
+
+def _why(header: bytes | None) -> str:
+    """Why a request with the ``Authorization`` `header` is refused."""
+    return "a bearer token is required" if header is None else "the bearer token is not valid"
+
+
+def _challenge(header: bytes | None) -> bytes:
+    """The ``WWW-Authenticate`` of a refusal of the ``Authorization`` `header`."""
+    return _REALM if header is None else _REALM + b', error="invalid_token"'
 
 
 def _allow(handlers: dict[str, Handler]) -> bytes:

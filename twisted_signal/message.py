@@ -22,11 +22,13 @@ __all__ = [
     "MAX_ADDRESSEES",
     "MAX_DEPTH",
     "MAX_EVENT_LENGTH",
+    "SERVER_EVENTS",
     "Addressees",
     "InvalidMessage",
     "Message",
     "authenticated",
     "error",
+    "impersonates_server",
     "joined",
     "left",
 ]
@@ -37,6 +39,11 @@ MAX_ADDRESSEES: Final = 64
 MAX_DEPTH: Final = 64
 """How deeply `data` may nest arrays and objects."""
 _DETAILS_PREVIEW: Final = 256
+SERVER_EVENTS: Final = frozenset({"authenticated", "joined", "left", "error", "ice_servers"})
+"""The names of the server's own events (SPEC 1.3 and 5.2): a client may not
+send them, except ``ice_servers`` to itself (the request for fresh ICE
+servers), and clients act on them only when the server sent them (see
+`impersonates_server`)."""
 
 Addressees = Literal["all"] | tuple[str, ...] | None
 
@@ -128,11 +135,21 @@ class Message:
         return message
 
     @classmethod
-    def from_json(cls, text: str | bytes, *, from_: str | None = None) -> Message:
+    def from_json(
+        cls, text: str | bytes, *, from_: str | None = None, server_events: bool = False
+    ) -> Message:
         """
         Parse one client frame.  The client's ``from`` is replaced by `from_`
         (the server stamps the sender) and every key other than ``event``,
         ``data`` and ``to`` is dropped.
+
+        A frame from a peer (`from_` given) may not use the name of one of the
+        server's events (`SERVER_EVENTS`), except ``ice_servers`` addressed
+        to the sender alone, which is then addressed to it exactly once.
+        `server_events` lifts that rule, for text that the server side
+        already accepted (a message relayed between the nodes of a cluster).
+        Without `from_` the text is the server's own (the admin API's) and
+        may use any name.
 
         @raise InvalidMessage: with description ``"Invalid JSON"`` when the
             text is not JSON, ``"Invalid message"`` when it is JSON but not a
@@ -151,7 +168,10 @@ class Message:
         data = obj.get("data")
         if isinstance(data, (dict, list)) and _may_nest_deeper(text) and _nested_deeper_than(data):
             raise InvalidMessage("Invalid message", f"'data' is nested deeper than {MAX_DEPTH}")
-        return cls._of_plain_json(event, data, from_, _parse_to(obj.get("to", _MISSING)))
+        to = _parse_to(obj.get("to", _MISSING))
+        if from_ is not None and event in SERVER_EVENTS and not server_events:
+            to = _server_event_from_peer(event, to, from_)
+        return cls._of_plain_json(event, data, from_, to)
 
     def to_json(self) -> str:
         """
@@ -250,6 +270,25 @@ def _nested_deeper_than(value: dict[str, Any] | list[Any], limit: int = MAX_DEPT
     return False
 
 
+def _server_event_from_peer(event: str, to: Addressees, sender: str) -> Addressees:
+    """
+    The addressees of a peer's message named as one of the server's events:
+    only a request for fresh ICE servers, to the sender alone, is one.
+
+    @raise InvalidMessage: ``"Invalid message"`` for every other.
+    """
+    if event != "ice_servers":
+        raise InvalidMessage(
+            "Invalid message", f"'{event}' is an event of the server's; a peer may not send it"
+        )
+    if not isinstance(to, tuple) or set(to) != {sender}:
+        raise InvalidMessage(
+            "Invalid message",
+            "'ice_servers' may only be sent to yourself, to ask for fresh ICE servers",
+        )
+    return (sender,)
+
+
 def _parse_to(to: object) -> Addressees:
     if to is _MISSING:
         raise InvalidMessage("Invalid message", "'to' is missing")
@@ -266,6 +305,24 @@ def _parse_to(to: object) -> Addressees:
 
 
 # The server's own messages (SPEC 1.3).
+
+
+def impersonates_server(message: Message) -> bool:
+    """
+    Whether `message`, as a client received it, bears the name of one of the
+    server's events (`SERVER_EVENTS`) without being the server's: its
+    ``from`` is not null (and, for ``joined``, not the newcomer itself).  A
+    server never relays a peer's message under those names, but clients do
+    not take a relay's word for it: they ignore such a message (SPEC 1.2).
+    """
+    if message.event not in SERVER_EVENTS or message.from_ is None:
+        return False
+    data = message.data
+    return not (
+        message.event == "joined"
+        and isinstance(data, dict)
+        and data.get("peer_id") == message.from_
+    )
 
 
 def authenticated(

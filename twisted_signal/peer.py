@@ -9,6 +9,7 @@ reaches it only through a `PeerHandle`.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from .errors import BadRequest, Unauthorized
 from .events import NO_EVENTS, Events
 from .headers import COMMON_HEADERS
 from .hooks import SerialQueue, call, call_logged, then
-from .limits import RateLimiter, Verdict
+from .limits import RateLimiter, SendBuffer, Verdict
 from .message import InvalidMessage, Message
 from .resume import Departure, Link, Resumption
 from .room import PeerHandle, RoomAccess
@@ -38,7 +39,7 @@ from .settings import Settings
 from .wheel import Wheel
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IReactorTime
 
 __all__ = ["Peer", "PeerFactory"]
 
@@ -47,6 +48,13 @@ _NO_SEND_QUEUE = cast("deque[Any]", ())
 """Autobahn's send queue until a write needs one (a write to it would fail loudly)."""
 _PONG = b"pong"
 _PING = b"ping"
+_CLOSE_POLICY = 1008
+_STEPS_PER_TURN = 128
+"""At most this many steps of reading frames (a frame is one or two) are
+taken per connection and turn of the reactor: a client that floods cannot
+keep the others waiting."""
+_FLOOD_TURN_DELAY = 0.01
+"""How long a connection whose frames are being dropped waits between turns."""
 _LOGGED_ERRORS = 10
 _REFUSAL_HEADERS = [
     (name.decode("ascii"), value.decode("ascii"))
@@ -100,6 +108,10 @@ class Peer(WebSocketServerProtocol):
         self._last_seen = 0.0
         self._ping_sent = 0.0
         """When the unanswered ping went out (0: none is)."""
+        self._ping_payload = b""
+        """What the unanswered ping carried: only a pong with it answers."""
+        self._send_buffer: SendBuffer | None = None
+        self._finished = False
         self._next_ping = 0.0
         self._limiter: RateLimiter | None = None
         self._link: Link | None = None
@@ -108,6 +120,9 @@ class Peer(WebSocketServerProtocol):
         self._client_sent_close = False
         self._superseded = False
         self._errors_sent = 0
+        self._steps_this_turn = 0
+        self._next_turn: IDelayedCall | None = None
+        self._deaf = False
 
     # User callbacks.
 
@@ -333,6 +348,7 @@ class Peer(WebSocketServerProtocol):
         self._limiter = RateLimiter(
             settings.rate, settings.rate_period, settings.rate_burst, settings.flood_timeout, now
         )
+        factory.count_unsent(self)
         if self._resuming is not None:
             self._resume(*self._resuming)
             return
@@ -398,7 +414,47 @@ class Peer(WebSocketServerProtocol):
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own logs every read at debug level, formatting its
         # arguments whether or not debug is on; hand the bytes on, nothing else.
+        if self._next_turn is not None:
+            self.data += data  # its turn comes (a transport that cannot pause)
+            return
+        self._steps_this_turn = 0
         self._dataReceived(data)
+
+    def processData(self) -> bool:
+        # Called for each step of reading a frame.  Past the steps of this
+        # turn, stop reading and carry on in the next turn, once the reactor
+        # has served the other connections.
+        if self._deaf:
+            return False
+        self._steps_this_turn += 1
+        if self._steps_this_turn > _STEPS_PER_TURN:
+            if self._next_turn is None:
+                self._pause_reading()
+                # A peer whose frames are being dropped waits a little
+                # longer: what it sends is mostly thrown away anyway.
+                limiter = self._limiter
+                delay = _FLOOD_TURN_DELAY if limiter is not None and limiter.dropping else 0
+                self._next_turn = self.factory.clock.callLater(delay, self._take_turn)
+            return False
+        result: bool = super().processData()
+        return result
+
+    def _take_turn(self) -> None:
+        self._next_turn = None
+        self._steps_this_turn = 0
+        if self.state == WebSocketProtocol.STATE_CLOSED:
+            return
+        self.consumeData()
+        if self._next_turn is None and not self._deaf:
+            transport = self.transport
+            resume = getattr(transport, "resumeProducing", None)
+            if resume is not None:
+                resume()
+
+    def _pause_reading(self) -> None:
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None:
+            pause()
 
     def _connectionMade(self) -> None:
         super()._connectionMade()
@@ -416,17 +472,6 @@ class Peer(WebSocketServerProtocol):
         self.http_headers = {}
         self.http_request_params = {}
 
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # Autobahn's own formats a debug log line's arguments for every
-        # write; an ordinary write is just this.
-        transport = self.transport
-        if sync or chopsize or self.send_queue or transport is None:
-            if self.send_queue is _NO_SEND_QUEUE:
-                self.send_queue = deque()
-            super().sendData(data, sync, chopsize)
-        else:
-            transport.write(data)
-
     def onMessageEnd(self) -> None:
         # Autobahn's own also fires a "message" event for listeners added
         # with `.on()`, which costs a Future and callbacks per message; the
@@ -437,14 +482,12 @@ class Peer(WebSocketServerProtocol):
             self.onMessage(payload, self.message_is_binary)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != _OPEN:
+            return  # closing: what still arrives is ignored, unlogged
         now = self.factory.clock.seconds()
         self._last_seen = now
-        limiter = self._limiter
-        if limiter is not None:
-            verdict = limiter.check(now)
-            if verdict is not Verdict.PASS:
-                self._over_limit(verdict)
-                return
+        if not self._within_limit(now):
+            return
         if isBinary:
             self._error("Invalid message", "binary frames are not supported")
             return
@@ -462,6 +505,20 @@ class Peer(WebSocketServerProtocol):
             return
         self._queue.run(self._receive, message, now)
 
+    def _within_limit(self, now: float) -> bool:
+        """
+        Whether a frame from the client (a message, a ``ping`` text frame,
+        a WebSocket ping or pong) passes the rate limit (SPEC 5.3).
+        """
+        limiter = self._limiter
+        if limiter is None:
+            return True
+        verdict = limiter.check(now)
+        if verdict is Verdict.PASS:
+            return True
+        self._over_limit(verdict)
+        return False
+
     def _over_limit(self, verdict: Verdict) -> None:
         settings = self.factory.settings
         self.factory.events.rate_limited()
@@ -476,7 +533,11 @@ class Peer(WebSocketServerProtocol):
                 peer_id=self.peer_id,
                 seconds=settings.flood_timeout,
             )
-            self._close(1008)
+            self._close(_CLOSE_POLICY, "rate limit")
+            # Nothing it sends now matters: stop reading it at all (the
+            # close handshake's timeout drops the connection).
+            self._deaf = True
+            self._pause_reading()
 
     def _receive(self, message: Message, received: float) -> Any:
         return then(
@@ -496,18 +557,24 @@ class Peer(WebSocketServerProtocol):
         self.room.submit(message, received)
 
     def onPing(self, payload: bytes) -> None:
-        self._last_seen = self.factory.clock.seconds()
-        super().onPing(payload)
+        if self.state != _OPEN:
+            return
+        self._last_seen = now = self.factory.clock.seconds()
+        if self._within_limit(now):
+            super().onPing(payload)  # the pong
 
     def onPong(self, payload: bytes) -> None:
+        if self.state != _OPEN:
+            return
         self._last_seen = now = self.factory.clock.seconds()
-        if self._ping_sent:
+        if self._ping_sent and payload == self._ping_payload:
             # Answered: the next ping is due an interval from now, which may
             # come before the answered ping's timeout the wheel waits for.
             self._ping_sent = 0.0
             self._next_ping = now + self.factory.settings.ping_interval
             self.factory.wheel.schedule(self, self._next_ping)
-        super().onPong(payload)
+        elif not self._within_limit(now):
+            return  # pongs nobody asked for count against the rate limit
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
         self._client_sent_close = True
@@ -538,23 +605,23 @@ class Peer(WebSocketServerProtocol):
     def _ping(self, now: float, settings: Settings) -> float | None:
         """
         Send the ping that is due, or drop a peer that has not answered its
-        ping in time; any traffic from the client answers, as a pong does
-        (like Autobahn's ``autoPingRestartOnAnyTraffic``).
+        ping in time.  Only a pong with the ping's payload answers it (it
+        carries 8 random bytes): a client that sends but never reads cannot
+        make one, so other traffic, even unasked-for pongs, does not keep it
+        alive (SPEC 1.4 step 6).
         """
         sent = self._ping_sent
-        if sent and self._last_seen <= sent:
+        if sent:
             timeout_at = sent + settings.ping_timeout
             if now < timeout_at:
                 return timeout_at
             self.onAutoPingTimeout()  # Autobahn's: drops the connection, not clean
             return None
-        if sent:
-            self._ping_sent = 0.0
-            self._next_ping = sent + settings.ping_interval
         if now < self._next_ping:
             return self._next_ping
         self._ping_sent = now
-        self.sendPing()
+        self._ping_payload = os.urandom(8)
+        self.sendPing(self._ping_payload)
         return now + settings.ping_timeout
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -565,6 +632,9 @@ class Peer(WebSocketServerProtocol):
             self.factory.events.closed(code)
         self.factory.wheel.cancel(self)
         self._queue.cancel()
+        if self._next_turn is not None and self._next_turn.active():
+            self._next_turn.cancel()
+        self._next_turn = None
         if not self._initialised or self._superseded:
             return
         room_name = self.context.room if self.context is not None else None
@@ -588,6 +658,8 @@ class Peer(WebSocketServerProtocol):
             if self._client_sent_close
             else "connection lost",
         )
+        if self._finished:
+            return  # it left when the server closed it
         link = self._link
         if link is not None and self._may_resume() and self.factory.resumption.hold(link):
             self._log.info(
@@ -642,6 +714,9 @@ class Peer(WebSocketServerProtocol):
         """
         The peer is gone for good: on_terminate, then leave the room.
         """
+        if self._finished:
+            return
+        self._finished = True
         if self._link is not None:
             self.factory.resumption.forget(self._link)
         result = self._terminate()
@@ -675,6 +750,58 @@ class Peer(WebSocketServerProtocol):
         self.factory.events.error_sent(description)
         self.send_to_client(wire.error(self.peer_id, description, details))
 
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Every byte for the client passes here: count what the transport
+        # could not write yet, and close a peer past --max-send-buffer.
+        buffer = self._send_buffer
+        if buffer is not None and not buffer.add(len(data)):
+            self._too_slow(buffer)
+            return
+        # Autobahn's own formats a debug log line's arguments for every
+        # write; an ordinary write is just this.
+        transport = self.transport
+        if sync or chopsize or self.send_queue or transport is None:
+            if self.send_queue is _NO_SEND_QUEUE:
+                self.send_queue = deque()
+            super().sendData(data, sync, chopsize)
+        else:
+            transport.write(data)
+
+    def _count_unsent(self) -> None:
+        """
+        Count what the transport holds for the client from now on (SPEC 1.4
+        step 7), as its streaming producer.
+        """
+        transport = self.transport
+        if self.state != _OPEN or transport is None or self._send_buffer is not None:
+            return
+        buffer = SendBuffer(self.factory.settings.max_send_buffer)
+        consumer = cast("IConsumer", transport)
+        try:
+            consumer.registerProducer(buffer, True)
+        except RuntimeError:
+            # The HTTP channel of the upgrade still is: the WebSocket owns
+            # the transport now.
+            consumer.unregisterProducer()
+            consumer.registerProducer(buffer, True)
+        self._send_buffer = buffer
+
+    def _too_slow(self, buffer: SendBuffer) -> None:
+        """
+        The client does not read what it is sent: it is closed and leaves,
+        and nothing more is written for it (the close frame aside).
+        """
+        self._send_buffer = None
+        if self.state != _OPEN:
+            return
+        self._log.info(
+            "peer {peer_id} closed: {held} bytes it did not read, over the send buffer of {limit}",
+            peer_id=self.peer_id,
+            held=buffer.held,
+            limit=buffer.limit,
+        )
+        self._close(_CLOSE_POLICY, "too slow")
+
     def _write(self, payload: bytes) -> None:
         if self.state != _OPEN:
             return
@@ -684,20 +811,37 @@ class Peer(WebSocketServerProtocol):
         # a relayed message is a little larger than the frame it came in.
         self.sendPreparedMessage(self.factory.prepared(payload))
 
-    def _close(self, code: int) -> None:
+    def _close(self, code: int, reason: str | None = None) -> None:
         if self.state != _OPEN:
             return
+        # sendClose refuses 1001 and 1008; the frame itself is fine.
+        self.sendCloseFrame(code, None if reason is None else reason.encode(), isReply=False)
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        # Every close the server starts passes here: ours (_close) and
+        # Autobahn's for a protocol error (1002, 1007, 1009).
+        starting = self.state == _OPEN and not isReply
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if starting:
+            self._closed_by_server()
+
+    def _closed_by_server(self) -> None:
+        """
+        The server closed this peer (a protocol error, its rate limit, too
+        slow, idle, an operator, its room stopping): it is never held for
+        resume, and it leaves now, whether or not its client ever answers
+        the close (SPEC 1.4 step 4).
+        """
         self._closing_by_server = True
         if self._link is not None:
-            # A peer the server closes is not resumed: void its token now,
-            # so a client that reconnects before the close is done joins as
-            # a new peer instead of taking this one over.
+            # Void its token now, so a client that reconnects before the
+            # close is done joins as a new peer instead of taking this one over.
             self.factory.resumption.forget(self._link)
-        if code == 1000 or 3000 <= code <= 4999:
-            self.sendClose(code)
-        else:
-            # sendClose refuses 1001 and 1008; the frame itself is fine.
-            self.sendCloseFrame(code, isReply=False)
+        if self._initialised and not self._superseded and self._resuming is None:
+            self._queue.cancel()
+            self._finish()
 
 
 @dataclass(frozen=True, slots=True)
@@ -769,7 +913,9 @@ class PeerFactory(WebSocketServerFactory):
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
-        super().__init__(server=None, reactor=clock)
+        # The 101 of the upgrade carries the headers of every other answer.
+        headers = {name.decode("ascii"): value.decode("ascii") for name, value in COMMON_HEADERS}
+        super().__init__(server=None, reactor=clock, headers=headers)
         self.protocol = peer_class
         self.rooms = rooms
         self.accepting = True
@@ -807,6 +953,25 @@ class PeerFactory(WebSocketServerFactory):
         self._batched_timer = _Timers(self.clock)
         self._last_payload = b""
         self._last_prepared = PreparedMessage(b"", False, False, True)
+        self._to_count: list[Peer] = []
+        self._counting: IDelayedCall | None = None
+
+    def count_unsent(self, peer: Peer) -> None:
+        """
+        Have `peer` count what its transport holds for its client, from the
+        next turn of the reactor on: the HTTP channel that did the upgrade
+        lets go of the transport only once the upgrade has been answered.
+        One timer for all the peers that open in a turn.
+        """
+        self._to_count.append(peer)
+        if self._counting is None:
+            self._counting = self.clock.callLater(0, self._count_unsent)
+
+    def _count_unsent(self) -> None:
+        self._counting = None
+        peers, self._to_count = self._to_count, []
+        for peer in peers:
+            peer._count_unsent()
 
     def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
         super().setProtocolOptions(*args, **kwargs)

@@ -6,8 +6,10 @@ application embeds.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -15,21 +17,67 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.server import Request, Site
 
+from .bodies import BodyLimit, BoundedBody
 from .events import Events, combine
+from .headers import COMMON_HEADERS, secure_response
 from .metrics import Metrics, metrics_root
 from .peer import Peer
+from .peerjs import PeerjsOptions
 from .rooms import Rooms
 from .settings import Settings
 from .tls import TlsProfile, harden_endpoint
-from .web import SignalingResource, access_log_formatter
+from .web import SignalingResource, access_log_formatter, redact
 from .webhooks import Webhooks
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+    from twisted.web.http_headers import Headers
 
-__all__ = ["SignalingService", "SignalingSite"]
+__all__ = ["BACKLOG", "SignalingService", "SignalingSite", "with_backlog"]
+
+BACKLOG = 1024
+"""The listen backlog of ``tcp:`` and ``ssl:`` endpoints that set none
+(Twisted's is 50: a burst of joins would stall on it)."""
+
+_BACKLOG_PREFIXES = frozenset({"tcp", "tcp6", "ssl"})
+
+
+def _split_endpoint(description: str) -> list[str]:
+    """
+    The ``:``-separated parts of an endpoint string (``\\:`` escapes a colon).
+    """
+    parts, current, escaped = [], "", False
+    for character in description:
+        if escaped:
+            current += "\\" + character
+            escaped = False
+        elif character == "\\":
+            escaped = True
+        elif character == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += character
+    parts.append(current + ("\\" if escaped else ""))
+    return parts
+
+
+def with_backlog(description: str, backlog: int = BACKLOG) -> str:
+    """
+    The endpoint string `description`, listening with `backlog` if it is a
+    ``tcp:``, ``tcp6:`` or ``ssl:`` endpoint that sets no ``backlog=`` of
+    its own (others, ``reuseport:`` whose default is already 1024 among
+    them, are returned as they are).
+    """
+    prefix, *arguments = _split_endpoint(description)
+    if prefix.strip().lower() not in _BACKLOG_PREFIXES or not arguments:
+        return description
+    if any(argument.partition("=")[0].strip() == "backlog" for argument in arguments):
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 class SignalingService(MultiService):
@@ -57,6 +105,8 @@ class SignalingService(MultiService):
     `events`, an `Events` of your own.
     With an `admin_token`, ``resource`` also serves the admin API under
     ``/admin/`` to requests with ``Authorization: Bearer <admin_token>``.
+    With `peerjs` options, it also serves the peerjs-compatible front
+    (`twisted_signal.peerjs`) at their path.
     """
 
     _log = Logger()
@@ -77,6 +127,7 @@ class SignalingService(MultiService):
         webhooks: Webhooks | None = None,
         events: Events | None = None,
         admin_token: str | None = None,
+        peerjs: PeerjsOptions | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -92,6 +143,7 @@ class SignalingService(MultiService):
             pages=pages,
             clock=reactor,
             admin_token=admin_token,
+            peerjs=peerjs,
         )
         self.site = SignalingSite(
             self.resource, handshake_timeout=settings.handshake_timeout, clock=reactor
@@ -103,8 +155,11 @@ class SignalingService(MultiService):
         self.metrics: Metrics | None = None
         if metrics or metrics_endpoints:
             self.metrics = Metrics(self.rooms, clock=reactor, webhooks=webhooks)
-            metrics_site = Site(metrics_root(self.metrics))
-            metrics_site.displayTracebacks = False
+            # Scrapers keep their connections open between scrapes: no
+            # handshake deadline there.
+            metrics_site = SignalingSite(
+                metrics_root(self.metrics), handshake_timeout=None, clock=reactor
+            )
             for description in metrics_endpoints:
                 self._listen(description, metrics_site, reactor, tls_profile)
         self.webhooks = webhooks
@@ -112,14 +167,18 @@ class SignalingService(MultiService):
         """Everything the rooms and peers report to."""
         self.rooms.events = self.events
         self.resource.factory.events = self.events
+        if self.resource.peerjs is not None:
+            self.resource.peerjs.events = self.events
 
     def _listen(
         self, description: str, site: Site, reactor: Any, tls_profile: str | TlsProfile
     ) -> None:
         """
         Serve `site` on the endpoint string `description` (TLS as `tls_profile`
-        says, for ``ssl:``) while this service runs.
+        says, for ``ssl:``; a backlog of `BACKLOG` unless it sets one) while
+        this service runs.
         """
+        description = with_backlog(description)
         endpoint = harden_endpoint(serverFromString(reactor, description), tls_profile)
         listener = StreamServerEndpointService(endpoint, site)
         # As strports.service does: a port that cannot be had fails startup.
@@ -172,11 +231,95 @@ class SignalingService(MultiService):
         done.callback(None)
 
 
+class _Channel(HTTPChannel):
+    """
+    An HTTP connection that can refuse a request's body before reading it:
+    once `refuse` has answered, nothing more that arrives is parsed.  Its
+    own 400s (a malformed request line or header) carry the headers of
+    every other answer.
+    """
+
+    _refused = False
+
+    def refuse(self) -> None:
+        """
+        Parse nothing more on this connection: its request has been
+        answered, and the connection is closing.
+        """
+        self._refused = True
+        self.persistent = False
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self._refused:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if not self._refused:
+            super().allContentReceived()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted writes this one answer itself, without a Request.
+        self._refused = True
+        head = [b"HTTP/1.1 400 Bad Request"]
+        head += [name + b": " + value for name, value in COMMON_HEADERS]
+        head += [b"Content-Length: 0", b"Connection: close"]
+        if self.transport is not None:
+            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n")
+            self.loseConnection()
+
+
 class _Request(Request):
     """
-    Disarms its connection's handshake deadline while it is being served, and
-    arms it again once it is done (for the next request on the connection).
+    A request of a `SignalingSite`:
+
+    - its body is kept in memory, and refused (413, or 401 where credentials
+      are missing) as soon as it is known to be longer than its route takes
+      (`SignalingSite.body_limit`), before it is read;
+    - every answer carries the common security headers;
+    - it disarms its connection's handshake deadline while it is being
+      served, and arms it again once it is done (for the next request on
+      the connection).
     """
+
+    def gotLength(self, length: int | None) -> None:
+        channel = self.channel
+        site = cast(SignalingSite, channel.site)  # type: ignore[attr-defined]
+        method, uri = channel._command, channel._path
+        limit = site.body_limit(method, uri.partition(b"?")[0], self.requestHeaders)
+        self.content = BoundedBody(limit.limit, lambda: self._refuse_body(limit))
+        if length is not None and length > limit.limit:
+            self._refuse_body(limit)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        # A refused body's chunks may still be in the parser's hands.
+        if not self.finished:
+            super().handleContentChunk(data)
+
+    def _refuse_body(self, limit: BodyLimit) -> None:
+        channel = self.channel
+        if channel is None or self.finished:
+            return
+        # The request line is the channel's until the body is in.
+        self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
+        self.path = self.uri.partition(b"?")[0]
+        # No "100 Continue" after the refusal.
+        self.requestHeaders.removeHeader(b"expect")
+        cast(_Channel, channel).refuse()
+        self.setResponseCode(limit.status, limit.error.encode("ascii"))
+        self.setHeader(b"Date", datetimeToString())
+        for name, value in limit.headers:
+            self.setHeader(name, value)
+        self.setHeader(b"Connection", b"close")
+        body = json.dumps({"error": limit.error, "details": limit.why}).encode("utf-8")
+        self.setHeader(b"Content-Type", b"application/json")
+        self.setHeader(b"Content-Length", b"%d" % len(body))
+        self.setHeader(b"Cache-Control", b"no-store")
+        self.write(body)
+        self.finish()
 
     def process(self) -> None:
         site = cast(SignalingSite, self.channel.site)  # type: ignore[attr-defined]
@@ -185,20 +328,44 @@ class _Request(Request):
         self.notifyFinish().addBoth(lambda _: site._arm(channel.transport))
         super().process()
 
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            # Replaces Twisted's Server header, on every answer: those of
+            # OPTIONS * and of Twisted's own error pages too.
+            secure_response(self)
+        super().write(data)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.method!r} {redact(self.uri)!r}>"
+
 
 class SignalingSite(Site):
     """
     A `Site` whose connections must send a whole request within
     `handshake_timeout` seconds of connecting (or of their last request),
-    so a client that dribbles its headers cannot hold a connection open.
-    Once the WebSocket upgrade is accepted, Autobahn's own timers take over.
-    Access log lines hide tokens (`access_log_formatter`).
+    so a client that dribbles its headers cannot hold a connection open
+    (None: no deadline).  Once the WebSocket upgrade is accepted, Autobahn's
+    own timers take over.  Access log lines hide tokens
+    (`access_log_formatter`), and every answer carries the common security
+    headers (`twisted_signal.headers`), those Twisted writes itself too.
+
+    Request bodies are held in memory, never in a file, and only as many
+    bytes as the route takes: the resource says how many with a
+    ``body_limit(method, segments, headers)`` method returning a
+    `twisted_signal.bodies.BodyLimit` (`SignalingResource` has one);
+    without it, every route takes `twisted_signal.bodies.BODY_ALLOWANCE`.
     """
 
     requestFactory = _Request
+    protocol = _Channel  # type: ignore[assignment]
 
     def __init__(
-        self, resource: Any, *, handshake_timeout: float, clock: IReactorTime, **kwargs: Any
+        self,
+        resource: Any,
+        *,
+        handshake_timeout: float | None,
+        clock: IReactorTime,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("logFormatter", access_log_formatter)
         # Nothing here takes form posts: a POST body is the resource's to read
@@ -210,6 +377,17 @@ class SignalingSite(Site):
         self._handshake_timeout = handshake_timeout
         self._clock = clock
         self._deadlines: dict[object, IDelayedCall] = {}
+
+    def body_limit(self, method: bytes, path: bytes, headers: Headers) -> BodyLimit:
+        """
+        How many bytes of body the route of a `method` request for `path`
+        (percent-encoded, without its query) with `headers` takes.
+        """
+        policy = getattr(self.resource, "body_limit", None)
+        if policy is None:
+            return BodyLimit()
+        segments = [unquote(segment) for segment in path[1:].split(b"/")]
+        return cast(BodyLimit, policy(method, segments, headers))
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         protocol = super().buildProtocol(addr)
@@ -233,6 +411,8 @@ class SignalingSite(Site):
         return protocol
 
     def _arm(self, transport: Any) -> None:
+        if self._handshake_timeout is None:
+            return
         if transport is None or getattr(transport, "disconnected", False):
             return
         self._disarm(transport)

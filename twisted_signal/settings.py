@@ -49,6 +49,12 @@ class Settings:
     flood_timeout: float = 10.0
     """A peer over its rate limit for this long is closed with 1008."""
 
+    max_send_buffer: int = 4194304
+    """Bytes the server may hold for a peer that does not read what it is
+    sent (beyond its transport's own buffer, 64 KiB for TCP); past it the
+    peer is closed (1008) and leaves.  Keep it above `max_message_bytes`:
+    one relayed message must fit."""
+
     max_connections: int = 10000
     """Upgrades beyond this many open connections are answered 503."""
 
@@ -88,6 +94,8 @@ class Settings:
         for name in ("ping_interval", "resume_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.max_send_buffer < 1:
+            raise ValueError("max_send_buffer must be positive")
         if self.trusted_proxies < 0:
             raise ValueError("trusted_proxies must not be negative")
         if self.rate_burst < 1 or self.max_connections < 1:

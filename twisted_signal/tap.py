@@ -20,9 +20,10 @@ from .admin import is_bearer_token
 from .auth import TokenVerifier
 from .ice import IceConfig
 from .peer import Peer
+from .peerjs import PeerjsOptions
 from .room import Room
 from .rooms import Rooms, is_room_name
-from .service import SignalingService
+from .service import SignalingService, with_backlog
 from .settings import Settings
 from .tls import PROFILES
 from .webhooks import Webhooks
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_ENDPOINT", "Options", "makeService"]
 
 DEFAULT_ENDPOINT = "tcp:8080"
-# Twisted listens with a backlog of 50, which stalls a burst of joins.
-_BACKLOG = 1024
 
 
 def _positive_int(value: str) -> int:
@@ -137,7 +136,7 @@ def _metrics_endpoint(value: str) -> str:
         serverFromString(reactor, value)
     except (ValueError, KeyError, TypeError, OSError) as e:
         raise usage.UsageError(f"--metrics-endpoint {value!r} is not an endpoint: {e}") from None
-    return value
+    return with_backlog(value)
 
 
 _metrics_endpoint.coerceDoc = "A Twisted server endpoint string."  # type: ignore[attr-defined]
@@ -174,6 +173,7 @@ class Options(usage.Options):
     )
     optFlags = [
         ["no-auto-rooms", None, "Only serve the rooms given with --room (others get 404)."],
+        ["peerjs-discovery", None, "peerjs: GET PATH<key>/peers lists the ids (else 401)."],
     ]
     optParameters = [
         ["max-peers", None, 4, "Peers per room for rooms without their own limit.", _max_peers],
@@ -229,6 +229,14 @@ class Options(usage.Options):
             65536,
             "Larger frames close the connection with 1009.",
             _whole("max-message-bytes", 1024),
+        ],
+        [
+            "max-send-buffer",
+            None,
+            4194304,
+            "Bytes held for a peer that does not read what it is sent; "
+            "past them it is closed (1008) and leaves.",
+            _whole("max-send-buffer", 65536),
         ],
         ["rate-limit", None, "50/1", "Messages per peer, as N/S.", _rate],
         [
@@ -320,6 +328,41 @@ class Options(usage.Options):
             "The Redis password (AUTH), read from this file rather than shown in ps in --redis.",
         ],
         [
+            "peerjs",
+            None,
+            None,
+            "Serve the peerjs-compatible front (the protocol of peerjs-server 1.0.2) "
+            "under this path, e.g. /peerjs/ (default: off); see docs/peerjs.md.",
+        ],
+        [
+            "peerjs-key",
+            None,
+            "peerjs",
+            "peerjs: the key clients pass (with a JWT key configured they pass their "
+            "token instead); also the name of their room in the admin API and webhooks.",
+        ],
+        [
+            "peerjs-expire-timeout",
+            None,
+            5.0,
+            "peerjs: how long messages to an id not connected wait for it (then EXPIRE).",
+            _seconds("peerjs-expire-timeout"),
+        ],
+        [
+            "peerjs-alive-timeout",
+            None,
+            90.0,
+            "peerjs: a client that sent nothing (not even a HEARTBEAT) for this long is closed.",
+            _seconds("peerjs-alive-timeout"),
+        ],
+        [
+            "peerjs-queue-limit",
+            None,
+            256,
+            "peerjs: messages one client may have waiting for ids not connected.",
+            _whole("peerjs-queue-limit", 0),
+        ],
+        [
             "cluster-lease",
             None,
             10.0,
@@ -377,7 +420,8 @@ class Options(usage.Options):
             serverFromString(reactor, description)
         except (ValueError, KeyError, TypeError, OSError) as e:
             raise usage.UsageError(f"--endpoint {description!r} is not an endpoint: {e}") from None
-        self["endpoint"].append(description)
+        # Twisted listens with a backlog of 50, which stalls a burst of joins.
+        self["endpoint"].append(with_backlog(description))
 
     def opt_room(self, spec: str) -> None:
         """
@@ -402,7 +446,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if not self["endpoint"]:
-            self["endpoint"] = [f"{DEFAULT_ENDPOINT}:backlog={_BACKLOG}"]
+            self["endpoint"] = [with_backlog(DEFAULT_ENDPOINT)]
         self["room-class"] = _load_class("--room-class", self["room-class"], Room)
         self["peer-class"] = _load_class("--peer-class", self["peer-class"], Peer)
         static = self["static"]
@@ -410,6 +454,11 @@ class Options(usage.Options):
             raise usage.UsageError(f"--static {static!r} is not a folder")
         limit = self["rate-limit"]
         rate, per = _rate(limit) if isinstance(limit, str) else limit
+        if self["max-send-buffer"] < self["max-message-bytes"]:
+            raise usage.UsageError(
+                "--max-send-buffer must be at least --max-message-bytes "
+                f"({self['max-message-bytes']}): a peer must be able to receive one message"
+            )
         self["admin-token"] = admin_token = _secret(self, "admin-token")
         if admin_token is not None and not is_bearer_token(admin_token):
             raise usage.UsageError(
@@ -423,6 +472,7 @@ class Options(usage.Options):
             ping_timeout=self["ping-timeout"],
             idle_timeout=self["idle-timeout"],
             max_message_bytes=self["max-message-bytes"],
+            max_send_buffer=self["max-send-buffer"],
             rate=rate,
             rate_period=per,
             rate_burst=self["rate-burst"],
@@ -433,11 +483,48 @@ class Options(usage.Options):
             trusted_proxies=self["trust-forwarded-for"],
         )
         self["redis"] = self._redis()
+        self["peerjs"] = self._peerjs()
         self["webhook-secret"] = _secret(self, "webhook-secret")
         if self["webhook"] is not None and self["webhook-secret"] is None:
             raise usage.UsageError("--webhook needs --webhook-secret or --webhook-secret-file")
         if self["webhook"] is None and self["webhook-secret"] is not None:
             raise usage.UsageError("--webhook-secret needs --webhook")
+
+    def _peerjs(self) -> PeerjsOptions | None:
+        path = self["peerjs"]
+        if path is None:
+            given = [
+                f"--{name}"
+                for name, default in (
+                    ("peerjs-key", "peerjs"),
+                    ("peerjs-expire-timeout", 5.0),
+                    ("peerjs-alive-timeout", 90.0),
+                    ("peerjs-queue-limit", 256),
+                    ("peerjs-discovery", 0),
+                )
+                if self[name] != default
+            ]
+            if given:
+                raise usage.UsageError(f"{given[0]} needs --peerjs")
+            return None
+        if isinstance(path, PeerjsOptions):
+            return path
+        key = self["peerjs-key"]
+        if not is_room_name(key):
+            raise usage.UsageError(f"--peerjs-key {key!r}: a key is 1 to 64 of A-Z a-z 0-9 _ . ~ -")
+        if any(name == key for name, _ in self["room"]):
+            raise usage.UsageError(f"--room {key!r} is the room of the peerjs front (--peerjs-key)")
+        try:
+            return PeerjsOptions(
+                path=path,
+                key=key,
+                discovery=bool(self["peerjs-discovery"]),
+                expire_timeout=self["peerjs-expire-timeout"],
+                alive_timeout=self["peerjs-alive-timeout"],
+                queue_limit=self["peerjs-queue-limit"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--peerjs {path!r}: {e}") from None
 
     def _redis(self) -> RedisURL | None:
         url: RedisURL | None = self["redis"]
@@ -599,4 +686,5 @@ def makeService(options: Options) -> IService:
         shutdown_grace=options["shutdown-grace"],
         tls_profile=options["tls-profile"],
         admin_token=options["admin-token"],
+        peerjs=options["peerjs"],
     )

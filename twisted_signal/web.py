@@ -9,6 +9,7 @@ import re
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote_to_bytes as unquote
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.python.filepath import FilePath
@@ -19,16 +20,24 @@ from twisted.web.static import File
 from twisted.web.util import redirectTo
 
 from .admin import AdminResource
+from .bodies import BodyLimit
 from .headers import secure_asset, secure_page, secure_response
 from .peer import Peer, PeerFactory
+from .peerjs import PeerjsFront, PeerjsOptions, PeerjsResource, mount
 from .rooms import Rooms, is_room_name
 from .settings import Settings
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IReactorTime
+    from twisted.web.http_headers import Headers
     from twisted.web.server import Request
 
-__all__ = ["PACKAGED_PAGES", "SignalingResource", "access_log_formatter", "redact"]
+__all__ = [
+    "PACKAGED_PAGES",
+    "SignalingResource",
+    "access_log_formatter",
+    "redact",
+]
 
 
 def _packaged_pages() -> str:
@@ -61,14 +70,64 @@ class _NotFound(Resource):
 
 
 _NOT_FOUND = _NotFound()
-_SECRET_PARAMS = re.compile(rb"((?:^|[?&;])(?:token|resume)=)[^&;#]*")
+
+# The query parameters that carry credentials: a peer's token (``token``,
+# or ``access_token`` as some clients name it), its resume token, and the
+# peerjs front's ``key`` (a token, with a JWT key configured).
+_SECRET_PARAMS = frozenset({b"token", b"access_token", b"resume", b"key"})
+# A JWT wherever it is: the peerjs client puts its key in the path of
+# /<path><key>/id.
+_JWT = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+_SEPARATORS = re.compile(rb"([&;])")
+
+
+def _param_name(key: bytes) -> bytes:
+    """
+    A query parameter's name as a server would read it: percent-decoded
+    (as often as it takes, so no spelling hides it) and in lower case.
+    """
+    name = key.replace(b"+", b" ")
+    for _ in range(4):
+        decoded = unquote(name)
+        if decoded == name:
+            break
+        name = decoded
+    return name.strip().lower()
 
 
 def redact(uri: bytes) -> bytes:
     """
-    `uri` with the values of its ``token`` and ``resume`` parameters hidden.
+    `uri` with the values of its ``token``, ``access_token``, ``resume``
+    and ``key`` parameters hidden, however their names are spelled
+    (``%74oken``, ``TOKEN``, repeated, separated by ``;``), and any JWT in
+    its path.
     """
-    return _SECRET_PARAMS.sub(rb"\1REDACTED", uri)
+    path, question, rest = uri.partition(b"?")
+    path = _JWT.sub(b"REDACTED", path)
+    if not question:
+        return uri
+    query, hash_, fragment = rest.partition(b"#")
+    parts = _SEPARATORS.split(query)
+    for i in range(0, len(parts), 2):
+        key, equals, _ = parts[i].partition(b"=")
+        if equals and _param_name(key) in _SECRET_PARAMS:
+            parts[i] = key + b"=REDACTED"
+    return path + question + b"".join(parts) + hash_ + fragment
+
+
+def _valid_segment(segment: bytes) -> bool:
+    """
+    Whether the path segment `segment` (percent-decoded) is UTF-8 text
+    without NUL: anything else (``%00``, ``%FF``, overlong forms such as
+    ``%C0%AE``, encoded surrogates) names nothing the server serves.
+    """
+    if b"\x00" in segment:
+        return False
+    try:
+        segment.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class _Redacted:
@@ -127,10 +186,14 @@ class SignalingResource(Resource):
         pages: str | None = None,
         clock: IReactorTime | None = None,
         admin_token: str | None = None,
+        peerjs: PeerjsOptions | None = None,
     ) -> None:
         super().__init__()
         self.rooms = rooms
+        self._admin: AdminResource | None = None
         self.factory = PeerFactory(rooms, peer_class=peer_class, settings=settings, clock=clock)
+        self.peerjs: PeerjsFront | None = None
+        """The peerjs-compatible front, when mounted (`peerjs` options given)."""
         folder = FilePath(pages or PACKAGED_PAGES)
         self._room_page = _page(folder.child("room.html"))
         self.putChild(b"", _page(folder.child("index.html")))
@@ -141,7 +204,25 @@ class SignalingResource(Resource):
             # Without a token there is no admin API at all: /admin/... is
             # the plain 404 of any other path.
             max_body = self.factory.settings.max_message_bytes
-            self.putChild(b"admin", AdminResource(rooms, admin_token, max_body_bytes=max_body))
+            self._admin = AdminResource(rooms, admin_token, max_body_bytes=max_body)
+            self.putChild(b"admin", self._admin)
+        if peerjs is not None:
+            settings = self.factory.settings
+            self.peerjs = PeerjsFront(rooms, peerjs, settings=settings, clock=clock)
+            front = PeerjsResource(self.peerjs, settings.allowed_origins)
+            mount(self, front, peerjs.path)
+
+    def body_limit(self, method: bytes, segments: list[bytes], headers: Headers) -> BodyLimit:
+        """
+        How many bytes of body a `method` request for the path `segments`
+        (below this resource, percent-decoded) may carry: the admin API's
+        message posts take a message, nothing else takes a body.  (The
+        server's `twisted_signal.service.SignalingSite` asks before reading
+        a body.)
+        """
+        if segments[:1] == [b"admin"] and self._admin is not None:
+            return self._admin.body_limit(method, segments[1:], headers)
+        return BodyLimit()
 
     @property
     def accepting(self) -> bool:
@@ -154,6 +235,8 @@ class SignalingResource(Resource):
     @accepting.setter
     def accepting(self, value: bool) -> None:
         self.factory.accepting = value
+        if self.peerjs is not None:
+            self.peerjs.accepting = value
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         # Every request below this resource passes here first.
@@ -217,6 +300,10 @@ class _StaticFiles(File):
     contentTypes = _CONTENT_TYPES
 
     def getChild(self, path: bytes, request: Request) -> IResource:
+        # File would log a traceback for a name that is not UTF-8, and
+        # answer 500 for one with NUL.
+        if not _valid_segment(path):
+            return _NOT_FOUND
         child = super().getChild(path, request)
         return _NOT_FOUND if child is self.childNotFound else cast(IResource, child)
 

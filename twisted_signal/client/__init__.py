@@ -47,8 +47,12 @@ the verification code the room page shows (docs/verification.md).
 
 from __future__ import annotations
 
-from ._aiortc import PeerVerification, verify_peer_connection
-from ._asyncio import AsyncSignalingClient, aio_connect
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# The sans-IO core is pure; each face is imported on first use (PEP 562), so
+# that the asyncio client loads neither Twisted nor Autobahn's Twisted side,
+# and neither face loads aiortc.
 from ._core import (
     Backoff,
     ClientClosed,
@@ -60,7 +64,34 @@ from ._core import (
     decode_server_message,
     socket_url,
 )
-from ._twisted import SignalingClient, connect
+
+_HOMES = {
+    "AsyncSignalingClient": "_asyncio",
+    "aio_connect": "_asyncio",
+    "PeerVerification": "_aiortc",
+    "verify_peer_connection": "_aiortc",
+    "SignalingClient": "_twisted",
+    "connect": "_twisted",
+}
+
+if TYPE_CHECKING:
+    from ._aiortc import PeerVerification, verify_peer_connection
+    from ._asyncio import AsyncSignalingClient, aio_connect
+    from ._twisted import SignalingClient, connect
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
 
 __all__ = [
     "AsyncSignalingClient",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, Protocol, TypedDict, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..message import ALL, Addressees, InvalidMessage, Message
+from ..message import ALL, Addressees, InvalidMessage, Message, impersonates_server
 
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_BUFFER_SIZE: Final = 1024
@@ -448,12 +448,23 @@ class ClientCore(Generic[C]):
     def received(self, frame: str | bytes, binary: bool = False) -> list[Action]:
         """
         A frame arrived on the current connection.  ``authenticated`` sets
-        `joined` and is no message; any other is followed and delivered.
+        `joined` and is no message; any other is followed and delivered.  A
+        message named as one of the server's events that is not the
+        server's (its ``from`` is a peer's, see `impersonates_server`) is
+        ignored: neither followed nor delivered.
         """
         if binary or frame in ("pong", b"pong"):
             return []
         try:
             message = decode_server_message(frame)
+            if impersonates_server(message):
+                return [
+                    Log(
+                        "warn",
+                        "ignored {event!r} from peer {peer_id}: only the server sends it",
+                        {"event": message.event, "peer_id": message.from_},
+                    )
+                ]
             if message.event == "authenticated":
                 self.session.authenticate(message.data)
         except InvalidMessage as e:

@@ -695,7 +695,9 @@ class RoomRelay:
         if peer_id not in room.peers:
             return
         try:
-            message = Message.from_json(text, from_=peer_id)
+            # Accepted by the member's node already (SPEC 1.2), and perhaps
+            # renamed by its Peer.on_receive since, as a single server allows.
+            message = Message.from_json(text, from_=peer_id, server_events=True)
         except InvalidMessage:
             self._log.warn(
                 "room {room}: dropped a relayed message that is not valid", room=self.name
