@@ -98,6 +98,15 @@ class Rooms(MultiService):
     def creates_on_demand(self) -> bool:
         return self.factory is not None
 
+    @property
+    def unavailable(self) -> str | None:
+        """
+        Why these rooms cannot serve joins right now (``/healthz`` answers
+        503 with it as its ``status``), or None.  One server always can; a
+        cluster node cannot while Redis is unreachable.
+        """
+        return None
+
     def start_room(
         self,
         name: str,

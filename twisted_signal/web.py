@@ -369,13 +369,13 @@ class _Health(Resource):
         if request.postpath:
             return _NOT_FOUND.render(request)
         rooms = self._signaling.rooms
-        accepting = self._signaling.accepting
+        status = "shutting_down" if not self._signaling.accepting else rooms.unavailable or "ok"
         body = {
-            "status": "ok" if accepting else "shutting_down",
+            "status": status,
             "rooms": len(rooms),
             "peers": sum(len(room.peers) for room in rooms),
         }
-        request.setResponseCode(200 if accepting else 503)
+        request.setResponseCode(200 if status == "ok" else 503)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(body).encode("utf-8")

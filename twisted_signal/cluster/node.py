@@ -31,7 +31,7 @@ from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
 from ..rooms import RoomFactory, Rooms, is_room_name
 from . import scripts
 from .relay import SAFE_SHARE, RoomRelay, _text
-from .resp import RedisClient, RedisRefused, RedisURL
+from .resp import RedisClient, RedisError, RedisRefused, RedisURL
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -43,6 +43,14 @@ PREFIX = "rtcsignal:"
 #: memory of a stream whose reader is gone.  Trimming by length alone would
 #: drop entries that a reader under load has not read yet.
 STREAM_MAXLEN = 1_000_000
+#: The most entries, and bytes of them, that a node keeps to write again
+#: while Redis does not take them (`ClusterRooms.xadd`); beyond either the
+#: oldest go.  (A node lets them all go once it closes its peers, a lease
+#: into an outage at most.)
+MAX_OUTBOX = 1_000_000
+MAX_OUTBOX_BYTES = 64 * 1024 * 1024
+#: How soon a node writes its waiting entries again (seconds).
+RETRY_DELAY = 0.2
 #: What a node id in a resume token may look like (`ClusterRooms.claim_elsewhere`).
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
@@ -151,6 +159,150 @@ class _Arrival:
             handle.send(payload)
 
 
+class _Writes:
+    """
+    A node's writes to streams (`ClusterRooms.xadd`), numbered and in order.
+    One that Redis does not take (no connection, or no answer in time) is
+    written again once Redis answers, with every one after it, in order; a
+    copy that reaches a stream twice (Redis took it after all) is skipped by
+    its reader (``seq``).
+
+    Each stream it writes to expires `ClusterRooms.keep_ms` after it last
+    set that: a ``PEXPIRE`` after a write, at most once a lease per stream
+    (a plain ``XADD`` costs Redis half what a script doing both does).
+    """
+
+    _log = Logger()
+
+    def __init__(self, rooms: ClusterRooms) -> None:
+        self._rooms = rooms
+        self.seq = 0
+        """The number of the last entry written."""
+        self.waiting: deque[tuple[Any, ...]] = deque()
+        """Entries that Redis has not taken yet, to write again, in order."""
+        self._waiting_bytes = 0
+        self._writing = 0
+        self._flushing = False
+        self._failed = False
+        self._retry: IDelayedCall | None = None
+        self._stopped = False
+        self._expiring: dict[str, float] = {}
+        """When this node last made each stream expire (`now`)."""
+
+    def add(self, stream: str, fields: Mapping[str, Any]) -> None:
+        rooms = self._rooms
+        self.seq += 1
+        args: list[Any] = ["XADD", stream, "MAXLEN", "~", STREAM_MAXLEN, "*"]
+        args += ["src", rooms.node_id, "seq", self.seq]
+        for name, value in fields.items():
+            args += [name, value]
+        if self.waiting or self._flushing:
+            # Earlier entries wait for Redis: this one waits behind them.
+            self._keep(tuple(args))
+            return
+        self._writing += 1
+        rooms.redis.execute(*args).addBoth(self._written, tuple(args))
+
+    def clear(self) -> None:
+        self.waiting.clear()
+        self._waiting_bytes = 0
+
+    def stop(self) -> None:
+        """The node has stopped: nothing is written again."""
+        self._stopped = True
+        self.clear()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    def forget_expiries(self) -> None:
+        """Redis lost its keys: the next write to each stream sets its expiry."""
+        self._expiring.clear()
+
+    def _written(self, result: Any, args: tuple[Any, ...]) -> None:
+        self._writing -= 1
+        if not isinstance(result, Failure):
+            self._taken(args[1])
+        elif result.check(RedisError):
+            self._log.warn(
+                "Redis refused an entry for {stream}: {why}",
+                stream=args[1],
+                why=result.getErrorMessage(),
+            )
+        else:
+            if not self.waiting:
+                self._log.warn(
+                    "could not write to {stream}: {why}; writing it again when Redis answers",
+                    stream=args[1],
+                    why=result.getErrorMessage(),
+                )
+            self._keep(args)
+        self._flush_soon(RETRY_DELAY)
+
+    def _taken(self, stream: str) -> None:
+        """Redis took an entry for `stream`: make the stream expire, now and then."""
+        rooms = self._rooms
+        now = rooms.now()
+        if now - self._expiring.get(stream, -rooms.lease) < rooms.lease:
+            return
+        if len(self._expiring) > 10_000:
+            self._expiring = {k: t for k, t in self._expiring.items() if now - t < rooms.lease}
+        self._expiring[stream] = now
+
+        def failed(_: Failure) -> None:
+            self._expiring.pop(stream, None)  # the next write tries again
+
+        rooms.redis.execute("PEXPIRE", stream, rooms.keep_ms).addErrback(failed)
+
+    def _keep(self, args: tuple[Any, ...]) -> None:
+        self.waiting.append(args)
+        self._waiting_bytes += _size(args)
+        while len(self.waiting) > MAX_OUTBOX or self._waiting_bytes > MAX_OUTBOX_BYTES:
+            self._drop_first()
+
+    def _drop_first(self) -> None:
+        self._waiting_bytes -= _size(self.waiting.popleft())
+
+    def _flush_soon(self, delay: float) -> None:
+        if self._stopped:
+            return
+        if self.waiting and not self._writing and not self._flushing and self._retry is None:
+            self._retry = self._rooms.reactor.callLater(delay, self._flush)
+
+    def _flush(self) -> None:
+        """Write the waiting entries again, in order, until Redis takes them all."""
+        self._retry = None
+        if not self.waiting or self._writing or self._flushing:
+            return
+        self._flushing = True
+        # After a failed try, one entry finds out whether Redis answers.
+        batch = [self.waiting[0]] if self._failed else list(self.waiting)
+        writes = [self._rooms.redis.execute(*args) for args in batch]
+
+        def done(results: list[tuple[bool, Any]]) -> None:
+            self._flushing = False
+            taken = 0
+            for ok, value in results:
+                if not ok and not value.check(RedisError):
+                    break
+                taken += 1
+            for args in batch[:taken]:
+                if self.waiting and self.waiting[0] is args:
+                    self._drop_first()
+                self._taken(args[1])
+            self._failed = taken < len(batch)
+            if not self._failed and not self.waiting:
+                self._log.info("Redis took the entries that waited for it")
+            self._flush_soon(RETRY_DELAY if self._failed else 0)
+
+        DeferredList(writes, consumeErrors=True).addCallback(done)
+
+
+def _size(args: tuple[Any, ...]) -> int:
+    """About how many bytes an entry's command holds."""
+    return sum(len(a) if isinstance(a, bytes | str) else 8 for a in args)
+
+
 class _NotStartedAgain(Events):
     """`Events` that pass everything on but a room's start."""
 
@@ -189,6 +341,13 @@ class ClusterRooms(Rooms):
         super().__init__(factory, max_peers=max_peers, clock=reactor)
         self.reactor = reactor
         self.lease = lease
+        self.now: Callable[[], float] = time.monotonic
+        """The clock of leases and timeouts (monotonic; a test's `task.Clock`)."""
+        self.keep_ms = int(lease * scripts.KEEP_LEASES * 1000)
+        """How long a room's keys outlive its last renewal or write (ms)."""
+        self.writes = _Writes(self)
+        self._inbox_applied: dict[str, int] = {}
+        """The last ``seq`` read in this node's inbox from each node."""
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self._incarnation = uuid.uuid4().hex
         self.redis = RedisClient(redis_url, reactor, timeout=max(lease / 3, 0.5))
@@ -199,7 +358,8 @@ class ClusterRooms(Rooms):
         self._inbox_cursor = "0-0"
         self._run_id: str | None = None
         self._node_ok = 0.0
-        self._ticking = False
+        self._waiting_since: float | None = None
+        """When the oldest heartbeat that Redis has not answered yet went out."""
         self._registered = False
         self._quiet_ticks = 0
         self.judge_after = 0.0
@@ -301,15 +461,13 @@ class ClusterRooms(Rooms):
         self.reactor.callLater(0, fn)
 
     def xadd(self, stream: str, **fields: Any) -> None:
-        args: list[Any] = ["XADD", stream, "MAXLEN", "~", STREAM_MAXLEN, "*"]
-        for name, value in fields.items():
-            args += [name, value]
-        self.redis.execute(*args).addErrback(self._xadd_failed, stream)
-
-    def _xadd_failed(self, failure: Failure, stream: str) -> None:
-        self._log.warn(
-            "could not write to {stream}: {why}", stream=stream, why=failure.getErrorMessage()
-        )
+        """
+        Append an entry to `stream`, numbered (``src``, ``seq``) so that its
+        reader applies it once even if it reads it again, and written again
+        until Redis takes it (`_Writes`); the stream expires `keep_ms` after
+        its last write.
+        """
+        self.writes.add(stream, fields)
 
     def ask(self, stream: str, timeout: float, **fields: Any) -> Deferred[Any]:
         """
@@ -701,7 +859,7 @@ class ClusterRooms(Rooms):
 
     def startService(self) -> None:
         super().startService()
-        self._node_ok = time.monotonic()
+        self._node_ok = self.now()
         self._tick.start(self.lease / 3, now=True)
         self._reading = True
         self._read()
@@ -724,7 +882,7 @@ class ClusterRooms(Rooms):
                 handle.send(wire.error(handle.peer_id, "Room closed", "shutdown").to_bytes())
                 handle.close(CLOSE_GOING_AWAY)
         d: Deferred[None] = Deferred()
-        self._when_settled(d, time.monotonic() + self.lease * SAFE_SHARE / 2)
+        self._when_settled(d, self.now() + self.lease * SAFE_SHARE / 2)
         return d
 
     def _when_settled(self, done: Deferred[None], deadline: float) -> None:
@@ -736,7 +894,7 @@ class ClusterRooms(Rooms):
             relay._local or not relay._queue.idle or (relay.room and not relay.room._queue.idle)
             for relay in self._relays.values()
         )
-        if busy and time.monotonic() < deadline:
+        if busy and self.now() < deadline:
             self.reactor.callLater(0.05, self._when_settled, done, deadline)
         else:
             self.reactor.callLater(0.1, self._hand_over, done)
@@ -765,6 +923,7 @@ class ClusterRooms(Rooms):
         )
 
         def closed(_: object) -> None:
+            self.writes.stop()
             self.redis.close()
             self._reader.close()
             self.running = False
@@ -772,18 +931,39 @@ class ClusterRooms(Rooms):
 
         DeferredList(waits).addBoth(closed)
 
+    @property
+    def unavailable(self) -> str | None:
+        """
+        ``redis_unreachable`` (``/healthz`` answers 503) until the node has
+        registered with Redis, and once a heartbeat has waited for Redis for
+        more than half a lease, until one is answered: the node cannot serve
+        joins meanwhile.
+        """
+        since = self._waiting_since
+        waited = since is not None and self.now() - since > self.lease / 2
+        return "redis_unreachable" if waited or not self._registered else None
+
+    @property
+    def settling(self) -> bool:
+        """
+        Redis restarted lately (within two ticks of this node seeing it):
+        relays here take no room yet, so that its previous owner gets it.
+        """
+        return self._quiet_ticks > 0
+
     def _heartbeat(self) -> None:
         """
-        One tick.  It never makes the next tick wait: a tick whose commands
-        are still out holds the next one back for at most lease/2.
+        One tick, every lease/3, whether or not the previous tick's commands
+        have been answered: while Redis is slow or paused, each tick's
+        renewals wait in line, and the newest one renews the leases as soon
+        as Redis answers.
         """
-        sent = time.monotonic()
-        if self._ticking and sent - self._last_tick < self.lease / 2:
-            return
-        self._ticking = True
+        sent = self.now()
         if self._last_tick and sent - self._last_tick > self.lease / 2:
             self._log.warn("cluster heartbeat {late:.1f}s late", late=sent - self._last_tick)
         self._last_tick = sent
+        if self._waiting_since is None:
+            self._waiting_since = sent
         if sent - self._node_ok > self.lease * SAFE_SHARE:
             self._presumed_dead("could not renew its node lease in time")
         d = self.redis.execute("INFO", "server").addCallback(_run_id)
@@ -799,13 +979,9 @@ class ClusterRooms(Rooms):
         )
         d.addErrback(self._heartbeat_failed)
 
-        def done(_: object) -> None:
-            self._ticking = False
-
-        d.addBoth(done)
-
     def _node_renewed(self, reply: int, sent: float, run_id: str) -> Any:
-        self._node_ok = sent
+        self._node_ok = max(self._node_ok, sent)
+        self._waiting_since = None
         # The run id is taken as seen only once this node has registered
         # with that Redis: a tick that fails between the two sees it again.
         restarted = self._run_id is not None and run_id != self._run_id
@@ -815,7 +991,8 @@ class ClusterRooms(Rooms):
             # The owners take their rooms back first: relays wait two ticks
             # before they would take an ownerless room themselves.
             self._quiet_ticks = 2
-            self.judge_after = time.monotonic() + self.lease
+            self.judge_after = self.now() + self.lease
+            self.writes.forget_expiries()  # the streams are new
             waits = []
             for relay in self._relays.values():
                 relay.seen_epoch = 0
@@ -846,6 +1023,9 @@ class ClusterRooms(Rooms):
         had = [r for r in self._relays.values() if r._local or r.room is not None]
         if not had:
             return
+        # What waited for Redis is stale now: the others let go of this
+        # node's peers.
+        self.writes.clear()
         self._log.warn("this node {why}: closing its peers", why=why)
         for relay in had:
             relay.step_down()
@@ -904,6 +1084,11 @@ class ClusterRooms(Rooms):
             fields[field] = _text(flat[i + 1])
         if name == inbox:
             self._inbox_cursor = entry_id
+            src, seq = fields.get("src"), fields.get("seq", "")
+            if src is not None and seq.isdigit():
+                if int(seq) <= self._inbox_applied.get(src, 0):
+                    return  # written again after all: read already
+                self._inbox_applied[src] = int(seq)
             self._from_inbox(fields, raw)
             return
         relay = self._relays.get(name[len(self.key("room", "")) : -len(":in")])

@@ -11,7 +11,6 @@ room itself sees only `PeerHandle`s.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -68,6 +67,13 @@ class RoomRelay:
         """While owner: the node of each member."""
         self._queue = SerialQueue(f"relay {name!r}")
         self._resolved = False
+        self._held: list[Callable[[], Any]] | None = None
+        """
+        While owner with a renewal overdue: the deliveries made meanwhile,
+        in order, until Redis answers (see `_deliver`).
+        """
+        self._applied: dict[str, int] = {}
+        """While owner: the last ``seq`` applied from each node's entries."""
 
     # What a Peer calls (the same as on a Room).
 
@@ -120,23 +126,29 @@ class RoomRelay:
         """
         Take the room if it has no owner; otherwise learn the owner's epoch.
         """
-        sent = time.monotonic()
-        d = self._acquire()
+        sent = self._rooms.now()
+        # Right after a Redis restart, the rooms' previous owners take them
+        # back first: a join here meanwhile goes to the room's stream, which
+        # the owner reads anew once it has the room again.
+        d = self._acquire("wait" if self._rooms.settling else "take")
         return d.addCallbacks(self._acquired, self._unresolved, callbackArgs=(sent,))
 
-    def _acquire(self) -> Deferred[Any]:
+    def _acquire(self, mode: str) -> Deferred[Any]:
         """Run the ACQUIRE script: the owner lease and epoch, or the owner's epoch."""
         rooms = self._rooms
         return rooms.redis.execute(
             "EVAL",
             scripts.ACQUIRE,
-            4,
+            5,
             rooms.key("room", self.name, "owner"),
             rooms.key("room", self.name, "epoch"),
             rooms.key("room", self.name, "in"),
             rooms.key("room", self.name, "cursor"),
+            rooms.key("node", rooms.node_id),
             rooms.node_id,
             int(rooms.lease * 1000),
+            rooms.keep_ms,
+            mode,
         )
 
     def _unresolved(self, failure: Failure) -> None:
@@ -164,16 +176,17 @@ class RoomRelay:
     # Owning the room.
 
     def lease_valid(self) -> bool:
-        return self.room is not None and time.monotonic() < self._valid_until
+        return self.room is not None and self._rooms.now() < self._valid_until
 
     def _become_owner(self, epoch: int, cursor: str, sent: float) -> Deferred[None]:
         rooms = self._rooms
         self.epoch, self.cursor = epoch, cursor
         self.token = f"{rooms.node_id}|{epoch}"
         self._valid_until = sent + rooms.lease * SAFE_SHARE
+        self._applied = {}
         peers = rooms.key("room", self.name, "peers")
         d = rooms.redis.execute("HGETALL", peers)
-        if time.monotonic() < rooms.judge_after:
+        if rooms.now() < rooms.judge_after:
             # Redis restarted lately (see renew): nobody is judged dead yet.
             return d.addCallback(self._take_over, [])
         # Members of a node that died while no other node was in the room
@@ -238,15 +251,19 @@ class RoomRelay:
     def renew(self) -> Deferred[None]:
         """Keep the lease, and let the members of dead nodes go."""
         rooms = self._rooms
-        sent = time.monotonic()
+        sent = rooms.now()
         token = self.token
         d = rooms.redis.execute(
             "EVAL",
             scripts.RENEW,
-            1,
+            4,
             rooms.key("room", self.name, "owner"),
+            rooms.key("room", self.name, "epoch"),
+            rooms.key("room", self.name, "in"),
+            rooms.key("room", self.name, "peers"),
             token,
             int(rooms.lease * 1000),
+            rooms.keep_ms,
         )
 
         def renewed(reply: int) -> Any:
@@ -256,11 +273,12 @@ class RoomRelay:
                 self._log.warn("room {room}: lease lost; stepping down", room=self.name)
                 self.step_down()
                 return None
-            self._valid_until = sent + rooms.lease * SAFE_SHARE
-            took = time.monotonic() - sent
+            self._valid_until = max(self._valid_until, sent + rooms.lease * SAFE_SHARE)
+            took = rooms.now() - sent
             if took > rooms.lease / 3:
                 self._log.warn("room {room}: renewing took {took:.1f}s", room=self.name, took=took)
-            if time.monotonic() < rooms.judge_after:
+            self._release_held()
+            if rooms.now() < rooms.judge_after:
                 # Redis restarted lately: the live nodes may not have
                 # registered again yet, so nobody is judged dead for now.
                 return None
@@ -288,8 +306,8 @@ class RoomRelay:
         rooms = self._rooms
         room = self.room
         assert room is not None
-        sent = time.monotonic()
-        d = self._acquire()
+        sent = rooms.now()
+        d = self._acquire("take")
 
         def got(reply: list[Any]) -> Any:
             epoch = int(reply[0])
@@ -299,11 +317,18 @@ class RoomRelay:
             self.epoch = epoch
             self.token = f"{rooms.node_id}|{epoch}"
             self._valid_until = sent + rooms.lease * SAFE_SHARE
+            # Read the new stream from its start: what relays wrote to it
+            # before this acquire.  Entries read again are not applied
+            # again (`_applied`).
             self.cursor = "0-0"
             for peer_id, handle in room.peers.items():
                 self._record(peer_id, self._members.get(peer_id, rooms.node_id), handle.auth)
             for node in sorted(set(self._members.values()) | {rooms.node_id}):
                 self._to_node(node, "", "epoch", "")
+            # Nobody could take the room while Redis was away or since
+            # (this acquire found no owner): what the room did meanwhile
+            # goes out now, after the new epoch.
+            self._release_held()
             rooms.wake()
             return None
 
@@ -317,6 +342,7 @@ class RoomRelay:
         room, self.room = self.room, None
         self._resolved = False
         self.token = ""
+        self._held = None
         if room is None:
             return
         self._rooms.forsake(room)
@@ -355,10 +381,7 @@ class RoomRelay:
         send, admitted = local.send, local.admitted
 
         def guarded_send(payload: bytes) -> None:
-            if self.lease_valid():
-                send(payload)
-            else:
-                self._lease_ran_out()
+            self._deliver(lambda: send(payload))
 
         def close(code: int) -> None:
             self._forget_refused(local.peer_id)
@@ -366,8 +389,7 @@ class RoomRelay:
 
         def recorded(peer_ids: list[str]) -> None:
             self._record(local.peer_id, self._rooms.node_id, local.auth)
-            if self.lease_valid():
-                admitted(peer_ids)
+            self._deliver(lambda: admitted(peer_ids))
 
         return PeerHandle(
             local.peer_id, local.auth, guarded_send, local.close, recorded, local.peer
@@ -387,28 +409,66 @@ class RoomRelay:
 
         return PeerHandle(peer_id, auth, send, close, admitted)
 
-    def _lease_ran_out(self) -> None:
-        if self.room is not None and self.token:
+    def _deliver(self, action: Callable[[], Any]) -> None:
+        """
+        Do `action` (a delivery of the room) now while the lease holds.
+        Once it has run past its safe share without a renewal, nobody can
+        tell yet whether another node may own the room: the room's
+        deliveries wait, in order, until Redis answers.  A renewal proves
+        that nobody else owned the room meanwhile (the key never lapsed),
+        and they go out (`_release_held`); a lost lease drops them with
+        the room (`step_down`); a node that cannot renew for longer gives
+        up its rooms (`ClusterRooms._presumed_dead`).
+        """
+        if self.room is None:
+            self._held = None
+            return
+        held = self._held
+        if held is None:
+            if self.lease_valid():
+                action()
+                return
+            if not self.token:
+                return
             self._log.warn(
-                "room {room}: lease not renewed within {share:.0%} of its time; stepping down",
+                "room {room}: lease not renewed within {share:.0%} of its time; "
+                "holding its deliveries until Redis answers",
                 room=self.name,
                 share=SAFE_SHARE,
             )
-            self.token = ""
-            self._rooms.soon(self.step_down)
+            held = self._held = []
+        held.append(action)
+
+    def _release_held(self) -> None:
+        """
+        A renewal (or acquire) succeeded: what was held goes out, unless its
+        answer came so late that the lease it gave has run out too (then
+        the next renewal decides).
+        """
+        if not self.lease_valid():
+            return
+        held, self._held = self._held, None
+        if held:
+            self._log.info(
+                "room {room}: lease renewed; {n} held deliveries go out",
+                room=self.name,
+                n=len(held),
+            )
+            for action in held:
+                action()
 
     def _to_node(self, node: str, peer_id: str, kind: str, data: bytes | str) -> None:
-        if not self.lease_valid():
-            self._lease_ran_out()
-            return
-        self._rooms.xadd(
-            self._rooms.key("inbox", node),
-            room=self.name,
-            epoch=self.epoch,
-            peer=peer_id,
-            kind=kind,
-            data=data,
-        )
+        def write() -> None:
+            self._rooms.xadd(
+                self._rooms.key("inbox", node),
+                room=self.name,
+                epoch=self.epoch,
+                peer=peer_id,
+                kind=kind,
+                data=data,
+            )
+
+        self._deliver(write)
 
     def _forget_refused(self, peer_id: str) -> None:
         if self.room is not None and peer_id not in self.room.peers:
@@ -419,7 +479,7 @@ class RoomRelay:
         member = json.dumps(
             {"node": node, "credentials": auth.credentials, "metadata": auth.metadata}
         )
-        self._members_script(scripts.MEMBER_ADD, peer_id, member).addErrback(
+        self._members_script(scripts.MEMBER_ADD, self._rooms.keep_ms, peer_id, member).addErrback(
             self._log_failure, "record a member"
         )
 
@@ -587,7 +647,7 @@ class RoomRelay:
 
     def from_stream(self, fields: dict[str, str]) -> None:
         room = self.room
-        if room is None:
+        if room is None or not self._first_time(fields):
             return
         op, peer_id = fields.get("op"), fields.get("peer", "")
         if op == "join":
@@ -608,6 +668,27 @@ class RoomRelay:
             self._move(room, peer_id, fields)
         elif op == "control":
             self._rooms.answer_control(self.name, fields)
+
+    def _first_time(self, fields: dict[str, str]) -> bool:
+        """
+        Whether this stream entry is new: each node numbers what it writes
+        (``src``, ``seq``), and an entry read again (the stream read anew
+        after a Redis restart) is applied once only.
+        """
+        src, seq = fields.get("src"), fields.get("seq", "")
+        if src is None or not seq.isdigit():
+            return True
+        number = int(seq)
+        if number <= self._applied.get(src, 0):
+            self._log.info(
+                "room {room}: skipped entry {seq} of node {src}: applied already",
+                room=self.name,
+                seq=number,
+                src=src,
+            )
+            return False
+        self._applied[src] = number
+        return True
 
     def _relayed(self, room: Room, peer_id: str, text: str) -> None:
         """A member on another node sent a message."""

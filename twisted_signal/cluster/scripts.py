@@ -1,6 +1,12 @@
 """
 The Lua scripts through which every change of a room's keys goes.  Each one
 that writes checks first that the caller still owns the room at its epoch.
+
+Nothing a room leaves in Redis outlives it by more than ``keep`` (a few
+leases, `KEEP_LEASES`): the owner key lasts a lease, and the epoch counter,
+the members hash and the room's stream get ``keep`` again at every acquire
+and renew (and the streams when written, see ``cluster.node._Writes``), so
+that a room that is gone leaves no key behind.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ __all__ = [
     "ACQUIRE",
     "DEAD_MEMBERS",
     "HAND_OVER",
+    "KEEP_LEASES",
     "MEMBER_ADD",
     "MEMBER_DEL",
     "NODE_RENEW",
@@ -16,14 +23,36 @@ __all__ = [
     "RENEW",
 ]
 
-# KEYS: owner, epoch, in-stream, cursor.  ARGV: node, lease ms.
-# Returns {epoch, where to read the in-stream from} when acquired, {0,
-# current owner} when not.  After a hand-over, reading goes on from where the
-# previous owner stopped; otherwise from the newest entry.
+#: How many leases a room's epoch, members and stream outlive its last
+#: owner's renewal (or the stream its last write): longer than any takeover
+#: takes (a lease and a tick), so a new owner still finds them.
+KEEP_LEASES = 3
+
+# KEYS: owner, epoch, in-stream, cursor, the caller's node key.  ARGV: node,
+# lease ms, keep ms, mode.  Returns {epoch, where to read the in-stream from}
+# when acquired, {0, current owner} when not, and {0, why} when the caller
+# may not take it now: it is not registered in this Redis (it lost its
+# keys, and the node has not seen that yet), or `mode` is "wait" (it saw
+# that lately, and the previous owners take their rooms back first).  After
+# a hand-over, reading goes on from where the previous owner stopped;
+# otherwise from the newest entry.  A new epoch
+# counter (a name used for the first time, or whose counter expired, or a
+# Redis that lost its keys) starts at Redis's clock in milliseconds, so that
+# epochs still only grow for the nodes that remember an older one.
 ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if cur then return {0, cur} end
+if redis.call('EXISTS', KEYS[5]) == 0 then return {0, 'unregistered'} end
+if ARGV[4] == 'wait' then return {0, 'waiting'} end
 local epoch = redis.call('INCR', KEYS[2])
+if epoch == 1 then
+  local now = redis.call('TIME')
+  epoch = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('SET', KEYS[2], string.format('%d', epoch))
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+epoch = string.format('%d', epoch)
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. epoch, 'PX', ARGV[2])
 local id = redis.call('GET', KEYS[4])
 if id then
@@ -33,7 +62,7 @@ else
   id = '0-0'
   if #last > 0 then id = last[1][1] end
 end
-return {epoch, id}
+return {tonumber(epoch), id}
 """
 
 # KEYS: owner, cursor.  ARGV: node|epoch, the last id read, lease ms.
@@ -45,9 +74,11 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-# KEYS: owner.  ARGV: node|epoch, lease ms.  1 when renewed.
+# KEYS: owner, epoch, in-stream, peers.  ARGV: node|epoch, lease ms, keep
+# ms.  1 when renewed.
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
@@ -62,10 +93,12 @@ end
 return 0
 """
 
-# KEYS: owner, peers.  ARGV: node|epoch, then peer id, member JSON pairs.
+# KEYS: owner, peers.  ARGV: node|epoch, keep ms, then peer id, member JSON
+# pairs.
 MEMBER_ADD = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
