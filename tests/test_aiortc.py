@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import aioice.ice
 import av
 import pytest
 from aiortc import (
@@ -59,23 +58,16 @@ from twisted_signal.verification import (
     fingerprint_to_sdp,
 )
 
-from .browser_support import CHROMIUM_ARGS
+from .support.browser import CHROMIUM_ARGS
+
+# aioice offers 127.0.0.1 only (see conftest.loopback_candidates).
+pytestmark = pytest.mark.usefixtures("loopback_candidates")
 
 TWISTD = Path(sys.executable).with_name("twistd")
 CHROMIUM = "/usr/bin/chromium"
 ROOM_JS = Path(__file__).parent.parent / "static" / "room.js"
 START_TIMEOUT = 15.0
 TIMEOUT = 15.0
-
-
-@pytest.fixture(autouse=True)
-def loopback_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aioice offers 127.0.0.1 only (it leaves loopback out by default)."""
-
-    def loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return ["127.0.0.1"] if use_ipv4 else []
-
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback)
 
 
 # The server: twistd as users run it.

@@ -19,7 +19,7 @@ from twisted_signal.cluster import scripts
 from twisted_signal.cluster.node import ClusterRooms
 from twisted_signal.cluster.resp import RedisUnavailable
 
-from .cluster_support import Redis
+from .support.cluster import Redis
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_signal import AuthData, Message, Refused, Room, Rooms
 from twisted_signal.errors import NoSuchPeer, NoSuchRoom
 
-from .test_room import (
+from .support.room import (
     ALICE,
     BOB,
     CAROL,

@@ -22,8 +22,8 @@ from twisted_signal.room import Room
 from twisted_signal.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, Webhooks, sign
 
 from .support import LiveServer, join
-from .test_room import FakeConnection
-from .webhook_receiver import Receiver, docs_verify
+from .support.room import FakeConnection
+from .support.webhook_receiver import Receiver, docs_verify
 
 SECRET = b"s3cret"
 
@@ -311,7 +311,7 @@ async def test_live_churn_against_a_dead_receiver_stays_bounded() -> None:
     from twisted.internet import reactor
 
     from .support import start_server
-    from .test_twistd import free_port
+    from .support.twistd import free_port
 
     dead = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens there
     hooks = Webhooks(dead, SECRET, clock=reactor, max_queue=40, backoff=5.0)
