@@ -11,7 +11,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -182,3 +182,92 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> None:
                 "move what it needs into the tests/support package "
                 "(tests/support/<topic>.py) and import it from there"
             )
+
+
+# Tiers: every test says how much of the machine it needs, and the tests run
+# in that order, fastest first (docs/testing.md).
+
+TIERS = ("pure", "memory", "loopback", "process", "browser")
+"""The markers, lightest first (registered in pyproject.toml)."""
+
+FIXTURE_TIERS = {
+    "make_server": "loopback",
+    "spawn": "process",
+    "cluster": "process",
+    "network": "browser",
+    "server": "browser",
+    "browser": "browser",
+    "firefox": "browser",
+    "call": "browser",
+}
+"""The lightest tier a test using one of conftest's fixtures can be in."""
+
+
+def tier_of(item: pytest.Item) -> str | None:
+    """
+    The closest tier marker of `item`: its own, else its class's, else its
+    module's ``pytestmark``.
+    """
+    for marker in item.iter_markers():
+        if marker.name in TIERS:
+            return marker.name
+    return None
+
+
+def implied_tier(item: pytest.Item) -> tuple[str, str] | None:
+    """
+    The heaviest tier that the conftest fixtures `item` uses imply, and the
+    fixture that implies it.  A module's own fixture of the same name (as
+    test_twistd's ``server``) implies nothing.
+    """
+    heaviest: tuple[str, str] | None = None
+    definitions = getattr(item, "_fixtureinfo", None)
+    if definitions is None:
+        return None
+    for name in getattr(item, "fixturenames", ()):
+        tier = FIXTURE_TIERS.get(name)
+        chosen = definitions.name2fixturedefs.get(name)
+        if tier is None or not chosen or chosen[-1].baseid.endswith(".py"):
+            continue
+        if heaviest is None or TIERS.index(tier) > TIERS.index(heaviest[0]):
+            heaviest = (tier, name)
+    return heaviest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """
+    Refuse tests without a tier or in too light a tier (before ``-m``
+    deselects anything), then order the tests by tier, keeping the order of
+    modules and tests within a tier.
+    """
+    untiered: dict[str, None] = {}
+    too_light: list[str] = []
+    for item in items:
+        tier = tier_of(item)
+        if tier is None:
+            untiered[item.nodeid.split("::")[0]] = None
+            continue
+        implied = implied_tier(item)
+        if implied is not None and TIERS.index(implied[0]) > TIERS.index(tier):
+            too_light.append(
+                f"{item.nodeid} is marked {tier} but uses the {implied[1]} fixture: mark it "
+                f"@pytest.mark.{implied[0]} (or move it to a module with "
+                f"pytestmark = pytest.mark.{implied[0]})"
+            )
+    problems = [
+        f"{module} has no tier: mark this module with pytestmark = pytest.mark.<tier>, "
+        f"<tier> one of {', '.join(TIERS)} (see docs/testing.md)"
+        for module in untiered
+    ] + too_light
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
+    tiers = {item: cast(str, tier_of(item)) for item in items}
+    # ``-m`` sees every marker up the chain, so a loopback test in a pure
+    # module would be both: each test keeps its own tier only.
+    for item, tier in tiers.items():
+        for node in item.listchain():
+            node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
+        item.add_marker(tier)
+    rank = {tier: n for n, tier in enumerate(TIERS)}
+    items.sort(key=lambda item: rank[tiers[item]])

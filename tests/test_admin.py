@@ -42,6 +42,8 @@ from .support import (
 )
 from .support.admin import DEFAULT, ROOT, TOKEN, Admin, problem, server_message
 
+pytestmark = pytest.mark.loopback
+
 # Every route and method of the API, with a room and peer filled in.
 ROUTES = [
     ("GET", "/admin/rooms"),
@@ -475,6 +477,7 @@ async def test_a_bad_message_body_is_refused_and_nothing_is_sent(
 # Options and the embedding API.
 
 
+@pytest.mark.pure
 def test_admin_token_options(tmp_path: Path) -> None:
     options = Options()
     options.parseOptions(["--admin-token", TOKEN])
@@ -501,6 +504,7 @@ def test_admin_token_options(tmp_path: Path) -> None:
     assert "--admin-token=" in help_text and "--admin-token-file=" in help_text
 
 
+@pytest.mark.pure
 def test_make_service_mounts_the_admin_api_only_with_a_token() -> None:
     with_token, without = Options(), Options()
     with_token.parseOptions(["--admin-token", TOKEN])

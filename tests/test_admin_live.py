@@ -12,11 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from .support import StrictClient, error, join_strict, joined, left
 from .support.admin import FILE_TOKEN
 from .support.twistd import Spawn, Twistd
+
+pytestmark = pytest.mark.process
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTION = ROOT / "docs" / "admin-openapi.yaml"

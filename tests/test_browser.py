@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from .support.browser import ALL_REMOTE_VIDEOS, REPO, ROOM, Call, Peer, Server
+
+pytestmark = pytest.mark.browser
 
 DOCS_SCREENSHOT = REPO / "docs" / "screenshot.png"
 

@@ -12,10 +12,13 @@ import re
 import time
 from typing import Any
 
+import pytest
 from playwright.sync_api import Browser
 
 from .support.browser import ROOM, Peer, Server, open_chromium, open_firefox
 from .support.firefox import Firefox
+
+pytestmark = pytest.mark.browser
 
 # Notes every error the page reports from now on (an exception thrown by an
 # event handler reaches window "error"), for pages whose console the driver

@@ -31,7 +31,7 @@ RECOVERY_S = 15.0
 RUNS = int(os.environ.get("RTCSIGNAL_OUTAGE_RUNS", "2"))
 TABLE = "rtcsignal_outage"
 # Each run takes up to OUTAGE_S + RECOVERY_S, and a little more.
-pytestmark = pytest.mark.timeout(90 + RUNS * 45)
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(90 + RUNS * 45)]
 DROP_UDP = f"""table inet {TABLE} {{
     chain output {{
         type filter hook output priority 0; policy accept;

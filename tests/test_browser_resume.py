@@ -38,6 +38,8 @@ from playwright.sync_api import Browser
 
 from .support.browser import ROOM, Network, Peer, Server, make_certs, open_chromium, open_firefox
 
+pytestmark = pytest.mark.browser
+
 PROXY = Path(__file__).parent / "support" / "blip_proxy.py"
 # How long the network stays down for a page after its connections are reset.
 OUTAGE_S = 1.5

@@ -60,7 +60,7 @@ from .support.browser import (
 from .support.firefox import Firefox
 
 # aioice offers 127.0.0.1 only (see conftest.loopback_candidates).
-pytestmark = pytest.mark.usefixtures("loopback_candidates")
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("loopback_candidates")]
 
 
 VECTORS = json.loads((Path(__file__).with_name("verification_vectors.json")).read_text("utf-8"))

@@ -18,6 +18,8 @@ from .support import Client, abort, error, join, joined, left, open_socket, rela
 from .support.cluster import LEASE, Cluster
 from .support.twistd import free_port
 
+pytestmark = pytest.mark.process
+
 
 def test_peers_on_two_nodes_share_a_room(cluster: Cluster) -> None:
     a, b = cluster.node(), cluster.node()

@@ -21,6 +21,8 @@ from .support.cluster import Cluster
 from .support.twistd import Twistd
 from .support.webhook_receiver import Receiver
 
+pytestmark = pytest.mark.process
+
 if TYPE_CHECKING:
     from .support import LiveServer
 

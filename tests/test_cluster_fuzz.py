@@ -32,6 +32,8 @@ from .support import Client, abort, error, join, joined, left, relayed
 from .support.cluster import LEASE, Cluster
 from .support.twistd import Twistd
 
+pytestmark = pytest.mark.process
+
 MAX_PEERS = 5
 NODE_ARGS = ("--max-peers", str(MAX_PEERS), "--resume-window", "60")
 REDIS_RESTARTS = os.environ.get("FUZZ_REDIS_RESTARTS") != "0"

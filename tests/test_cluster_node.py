@@ -21,6 +21,8 @@ from twisted_signal.cluster.resp import RedisUnavailable
 
 from .support.cluster import Redis
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[Redis]:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
@@ -34,6 +35,8 @@ from .support.protocol_cases import (
     test_unicast_reaches_only_the_addressee,
     test_unknown_addressee_delivers_nothing,
 )
+
+pytestmark = pytest.mark.process
 
 __all__ = [
     "test_addressing_yourself_echoes",

@@ -26,6 +26,8 @@ from .support import Client, abort, handshake_status, join, joined, left, relaye
 from .support.cluster import LEASE, Cluster
 from .support.twistd import Twistd
 
+pytestmark = pytest.mark.process
+
 WINDOW = ("--resume-window", "30", "--rate-limit", "1000/1")
 
 

@@ -32,6 +32,8 @@ from twisted_signal.tap import Options
 from .support.cluster import Redis
 from .support.twistd import Spawn, free_port
 
+pytestmark = pytest.mark.process
+
 PASSWORD = "s3cret/with:odd@chars"
 USER, USER_PASSWORD = "alice", "alice-pw"
 

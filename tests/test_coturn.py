@@ -46,6 +46,8 @@ import pytest
 
 from twisted_signal.ice import IceConfig, turn_credential
 
+pytestmark = pytest.mark.process
+
 TURNSERVER = "/usr/bin/turnserver"
 REALM = "rtcsignal.test"
 MIN_PORT, MAX_PORT = 49152, 65535

@@ -30,6 +30,8 @@ from twisted_signal.tap import Options, makeService
 from .support import LiveServer, sleep
 from .support.room import FakeConnection
 
+pytestmark = pytest.mark.memory
+
 
 def samples(metrics: Metrics) -> dict[str, float]:
     found: dict[str, float] = {}
@@ -265,6 +267,7 @@ class OptionTests(SynchronousTestCase):
             assert option in text
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_resumes_and_closes_are_counted_live(
     make_server: Callable[..., Awaitable[LiveServer]],

@@ -28,6 +28,8 @@ from .support import handshake_status, join, open_socket
 from .support.twistd import Twistd, free_port, get, spawn_in
 from .support.webhook_receiver import Receiver
 
+pytestmark = pytest.mark.process
+
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "rtcsignal.json"
 PROMETHEUS = shutil.which("prometheus")
 SECRET = b"webhook secret for the tests"

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "twisted-signal"
 NOT_SHIPPED = shutil.ignore_patterns(

@@ -74,6 +74,8 @@ from .support.protocol_cases import (
     test_unknown_addressee_delivers_nothing,
 )
 
+pytestmark = pytest.mark.loopback
+
 __all__ = [
     "test_addressing_yourself_echoes",
     "test_authenticated_for_the_first_peer",

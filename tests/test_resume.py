@@ -38,6 +38,8 @@ from .support import (
 )
 from .support.resume import held, in_reactor_len, lose, lose_and_wait, quiet, resume, token_of
 
+pytestmark = pytest.mark.loopback
+
 URLSAFE = set(string.ascii_letters + string.digits + "-_")
 
 

@@ -22,6 +22,8 @@ from twisted_signal.tap import Options
 
 from .support.twistd import Spawn, Twistd, free_port
 
+pytestmark = pytest.mark.process
+
 
 def test_the_string_makes_a_reuseport_endpoint() -> None:
     endpoint = serverFromString(reactor, "reuseport:8080:interface=127.0.0.1:backlog=128")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent
@@ -31,6 +32,8 @@ from .support.room import (
     refusal,
     wire,
 )
+
+pytestmark = pytest.mark.memory
 
 
 class JoinTests(RoomTestCase):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,6 +26,8 @@ from .support.room import (
     left_msg,
     refusal,
 )
+
+pytestmark = pytest.mark.memory
 
 
 class RefusingRoom(RecordingRoom):

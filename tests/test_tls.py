@@ -29,6 +29,8 @@ from twisted_signal.tls import PROFILES, harden_context_factory, harden_endpoint
 
 from .support.twistd import Spawn, free_port
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 SSLYZE = Path(os.environ.get("SSLYZE") or ROOT / ".venv-sslyze" / "bin" / "sslyze")
 

@@ -20,6 +20,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from .support import Client, join, open_socket
 from .support.twistd import Spawn, Twistd, get, spawn_in
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twistd]:
