@@ -234,6 +234,9 @@ def implied_tier(item: pytest.Item) -> tuple[str, str] | None:
     return heaviest
 
 
+TIER_PROBLEM = pytest.StashKey[str]()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """
@@ -241,33 +244,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     deselects anything), then order the tests by tier, keeping the order of
     modules and tests within a tier.
     """
-    untiered: dict[str, None] = {}
-    too_light: list[str] = []
+    problems: dict[pytest.Item, str] = {}
     for item in items:
         tier = tier_of(item)
         if tier is None:
-            untiered[item.nodeid.split("::")[0]] = None
+            module = item.nodeid.split("::")[0]
+            problems[item] = (
+                f"{module} has no tier: mark this module with pytestmark = pytest.mark.<tier>, "
+                f"<tier> one of {', '.join(TIERS)} (see docs/testing.md)"
+            )
             continue
         implied = implied_tier(item)
         if implied is not None and TIERS.index(implied[0]) > TIERS.index(tier):
-            too_light.append(
+            problems[item] = (
                 f"{item.nodeid} is marked {tier} but uses the {implied[1]} fixture: mark it "
                 f"@pytest.mark.{implied[0]} (or move it to a module with "
                 f"pytestmark = pytest.mark.{implied[0]})"
             )
-    problems = [
-        f"{module} has no tier: mark this module with pytestmark = pytest.mark.<tier>, "
-        f"<tier> one of {', '.join(TIERS)} (see docs/testing.md)"
-        for module in untiered
-    ] + too_light
-    if problems:
-        raise pytest.UsageError("\n".join(problems))
-    tiers = {item: cast(str, tier_of(item)) for item in items}
+    if problems and not hasattr(config, "workerinput"):
+        raise pytest.UsageError("\n".join(dict.fromkeys(problems.values())))
+    # An xdist worker cannot stop the run with a message of its own: there
+    # each such test fails instead, and is in the first tier so that every
+    # run, ``make check`` too, has it.
+    for item, problem in problems.items():
+        item.stash[TIER_PROBLEM] = problem
+    tiers = {item: tier_of(item) if item not in problems else TIERS[0] for item in items}
     # ``-m`` sees every marker up the chain, so a loopback test in a pure
     # module would be both: each test keeps its own tier only.
     for item, tier in tiers.items():
         for node in item.listchain():
             node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
-        item.add_marker(tier)
+        item.add_marker(cast(str, tier))
     rank = {tier: n for n, tier in enumerate(TIERS)}
-    items.sort(key=lambda item: rank[tiers[item]])
+    items.sort(key=lambda item: rank[cast(str, tiers[item])])
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    problem = item.stash.get(TIER_PROBLEM, None)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
