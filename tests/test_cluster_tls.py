@@ -32,7 +32,9 @@ from twisted_signal.tap import Options
 from .support.cluster import Redis
 from .support.twistd import Spawn, free_port
 
-pytestmark = pytest.mark.process
+# One worker runs the whole module, so that its module-scoped redis-server over TLS
+# is made once, not once per xdist worker.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("cluster_tls")]
 
 PASSWORD = "s3cret/with:odd@chars"
 USER, USER_PASSWORD = "alice", "alice-pw"

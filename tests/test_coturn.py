@@ -46,7 +46,9 @@ import pytest
 
 from twisted_signal.ice import IceConfig, turn_credential
 
-pytestmark = pytest.mark.process
+# One worker runs the whole module, so that its module-scoped turnserver
+# is made once, not once per xdist worker.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("coturn")]
 
 TURNSERVER = "/usr/bin/turnserver"
 REALM = "rtcsignal.test"

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.process
+# One worker runs the whole module, so that its module-scoped virtualenv with the package installed
+# is made once, not once per xdist worker.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("packaging")]
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "twisted-signal"

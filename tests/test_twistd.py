@@ -20,7 +20,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from .support import Client, join, open_socket
 from .support.twistd import Spawn, Twistd, get, spawn_in
 
-pytestmark = pytest.mark.process
+# One worker runs the whole module, so that its module-scoped default server
+# is made once, not once per xdist worker.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("twistd")]
 
 
 @pytest.fixture(scope="module")
