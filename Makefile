@@ -9,7 +9,7 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test lint unit bench soak install system-packages sslyze browser-drivers js-tools test-outage bench-smoke run-cluster bench-cluster clean
+.PHONY: run test check lint unit bench soak install system-packages sslyze browser-drivers js-tools test-outage bench-smoke run-cluster bench-cluster clean
 
 # The browser tests drive Debian's Chromium and Firefox ESR (never a
 # downloaded build; Firefox through puppeteer-core on node) and cut the
@@ -100,9 +100,20 @@ lint: install $(JS_TOOLS)
 	$(TSC) -p js/tsconfig.conformance.json
 	$(TSC) -p js/tsconfig.json
 
+# The two fast tiers (pure and in-memory tests, docs/testing.md): an answer
+# in seconds, without lint. One process: two xdist workers would each
+# collect the whole tree first, which costs more than these tests take.
+check: install
+	$(BIN)/pytest -q -m "pure or memory" $(PYTEST_ARGS)
+
+# Every tier, lightest first, on two xdist workers: each worker has its own
+# reactor, every server and child process its own free port, every browser
+# its own network namespace. A test that must not share the machine goes in
+# an xdist_group (docs/testing.md). XDIST= runs them in one process.
+XDIST ?= -n 2 --dist loadgroup
 unit: install system-packages browser-drivers $(JS_TOOLS) $(SSLYZE) bench/node_modules/.installed
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 
 BENCH_SMOKE := $(BIN)/python bench/suite.py --smoke --no-plots
 

@@ -17,9 +17,6 @@ from urllib.parse import quote
 import pytest
 import pytest_twisted
 import requests
-import yaml
-from openapi_core import Config, OpenAPI
-from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
@@ -43,15 +40,9 @@ from .support import (
     sleep,
     wait_until,
 )
+from .support.admin import DEFAULT, ROOT, TOKEN, Admin, problem, server_message
 
-TOKEN = "k7-Qx.~+/s3cret=="
-ROOT = Path(__file__).resolve().parent.parent
-# openapi-core reads JSON bodies itself; the description is served as YAML.
-SPEC = OpenAPI.from_file_path(
-    str(ROOT / "docs" / "admin-openapi.yaml"),
-    config=Config(extra_media_type_deserializers={"application/yaml": yaml.safe_load}),
-)
-_DEFAULT = object()
+pytestmark = pytest.mark.loopback
 
 # Every route and method of the API, with a room and peer filled in.
 ROUTES = [
@@ -62,73 +53,6 @@ ROUTES = [
     ("POST", "/admin/rooms/lobby/messages"),
     ("GET", "/admin/openapi.yaml"),
 ]
-
-
-class Admin:
-    """
-    A blocking admin client: every answer to a path of the API is validated
-    against the OpenAPI description.
-    """
-
-    def __init__(self, server: LiveServer, token: str | None = TOKEN) -> None:
-        self.server = server
-        self.token = token
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = _DEFAULT,
-        *,
-        raw: bytes | None = None,
-        content_type: str = "application/json",
-        token: Any = _DEFAULT,
-        authorization: str | None = None,
-        validate: bool = True,
-        admin_api: bool = True,
-    ) -> requests.Response:
-        token = self.token if token is _DEFAULT else token
-        headers = {}
-        if authorization is not None:
-            headers["Authorization"] = authorization
-        elif token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        data = raw
-        if body is not _DEFAULT:
-            data = json.dumps(body).encode("utf-8")
-        if data is not None:
-            headers["Content-Type"] = content_type
-        response = requests.request(
-            method, self.server.http_url(path), data=data, headers=headers, timeout=TIMEOUT
-        )
-        if validate:
-            # The description names each path once, without the trailing
-            # slash that the server also accepts.
-            sent = response.request.copy()
-            sent.url = (sent.url or "").removesuffix("/")
-            SPEC.validate_response(RequestsOpenAPIRequest(sent), RequestsOpenAPIResponse(response))
-        if admin_api:
-            assert response.headers.get("Cache-Control") == "no-store", response.headers
-        return response
-
-    def rooms(self) -> list[dict[str, Any]]:
-        answer = self.call("GET", "/admin/rooms")
-        assert answer.status_code == 200, answer.text
-        rooms: list[dict[str, Any]] = answer.json()["rooms"]
-        return rooms
-
-    def post(self, room: str, message: dict[str, Any]) -> requests.Response:
-        return self.call("POST", f"/admin/rooms/{room}/messages", message)
-
-
-def problem(answer: requests.Response, status: int, error: str, details: Any = _DEFAULT) -> None:
-    assert answer.status_code == status, (answer.status_code, answer.text)
-    assert answer.headers["Content-Type"] == "application/json"
-    body = answer.json()
-    assert set(body) == {"error", "details"}, body
-    assert body["error"] == error, body
-    if details is not _DEFAULT:
-        assert body["details"] == details, body
 
 
 def join_all(server: LiveServer, room: str, n: int) -> list[StrictClient]:
@@ -147,10 +71,6 @@ def join_all(server: LiveServer, room: str, n: int) -> list[StrictClient]:
 def close_all(*clients: StrictClient) -> None:
     for client in clients:
         client.close()
-
-
-def server_message(event: str, data: Any, to: Any) -> dict[str, Any]:
-    return {"event": event, "data": data, "from": None, "to": to}
 
 
 def lobby_rooms() -> Rooms:
@@ -226,7 +146,7 @@ async def test_every_path_needs_the_token_and_nothing_happens_without_it(
         ]
         for method, path in paths:
             for how, challenge in refusals:
-                body = {"event": "x", "to": "all"} if method == "POST" else _DEFAULT
+                body = {"event": "x", "to": "all"} if method == "POST" else DEFAULT
                 known = (method, path) in ROUTES
                 answer = admin.call(method, path, body, validate=known, **how)  # type: ignore[arg-type]
                 problem(answer, 401, "Unauthorized")
@@ -516,12 +436,12 @@ async def test_a_bad_message_body_is_refused_and_nothing_is_sent(
             (b"\xff\xfe", "Invalid JSON", "frame is not valid UTF-8"),
             (b"[1, 2]", "Invalid message", "a message must be a JSON object"),
             (b'{"to": "all"}', "Invalid message", "'event' must be a string"),
-            (b'{"event": "", "to": "all"}', "Invalid message", _DEFAULT),
-            (json.dumps({"event": "e" * 65, "to": "all"}).encode(), "Invalid message", _DEFAULT),
+            (b'{"event": "", "to": "all"}', "Invalid message", DEFAULT),
+            (json.dumps({"event": "e" * 65, "to": "all"}).encode(), "Invalid message", DEFAULT),
             (b'{"event": "x"}', "Invalid message", "'to' is missing"),
-            (b'{"event": "x", "to": "some"}', "Invalid message", _DEFAULT),
-            (b'{"event": "x", "to": [1]}', "Invalid message", _DEFAULT),
-            (json.dumps({"event": "x", "to": ["p"] * 65}).encode(), "Invalid message", _DEFAULT),
+            (b'{"event": "x", "to": "some"}', "Invalid message", DEFAULT),
+            (b'{"event": "x", "to": [1]}', "Invalid message", DEFAULT),
+            (json.dumps({"event": "x", "to": ["p"] * 65}).encode(), "Invalid message", DEFAULT),
         ]:
             problem(admin.call("POST", path, raw=raw), 400, description, details)
         big = json.dumps({"event": "x", "to": "all", "data": "d" * 3000}).encode()
@@ -557,6 +477,7 @@ async def test_a_bad_message_body_is_refused_and_nothing_is_sent(
 # Options and the embedding API.
 
 
+@pytest.mark.pure
 def test_admin_token_options(tmp_path: Path) -> None:
     options = Options()
     options.parseOptions(["--admin-token", TOKEN])
@@ -583,6 +504,7 @@ def test_admin_token_options(tmp_path: Path) -> None:
     assert "--admin-token=" in help_text and "--admin-token-file=" in help_text
 
 
+@pytest.mark.pure
 def test_make_service_mounts_the_admin_api_only_with_a_token() -> None:
     with_token, without = Options(), Options()
     with_token.parseOptions(["--admin-token", TOKEN])

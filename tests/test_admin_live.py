@@ -16,28 +16,22 @@ import pytest
 import requests
 
 from .support import StrictClient, error, join_strict, joined, left
-from .test_twistd import Spawn, Twistd
+from .support.admin import FILE_TOKEN
+from .support.twistd import Spawn, Twistd
+
+pytestmark = pytest.mark.process
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTION = ROOT / "docs" / "admin-openapi.yaml"
 SCHEMATHESIS = Path(sys.executable).with_name("st")
-TOKEN = "9f2c41d7e0b8a6f3c5d2e1f0a9b8c7d6"
 # A fixed seed: the run is property-based but the same on every machine, so
 # a failure is a finding, never a flake.
 SEED = "20261201"
 EXAMPLES = "15"
 
 
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "admin-token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def admin(twistd: Twistd, method: str, path: str, **kwargs: object) -> requests.Response:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    headers = {"Authorization": f"Bearer {FILE_TOKEN}"}
     return requests.request(
         method,
         twistd.url(path),
@@ -92,7 +86,7 @@ def test_an_operator_lists_posts_kicks_and_closes(spawn: Spawn, token_file: Path
     for line in ("sent 'notice' to all in room lobby", "disconnected peer", "stopped room lobby"):
         assert f"admin: 127.0.0.1 {line}" in log, log
     assert "admin: refused GET /admin/rooms from 127.0.0.1" in log
-    assert TOKEN not in log
+    assert FILE_TOKEN not in log
 
 
 def test_without_a_token_twistd_has_no_admin_api(spawn: Spawn) -> None:
@@ -113,7 +107,7 @@ def schemathesis(
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS")}
     if hooks:
         env["PYTHONPATH"] = str(ROOT)
-        env["SCHEMATHESIS_HOOKS"] = "tests.schemathesis_hooks"
+        env["SCHEMATHESIS_HOOKS"] = "tests.support.schemathesis_hooks"
     argv = [str(SCHEMATHESIS), "run", str(DESCRIPTION), "--url", twistd.url("")]
     argv += ["--seed", SEED, "--max-examples", EXAMPLES, "--workers", "1", "--no-color"]
     argv += ["--request-timeout", "10", *args]
@@ -133,7 +127,7 @@ def test_schemathesis_finds_no_fault(spawn: Spawn, token_file: Path, tmp_path: P
     peers = join_all(twistd, "lobby", 2) + join_all(twistd, "hall", 2)
     try:
         run = schemathesis(
-            twistd, tmp_path, "--checks", "all", "-H", f"Authorization: Bearer {TOKEN}"
+            twistd, tmp_path, "--checks", "all", "-H", f"Authorization: Bearer {FILE_TOKEN}"
         )
         assert run.returncode == 0, run.stdout + run.stderr
         # Its stateful phase followed the links to real rooms and peers.

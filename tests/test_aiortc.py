@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import aioice.ice
 import av
 import pytest
 from aiortc import (
@@ -59,23 +58,16 @@ from twisted_signal.verification import (
     fingerprint_to_sdp,
 )
 
-from .browser_support import CHROMIUM_ARGS
+from .support.browser import CHROMIUM_ARGS
+
+# aioice offers 127.0.0.1 only (see conftest.loopback_candidates).
+pytestmark = [pytest.mark.process, pytest.mark.usefixtures("loopback_candidates")]
 
 TWISTD = Path(sys.executable).with_name("twistd")
 CHROMIUM = "/usr/bin/chromium"
 ROOM_JS = Path(__file__).parent.parent / "static" / "room.js"
 START_TIMEOUT = 15.0
 TIMEOUT = 15.0
-
-
-@pytest.fixture(autouse=True)
-def loopback_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aioice offers 127.0.0.1 only (it leaves loopback out by default)."""
-
-    def loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return ["127.0.0.1"] if use_ipv4 else []
-
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback)
 
 
 # The server: twistd as users run it.
@@ -305,6 +297,7 @@ async def codes_agree(
 # The tests.
 
 
+@pytest.mark.pure
 def test_test_pattern_scrolls() -> None:
     pattern = TestPattern(320, 240, speed=4)
     first, second = pattern.frame(0), pattern.frame(1)
@@ -491,6 +484,7 @@ async def bot_and_chromium(server: Server, room: str) -> AsyncIterator[tuple[Bot
             await browser.close()
 
 
+@pytest.mark.browser
 def test_bot_in_a_call_with_chromium_on_the_room_page(server: Server) -> None:
     async def scenario() -> None:
         async with bot_and_chromium(server, "chromium") as (bot, page):
@@ -533,6 +527,7 @@ async def frames_decoded(page: Any, peer_id: str) -> int:
     return int(value)
 
 
+@pytest.mark.loopback
 def test_a_peer_without_the_channel_is_not_verified_by_the_deadline() -> None:
     """No signaling server needed: the two peer connections talk in process."""
 
@@ -571,6 +566,7 @@ TILE_VERIFICATION = """(video) => {
 }"""
 
 
+@pytest.mark.browser
 def test_bot_and_chromium_show_the_same_verification_code(server: Server) -> None:
     async def scenario() -> None:
         async with bot_and_chromium(server, "verify") as (bot, page):
@@ -595,6 +591,7 @@ def test_bot_and_chromium_show_the_same_verification_code(server: Server) -> Non
     run(scenario, seconds=50)
 
 
+@pytest.mark.loopback
 def test_a_relaying_man_in_the_middle_gets_different_codes() -> None:
     """
     Mallory terminates DTLS with Alice (as M1) and with Bob (as M2), and
@@ -712,6 +709,7 @@ def pump(*channels: FakeChannel) -> None:
                 target.emit("message", data)
 
 
+@pytest.mark.memory
 def test_verification_over_stand_in_channels() -> None:
     async def scenario() -> None:
         a, a_channel, b, b_channel = fake_pair()
@@ -727,6 +725,7 @@ def test_verification_over_stand_in_channels() -> None:
     run(scenario)
 
 
+@pytest.mark.memory
 @pytest.mark.parametrize(
     "trouble",
     ["binary", "garbage", "close"],

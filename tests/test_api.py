@@ -10,6 +10,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.application.service import MultiService, Service
 
@@ -29,6 +30,8 @@ from twisted_signal import (
     Unauthorized,
 )
 from twisted_signal import message as message_module
+
+pytestmark = pytest.mark.pure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,6 +159,7 @@ print(",".join(loaded))
 """
 
 
+@pytest.mark.process
 def test_message_module_imports_nothing_from_twisted_or_autobahn() -> None:
     """
     `import twisted_signal.message` runs the package's ``__init__`` (which
@@ -197,6 +201,7 @@ def _loaded_by(statement: str, *prefixes: str) -> list[str]:
 SERVER_SIDE = ("twisted.web", "autobahn.twisted", "twisted_signal.peer", "twisted_signal.room")
 
 
+@pytest.mark.process
 def test_the_asyncio_client_loads_neither_twisted_nor_the_server() -> None:
     loaded = _loaded_by(
         "from twisted_signal.client import aio_connect, Backoff",
@@ -214,12 +219,14 @@ def test_the_asyncio_client_loads_neither_twisted_nor_the_server() -> None:
     ]
 
 
+@pytest.mark.process
 def test_the_twisted_client_loads_no_server_module_nor_twisted_web() -> None:
     loaded = _loaded_by("from twisted_signal.client import connect", *SERVER_SIDE)
     assert "autobahn.twisted.websocket" in loaded
     assert [name for name in loaded if not name.startswith("autobahn.twisted")] == []
 
 
+@pytest.mark.process
 def test_public_names_are_loaded_on_first_use() -> None:
     assert _loaded_by("import twisted_signal", *SERVER_SIDE) == []
     assert "twisted_signal.peer" in _loaded_by("from twisted_signal import Peer", *SERVER_SIDE)

@@ -20,6 +20,8 @@ from twisted_signal import Unauthorized
 from twisted_signal.auth import TokenVerifier, token_from_request
 from twisted_signal.token import main, mint
 
+pytestmark = pytest.mark.pure
+
 SECRET = "correct horse battery staple, long enough for HS256"
 
 
@@ -124,6 +126,7 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert verifier.verify(printed, "demo")["sub"] == "alice"
 
 
+@pytest.mark.process
 def test_command_line_usage_errors_are_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "twisted_signal.token", "--secret", "s", "--room", "bad room"],

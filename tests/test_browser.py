@@ -3,7 +3,7 @@ End to end, as users run it: ``twistd -n rtcsignal`` over TLS, with a
 certificate from ``python -m twisted_signal.devcert``, and the room page in
 real headless Chromium (Debian's, driven by Playwright) making real WebRTC
 calls with fake camera and microphone, in a private loopback-only network
-namespace (see ``browser_support``).
+namespace (see ``tests/support/browser.py``).
 
 Without a usable Chromium the test is skipped, except under ``CI=true``,
 where it fails.
@@ -12,15 +12,14 @@ where it fails.
 from __future__ import annotations
 
 import os
-import re
 import shutil
-from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
-from .browser_support import ALL_REMOTE_VIDEOS, REPO, ROOM, Peer, Server, open_chromium
+from .support.browser import ALL_REMOTE_VIDEOS, REPO, ROOM, Call, Peer, Server
+
+pytestmark = pytest.mark.browser
 
 DOCS_SCREENSHOT = REPO / "docs" / "screenshot.png"
 
@@ -34,92 +33,6 @@ SOCKET_URLS = """async () => {
         ["https://h.test/a%20b", "a b"],
     ].map(([page, room]) => socketUrl(page, room).href);
 }"""
-
-
-# Every violation of the pages' Content-Security-Policy, to the console
-# (where Chromium also reports what the policy blocked).
-CSP_REPORTER = """document.addEventListener("securitypolicyviolation", (e) => {
-    console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI}`);
-});"""
-
-
-def csp_violations(console: Sequence[str]) -> list[str]:
-    return [m for m in console if "CSP violation" in m or "Content Security Policy" in m]
-
-
-class Call:
-    """
-    The people of one room, each in a browser context of their own.
-    """
-
-    def __init__(self, browser: Browser, url: str, shots: Path) -> None:
-        self.browser = browser
-        self.url = url
-        self.shots = shots
-        self.peers: list[Peer[Page]] = []
-        self.everyone: list[Peer[Page]] = []
-
-    def join(self, name: str, *, no_devices: bool = False) -> Peer[Page]:
-        peer = open_chromium(
-            self.browser, self.url, name, no_devices=no_devices, init_scripts=[CSP_REPORTER]
-        )
-        self.peers.append(peer)
-        self.everyone.append(peer)
-        return peer
-
-    def csp_violations(self) -> dict[str, list[str]]:
-        """
-        What the server's Content-Security-Policy blocked, per page that did
-        any harm to it: the page must need nothing the policy forbids.
-        """
-        found = {peer.name: csp_violations(peer.console) for peer in self.everyone}
-        return {name: violations for name, violations in found.items() if violations}
-
-    def join_from_landing_page(self, name: str, home: str, room: str) -> Peer[Page]:
-        """
-        Go to the landing page, try its "Generate" button, then type the
-        room's name and press Enter.
-        """
-        peer = open_chromium(self.browser, None, name, init_scripts=[CSP_REPORTER])
-        self.peers.append(peer)
-        self.everyone.append(peer)
-        page = peer.page
-        page.goto(home)
-        field = page.get_by_label("Room name")
-        page.get_by_role("button", name="Generate").click()
-        generated = field.input_value()
-        assert re.fullmatch(r"[A-Za-z0-9_.~-]{1,64}", generated), generated
-        field.fill("not a room")
-        field.press("Enter")
-        expect(page.get_by_role("alert")).to_contain_text("no spaces")
-        field.fill(room)
-        field.press("Enter")
-        page.wait_for_url(f"**/{room}")
-        return peer
-
-    def remove(self, peer: Peer[Page]) -> None:
-        self.peers.remove(peer)
-        peer.close()
-
-    def screenshot(self, peer: Peer[Page], name: str) -> Path:
-        path = self.shots / f"{peer.name}-{name}.png"
-        peer.page.screenshot(path=path)
-        return path
-
-    def close(self) -> None:
-        for peer in self.peers:
-            peer.close()
-
-
-@pytest.fixture
-def call(server: Server, browser: Browser, tmp_path: Path) -> Iterator[Call]:
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    call = Call(browser, f"{server.url}/{ROOM}", shots)
-    yield call
-    for peer in call.peers:
-        print(repr(peer))  # the pages' consoles: pytest shows them if the test failed
-    call.close()
 
 
 def test_video_call(server: Server, call: Call) -> None:

@@ -1,7 +1,7 @@
 """
-The room page across browsers: Debian's Firefox ESR (``tests/firefox.py``)
+The room page across browsers: Debian's Firefox ESR (``tests/support/firefox.py``)
 and Chromium call each other through ``twistd -n rtcsignal``, in both join
-orders, in the private loopback-only network of ``browser_support``; and a
+orders, in the private loopback-only network of ``tests/support/browser.py``; and a
 page that goes away leaves the room at once, with no error in either
 browser.
 """
@@ -12,10 +12,13 @@ import re
 import time
 from typing import Any
 
+import pytest
 from playwright.sync_api import Browser
 
-from .browser_support import ROOM, Peer, Server, open_chromium, open_firefox
-from .firefox import Firefox
+from .support.browser import ROOM, Peer, Server, open_chromium, open_firefox
+from .support.firefox import Firefox
+
+pytestmark = pytest.mark.browser
 
 # Notes every error the page reports from now on (an exception thrown by an
 # event handler reaches window "error"), for pages whose console the driver

@@ -1,6 +1,6 @@
 """
 Calls come back after a network outage: in the private network of
-``browser_support``, an nftables rule drops every UDP packet (all the media,
+``tests/support/browser.py``, an nftables rule drops every UDP packet (all the media,
 none of the signaling, which is TCP) for 12 s in the middle of three calls
 at once, one per pair of browsers: Chromium-Chromium, Chromium then Firefox,
 Firefox then Chromium (who joins first makes the first offer).  Within 15 s
@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser
 
-from .browser_support import Network, Peer, Server, open_chromium, open_firefox, unavailable
-from .firefox import Firefox
+from .support.browser import Network, Peer, Server, open_chromium, open_firefox, unavailable
+from .support.firefox import Firefox
 
 OUTAGE_S = 12.0
 # Video flows again within this long after the outage ends.
@@ -31,7 +31,7 @@ RECOVERY_S = 15.0
 RUNS = int(os.environ.get("RTCSIGNAL_OUTAGE_RUNS", "2"))
 TABLE = "rtcsignal_outage"
 # Each run takes up to OUTAGE_S + RECOVERY_S, and a little more.
-pytestmark = pytest.mark.timeout(90 + RUNS * 45)
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(90 + RUNS * 45)]
 DROP_UDP = f"""table inet {TABLE} {{
     chain output {{
         type filter hook output priority 0; policy accept;

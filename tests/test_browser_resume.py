@@ -36,9 +36,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import Browser
 
-from .browser_support import ROOM, Network, Peer, Server, make_certs, open_chromium, open_firefox
+from .support.browser import ROOM, Network, Peer, Server, make_certs, open_chromium, open_firefox
 
-PROXY = Path(__file__).with_name("blip_proxy.py")
+pytestmark = pytest.mark.browser
+
+PROXY = Path(__file__).parent / "support" / "blip_proxy.py"
 # How long the network stays down for a page after its connections are reset.
 OUTAGE_S = 1.5
 TURN_SECRET = "s"

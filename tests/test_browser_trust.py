@@ -17,9 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.sync_api import Browser, Page
 
-from .browser_support import ALL_REMOTE_VIDEOS, Network, Peer, Server, make_certs, open_chromium
+from .support.browser import ALL_REMOTE_VIDEOS, Network, Peer, Server, make_certs, open_chromium
+
+pytestmark = pytest.mark.browser
 
 GHOST = "00000000-0000-4000-8000-000000000000"
 EVIL_TURN = [{"urls": ["turn:127.0.0.1:9"], "username": "evil", "credential": "evil"}]
@@ -73,7 +76,11 @@ def test_the_page_ignores_server_events_from_a_peer(
 ) -> None:
     key, cert = make_certs(tmp_path / "certs")
     server = Server(
-        network, tmp_path, key, cert, ["--room-class", "tests.forged_events.ForgeServerEvents"]
+        network,
+        tmp_path,
+        key,
+        cert,
+        ["--room-class", "tests.support.forged_events.ForgeServerEvents"],
     )
     server.start()
     alice = bob = None

@@ -1,6 +1,6 @@
 """
 Verification codes on the room page (SPEC 5.8), in real headless Chromium
-and Firefox on ``twistd -n rtcsignal`` over TLS (tests/browser_support.py):
+and Firefox on ``twistd -n rtcsignal`` over TLS (tests/support/browser.py):
 
 - static/verify.js reproduces tests/verification_vectors.json and behaves
   like twisted_signal.verification on the same inputs, good and bad;
@@ -47,8 +47,9 @@ from twisted_signal.verification import (
     fingerprint_from_sdp,
 )
 
-from .browser_support import (
+from .support.browser import (
     TIMEOUT_MS,
+    Call,
     Network,
     Peer,
     Server,
@@ -56,12 +57,11 @@ from .browser_support import (
     open_chromium,
     open_firefox,
 )
-from .firefox import Firefox
-from .test_aiortc import loopback_candidates
-from .test_browser import Call, call
+from .support.firefox import Firefox
 
-# Fixtures (loopback_candidates is autouse: aioice offers 127.0.0.1 only).
-__all__ = ["call", "loopback_candidates"]
+# aioice offers 127.0.0.1 only (see conftest.loopback_candidates).
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("loopback_candidates")]
+
 
 VECTORS = json.loads((Path(__file__).with_name("verification_vectors.json")).read_text("utf-8"))
 
@@ -620,7 +620,11 @@ def test_swapped_fingerprints_show_no_code(
     """
     key, cert = make_certs(tmp_path / "certs")
     server = Server(
-        network, tmp_path, key, cert, ["--room-class", "tests.fingerprint_swap.SwapFingerprints"]
+        network,
+        tmp_path,
+        key,
+        cert,
+        ["--room-class", "tests.support.fingerprint_swap.SwapFingerprints"],
     )
     server.start()
     alice = bob = None

@@ -46,6 +46,8 @@ from .support import (
     sleep,
 )
 
+pytestmark = pytest.mark.loopback
+
 TIMEOUT = 5.0
 FAST = Backoff(initial=0.05, maximum=0.2)
 
@@ -53,6 +55,7 @@ FAST = Backoff(initial=0.05, maximum=0.2)
 # The pure parts.
 
 
+@pytest.mark.memory
 def test_decode_keeps_from() -> None:
     message = decode_server_message(
         '{"event": "offer", "data": {"sdp": "v=0"}, "from": "a", "to": ["b"]}'
@@ -66,6 +69,7 @@ def test_decode_keeps_from() -> None:
             decode_server_message(bad)
 
 
+@pytest.mark.memory
 def test_socket_url_sets_token_and_resume() -> None:
     assert socket_url("ws://h/socket/r/") == "ws://h/socket/r/"
     assert (
@@ -76,6 +80,7 @@ def test_socket_url_sets_token_and_resume() -> None:
         socket_url("http://h/socket/r/")
 
 
+@pytest.mark.memory
 def test_backoff_grows_is_capped_and_jittered() -> None:
     backoff = Backoff(initial=1.0, maximum=8.0, factor=2.0, jitter=0.5)
     assert [backoff.delay(n, lambda: 0.0) for n in range(6)] == [0.5, 1, 2, 4, 4, 4]
@@ -118,6 +123,7 @@ def pending(clock: task.Clock) -> list[float]:
     return [call.getTime() for call in clock.getDelayedCalls()]
 
 
+@pytest.mark.memory
 def test_reconnection_backs_off_until_a_permanent_refusal() -> None:
     from twisted.internet.error import ConnectionRefusedError
 
@@ -140,6 +146,7 @@ def test_reconnection_backs_off_until_a_permanent_refusal() -> None:
     assert closed and closed[0].code == 1006 and "401" in closed[0].reason
 
 
+@pytest.mark.memory
 def test_close_while_waiting_to_reconnect() -> None:
     clock = task.Clock()
     client = lost_client(FailingEndpoint(), clock)
@@ -149,6 +156,7 @@ def test_close_while_waiting_to_reconnect() -> None:
     assert reason.called and client.closed is not None and client.closed.code == 1000
 
 
+@pytest.mark.memory
 @pytest.mark.parametrize(
     ("error", "code"),
     [
@@ -605,6 +613,7 @@ assert "twisted.internet.reactor" not in sys.modules, "a reactor was installed"
 """
 
 
+@pytest.mark.process
 @pytest_twisted.ensureDeferred
 async def test_the_asyncio_client_needs_no_reactor(make_server: MakeServer) -> None:
     server = await make_server()

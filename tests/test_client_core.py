@@ -26,6 +26,8 @@ from twisted_signal.client._core import (
     perform,
 )
 
+pytestmark = pytest.mark.pure
+
 URL = "ws://example.invalid/socket/demo/"
 NO_JITTER = Backoff(initial=1.0, maximum=4.0, factor=2.0, jitter=0.5)
 
@@ -204,6 +206,7 @@ def test_the_public_names_stay_put() -> None:
         assert getattr(client, name) is not None
 
 
+@pytest.mark.process
 def test_importing_the_client_needs_neither_aiortc_nor_websockets() -> None:
     import subprocess
     import sys

@@ -22,6 +22,8 @@ import pytest
 
 from twisted_signal.client import Backoff
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "js"
 STATIC = ROOT / "static"

@@ -5,24 +5,23 @@ peers of one room spread over them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection
 
-from .cluster_support import LEASE, Cluster, cluster  # noqa: F401
-from .support import Client, error, join, joined, left, open_socket, relayed
-from .test_twistd import free_port
+from .support import Client, abort, error, join, joined, left, open_socket, relayed
+from .support.cluster import LEASE, Cluster
+from .support.twistd import free_port
+
+pytestmark = pytest.mark.process
 
 
-def test_peers_on_two_nodes_share_a_room(cluster: Cluster) -> None:  # noqa: F811
+def test_peers_on_two_nodes_share_a_room(cluster: Cluster) -> None:
     a, b = cluster.node(), cluster.node()
     with join(a.socket_url("r")) as x:
         assert x.authenticated["data"]["peers"] == []
@@ -41,7 +40,7 @@ def test_peers_on_two_nodes_share_a_room(cluster: Cluster) -> None:  # noqa: F81
         assert x.recv() == left(y.peer_id)
 
 
-def test_the_room_limit_holds_under_a_join_race_from_every_node(cluster: Cluster) -> None:  # noqa: F811
+def test_the_room_limit_holds_under_a_join_race_from_every_node(cluster: Cluster) -> None:
     nodes = [cluster.node("--max-peers", "3") for _ in range(3)]
     urls = [nodes[i % 3].socket_url("race") for i in range(9)]
     sockets = []
@@ -71,7 +70,7 @@ def test_the_room_limit_holds_under_a_join_race_from_every_node(cluster: Cluster
             ws.close()
 
 
-def test_one_total_order_for_every_receiver_on_every_node(cluster: Cluster) -> None:  # noqa: F811
+def test_one_total_order_for_every_receiver_on_every_node(cluster: Cluster) -> None:
     nodes = [cluster.node("--max-peers", "6", "--rate-limit", "1000/1") for _ in range(3)]
     clients = []
     for i in range(6):
@@ -105,7 +104,7 @@ def test_one_total_order_for_every_receiver_on_every_node(cluster: Cluster) -> N
             c.close()
 
 
-def test_a_killed_relay_node_s_peers_leave(cluster: Cluster) -> None:  # noqa: F811
+def test_a_killed_relay_node_s_peers_leave(cluster: Cluster) -> None:
     a, b = cluster.node(), cluster.node()
     with join(a.socket_url("k")) as x:
         y = join(b.socket_url("k"))
@@ -116,7 +115,7 @@ def test_a_killed_relay_node_s_peers_leave(cluster: Cluster) -> None:  # noqa: F
         assert time.monotonic() - started < LEASE * 3
 
 
-def test_a_killed_owner_s_room_moves_and_the_others_keep_talking(cluster: Cluster) -> None:  # noqa: F811
+def test_a_killed_owner_s_room_moves_and_the_others_keep_talking(cluster: Cluster) -> None:
     a, b, c = cluster.node(), cluster.node(), cluster.node()
     owner_peer = join(a.socket_url("m"))  # the first join makes node a the owner
     y = join(b.socket_url("m"))
@@ -139,7 +138,7 @@ def test_a_killed_owner_s_room_moves_and_the_others_keep_talking(cluster: Cluste
 
 
 def test_the_peers_of_a_node_that_died_alone_in_a_room_are_not_restored(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
 ) -> None:
     # The room's only node dies with its peer: nobody is left to see that
     # peer go, so it stays in the members hash.  The node that takes the
@@ -154,7 +153,7 @@ def test_the_peers_of_a_node_that_died_alone_in_a_room_are_not_restored(
     ghost.close()
 
 
-def test_a_frozen_owner_does_not_deliver_after_its_lease(cluster: Cluster) -> None:  # noqa: F811
+def test_a_frozen_owner_does_not_deliver_after_its_lease(cluster: Cluster) -> None:
     a, b, c = cluster.node(), cluster.node(), cluster.node()
     x = join(a.socket_url("f"))  # a owns the room
     y = join(b.socket_url("f"))
@@ -194,7 +193,7 @@ def closed_or_room_gone(client: Client) -> bool:
         return False
 
 
-def test_redis_restart_mid_call(cluster: Cluster) -> None:  # noqa: F811
+def test_redis_restart_mid_call(cluster: Cluster) -> None:
     a, b = cluster.node(), cluster.node()
     x = join(a.socket_url("rr"))
     y = join(b.socket_url("rr"))
@@ -219,7 +218,7 @@ def test_redis_restart_mid_call(cluster: Cluster) -> None:  # noqa: F811
     y.close()
 
 
-def test_redis_unreachable_then_back(cluster: Cluster) -> None:  # noqa: F811
+def test_redis_unreachable_then_back(cluster: Cluster) -> None:
     a, b = cluster.node(), cluster.node()
     x = join(a.socket_url("u"))
     y = join(b.socket_url("u"))
@@ -259,7 +258,7 @@ class SlowRoom(Room):
 '''
 
 
-def test_one_order_behind_a_slow_async_on_forward(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+def test_one_order_behind_a_slow_async_on_forward(cluster: Cluster, tmp_path: Path) -> None:
     (tmp_path / "slowroom.py").write_text(SLOW_ROOM)
     args = ("--room-class", "slowroom.SlowRoom", "--rate-limit", "1000/1")
     a, b = (cluster.node(*args, pythonpath=tmp_path) for _ in range(2))
@@ -284,7 +283,7 @@ def test_one_order_behind_a_slow_async_on_forward(cluster: Cluster, tmp_path: Pa
             c.close()
 
 
-def test_joins_as_an_on_demand_room_empties_and_moves(cluster: Cluster) -> None:  # noqa: F811
+def test_joins_as_an_on_demand_room_empties_and_moves(cluster: Cluster) -> None:
     a, b = cluster.node(), cluster.node()
     for n in range(4):
         first, second = (a, b) if n % 2 else (b, a)
@@ -295,7 +294,7 @@ def test_joins_as_an_on_demand_room_empties_and_moves(cluster: Cluster) -> None:
             assert y.authenticated["data"]["peers"] in ([], [x.peer_id])
 
 
-def test_a_node_shut_down_hands_its_rooms_over(cluster: Cluster) -> None:  # noqa: F811
+def test_a_node_shut_down_hands_its_rooms_over(cluster: Cluster) -> None:
     a, b = cluster.node(), cluster.node()
     x = join(a.socket_url("bye"))  # a owns the room
     y = join(b.socket_url("bye"))
@@ -315,7 +314,7 @@ def test_a_node_shut_down_hands_its_rooms_over(cluster: Cluster) -> None:  # noq
     z.close()
 
 
-def test_resume_on_the_same_node_that_does_not_own_the_room(cluster: Cluster) -> None:  # noqa: F811
+def test_resume_on_the_same_node_that_does_not_own_the_room(cluster: Cluster) -> None:
     a, b = cluster.node(), cluster.node("--resume-window", "30")
     x = join(a.socket_url("res"))  # a owns the room
     y = join(b.socket_url("res"))
@@ -340,14 +339,7 @@ def test_resume_on_the_same_node_that_does_not_own_the_room(cluster: Cluster) ->
         c.close()
 
 
-def abort(ws: ClientConnection) -> None:
-    """End the TCP connection without a close frame."""
-    with contextlib.suppress(OSError):
-        ws.socket.shutdown(socket.SHUT_RDWR)
-    ws.socket.close()
-
-
-def test_nodes_behind_one_port_serve_one_room(cluster: Cluster) -> None:  # noqa: F811
+def test_nodes_behind_one_port_serve_one_room(cluster: Cluster) -> None:
     """
     ``make run-cluster``'s shape: nodes sharing one ``reuseport:`` port.
     The kernel spreads the connections over the nodes, and the peers still

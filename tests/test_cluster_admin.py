@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from .cluster_support import Cluster, cluster  # noqa: F401
 from .support import error, join_strict, joined, left
-from .test_admin import Admin, problem, server_message
-from .test_admin_live import TOKEN, token_file  # noqa: F401
-from .test_twistd import Twistd
-from .webhook_receiver import Receiver
+from .support.admin import FILE_TOKEN, Admin, problem, server_message
+from .support.cluster import Cluster
+from .support.twistd import Twistd
+from .support.webhook_receiver import Receiver
+
+pytestmark = pytest.mark.process
 
 if TYPE_CHECKING:
     from .support import LiveServer
@@ -40,16 +41,16 @@ class _Node:
 
 def admin_of(twistd: Twistd) -> Admin:
     """An OpenAPI-checking admin client of one node."""
-    return Admin(cast("LiveServer", _Node(twistd)), TOKEN)
+    return Admin(cast("LiveServer", _Node(twistd)), FILE_TOKEN)
 
 
-def admin_nodes(cluster: Cluster, token_file: Path, n: int, *args: str) -> list[Twistd]:  # noqa: F811
+def admin_nodes(cluster: Cluster, token_file: Path, n: int, *args: str) -> list[Twistd]:
     return [cluster.node("--admin-token-file", str(token_file), *args) for _ in range(n)]
 
 
 def test_a_node_that_does_not_own_the_room_lists_posts_kicks_and_stops(
-    cluster: Cluster,  # noqa: F811
-    token_file: Path,  # noqa: F811
+    cluster: Cluster,
+    token_file: Path,
 ) -> None:
     a, b = admin_nodes(cluster, token_file, 2, "--room", "lobby:8")
     admin = admin_of(b)
@@ -120,8 +121,8 @@ def test_a_node_that_does_not_own_the_room_lists_posts_kicks_and_stops(
 
 
 def test_a_configured_room_nobody_runs_is_taken_by_the_node_asked(
-    cluster: Cluster,  # noqa: F811
-    token_file: Path,  # noqa: F811
+    cluster: Cluster,
+    token_file: Path,
 ) -> None:
     a, b = admin_nodes(cluster, token_file, 2, "--room", "hall:3", "--no-auto-rooms")
     admin = admin_of(b)
@@ -135,8 +136,8 @@ def test_a_configured_room_nobody_runs_is_taken_by_the_node_asked(
 
 
 def test_an_owner_that_does_not_answer_is_a_503(
-    cluster: Cluster,  # noqa: F811
-    token_file: Path,  # noqa: F811
+    cluster: Cluster,
+    token_file: Path,
 ) -> None:
     a, b = admin_nodes(cluster, token_file, 2, "--room", "lobby")
     admin = admin_of(b)
@@ -173,7 +174,7 @@ def receiver() -> Iterator[Receiver]:
         yield receiver
 
 
-def webhook_nodes(cluster: Cluster, receiver: Receiver) -> list[Twistd]:  # noqa: F811
+def webhook_nodes(cluster: Cluster, receiver: Receiver) -> list[Twistd]:
     """Two nodes with the same webhook URL and secret."""
     hooks = ("--webhook", receiver.url, "--webhook-secret", HOOK_SECRET)
     return [cluster.node(*hooks) for _ in range(2)]
@@ -189,7 +190,7 @@ def _events(receiver: Receiver, expected: int, timeout: float = 15.0) -> list[tu
 
 
 def test_webhooks_fire_once_per_event_across_nodes(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     receiver: Receiver,
 ) -> None:
     a, b = webhook_nodes(cluster, receiver)
@@ -216,7 +217,7 @@ def test_webhooks_fire_once_per_event_across_nodes(
 
 
 def test_a_room_handed_over_on_shutdown_neither_starts_nor_finishes_twice(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     receiver: Receiver,
 ) -> None:
     a, b = webhook_nodes(cluster, receiver)

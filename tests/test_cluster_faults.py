@@ -15,11 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from websockets.exceptions import ConnectionClosed
 
-from .cluster_support import LEASE, Cluster, Redis, cluster  # noqa: F401
 from .support import Client, join, joined
-from .test_twistd import Twistd, get
+from .support.cluster import LEASE, Cluster, Redis
+from .support.twistd import Twistd, get
+
+pytestmark = pytest.mark.process
 
 
 def _join_all(urls: list[str]) -> list[Client]:
@@ -97,7 +100,7 @@ def _health(node: Twistd) -> int:
         return 0
 
 
-def test_redis_paused_below_half_the_lease_is_invisible(cluster: Cluster) -> None:  # noqa: F811
+def test_redis_paused_below_half_the_lease_is_invisible(cluster: Cluster) -> None:
     """
     SPEC 5.7: Redis unreachable for less than half the lease closes no peer
     and loses nothing; what was sent meanwhile comes once Redis answers,
@@ -137,7 +140,7 @@ def test_redis_paused_below_half_the_lease_is_invisible(cluster: Cluster) -> Non
         c.close()
 
 
-def test_redis_paused_longer_makes_healthz_503_until_it_answers(cluster: Cluster) -> None:  # noqa: F811
+def test_redis_paused_longer_makes_healthz_503_until_it_answers(cluster: Cluster) -> None:
     """
     SPEC 5.7: a node that cannot reach Redis for longer than half the lease
     answers 503 on /healthz until it can serve joins again.
@@ -168,7 +171,7 @@ def test_redis_paused_longer_makes_healthz_503_until_it_answers(cluster: Cluster
     x.close()
 
 
-def test_a_redis_restart_delivers_nothing_twice(cluster: Cluster) -> None:  # noqa: F811
+def test_a_redis_restart_delivers_nothing_twice(cluster: Cluster) -> None:
     """
     SPEC 5.7: no message is delivered twice, also across a Redis restart.
     Senders on both nodes keep sending while Redis restarts (losing every
@@ -202,7 +205,7 @@ def test_a_redis_restart_delivers_nothing_twice(cluster: Cluster) -> None:  # no
         c.close()
 
 
-def test_many_short_rooms_leave_nothing_in_redis(cluster: Cluster) -> None:  # noqa: F811
+def test_many_short_rooms_leave_nothing_in_redis(cluster: Cluster) -> None:
     """
     SPEC 5.7: Redis keeps nothing per room name once the room is gone, so
     many short rooms (each with peers on both nodes) do not pile up keys.
@@ -231,7 +234,7 @@ def test_many_short_rooms_leave_nothing_in_redis(cluster: Cluster) -> None:  # n
 
 
 def test_a_join_elsewhere_right_after_a_redis_restart_does_not_split_the_room(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
 ) -> None:
     """
     Redis restarts; before the room's owner has taken it again, a peer

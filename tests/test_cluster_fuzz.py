@@ -28,10 +28,11 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
-from .cluster_support import LEASE, Cluster, cluster  # noqa: F401
-from .support import Client, error, join, joined, left, relayed
-from .test_cluster import abort
-from .test_twistd import Twistd
+from .support import Client, abort, error, join, joined, left, relayed
+from .support.cluster import LEASE, Cluster
+from .support.twistd import Twistd
+
+pytestmark = pytest.mark.process
 
 MAX_PEERS = 5
 NODE_ARGS = ("--max-peers", str(MAX_PEERS), "--resume-window", "60")
@@ -185,7 +186,7 @@ class ClusterFuzz(RuleBasedStateMachine):
 
 
 @pytest.fixture
-def fuzz_nodes(cluster: Cluster) -> Iterator[Cluster]:  # noqa: F811
+def fuzz_nodes(cluster: Cluster) -> Iterator[Cluster]:
     yield cluster
 
 

@@ -19,7 +19,9 @@ from twisted_signal.cluster import scripts
 from twisted_signal.cluster.node import ClusterRooms
 from twisted_signal.cluster.resp import RedisUnavailable
 
-from .cluster_support import Redis
+from .support.cluster import Redis
+
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture

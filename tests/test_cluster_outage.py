@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,6 +22,8 @@ from twisted_signal.cluster.resp import RedisUnavailable
 from twisted_signal.context import AuthData
 from twisted_signal.message import Message
 from twisted_signal.room import CLOSE_GOING_AWAY, PeerHandle, Room
+
+pytestmark = pytest.mark.memory
 
 LEASE = 3.0
 

@@ -1,5 +1,6 @@
 """
-The core protocol tests of test_peer, run a second time against a two-node
+The core protocol cases of test_peer (tests/support/protocol_cases.py), run
+a second time against a two-node
 cluster (a real Redis; the nodes are two services in this process), with the
 peers of each test spread over both nodes: each new connection goes to the
 other node.
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
@@ -19,9 +21,9 @@ from twisted_signal import Room
 from twisted_signal.cluster import ClusterRooms
 from twisted_signal.events import Events
 
-from .cluster_support import Redis
 from .support import Client, LiveServer, join, joined, start_server
-from .test_peer import (
+from .support.cluster import Redis
+from .support.protocol_cases import (
     test_a_peer_cannot_send_the_servers_events,
     test_addressing_yourself_echoes,
     test_authenticated_for_the_first_peer,
@@ -35,6 +37,8 @@ from .test_peer import (
     test_unicast_reaches_only_the_addressee,
     test_unknown_addressee_delivers_nothing,
 )
+
+pytestmark = pytest.mark.process
 
 __all__ = [
     "test_a_peer_cannot_send_the_servers_events",

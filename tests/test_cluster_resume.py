@@ -22,10 +22,11 @@ from twisted_signal.context import AuthData
 from twisted_signal.resume import MAX_QUEUED
 from twisted_signal.room import PeerHandle
 
-from .cluster_support import LEASE, Cluster, cluster  # noqa: F401
-from .support import Client, handshake_status, join, joined, left, relayed
-from .test_cluster import abort
-from .test_twistd import Twistd
+from .support import Client, abort, handshake_status, join, joined, left, relayed
+from .support.cluster import LEASE, Cluster
+from .support.twistd import Twistd
+
+pytestmark = pytest.mark.process
 
 WINDOW = ("--resume-window", "30", "--rate-limit", "1000/1")
 
@@ -47,7 +48,7 @@ def numbers(client: Client, count: int) -> list[int]:
 
 @pytest.mark.parametrize("held_on_owner", [False, True], ids=["held-on-relay", "held-on-owner"])
 def test_resume_on_another_node_keeps_the_queue_and_its_order(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     held_on_owner: bool,
 ) -> None:
     """
@@ -98,7 +99,7 @@ def test_resume_on_another_node_keeps_the_queue_and_its_order(
         c.close()
 
 
-def test_a_token_works_once_in_its_room_for_its_identity_on_any_node(cluster: Cluster) -> None:  # noqa: F811
+def test_a_token_works_once_in_its_room_for_its_identity_on_any_node(cluster: Cluster) -> None:
     import jwt
 
     secret = "a secret long enough for the HS256 algorithm"
@@ -150,7 +151,7 @@ def test_a_token_works_once_in_its_room_for_its_identity_on_any_node(cluster: Cl
         c.close()
 
 
-def test_the_holding_node_killed_while_the_claim_is_in_flight(cluster: Cluster) -> None:  # noqa: F811
+def test_the_holding_node_killed_while_the_claim_is_in_flight(cluster: Cluster) -> None:
     """
     Nobody answers the claim: after half a lease the connection joins as
     a new peer, and the held peer leaves once its node is seen dead.
@@ -232,7 +233,7 @@ class SlowInit(Peer):
 
 
 def test_the_holding_node_killed_after_it_answered_the_claim(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     tmp_path: Path,
 ) -> None:
     """
@@ -273,7 +274,7 @@ def test_the_holding_node_killed_after_it_answered_the_claim(
         c.close()
 
 
-def test_a_refused_connection_does_not_take_a_peer_from_another_node(cluster: Cluster) -> None:  # noqa: F811
+def test_a_refused_connection_does_not_take_a_peer_from_another_node(cluster: Cluster) -> None:
     good, evil = "https://good.example", "https://evil.example"
     a, b = (cluster.node(*WINDOW, "--allowed-origin", good) for _ in range(2))
     x = join(b.socket_url("keep"), origin=good)

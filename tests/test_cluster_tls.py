@@ -29,8 +29,12 @@ from twisted_signal.cluster.node import ClusterRooms
 from twisted_signal.cluster.resp import RedisClient, RedisRefused, RedisUnavailable, encode
 from twisted_signal.tap import Options
 
-from .cluster_support import Redis
-from .test_twistd import Spawn, free_port
+from .support.cluster import Redis
+from .support.twistd import Spawn, free_port
+
+# One worker runs the whole module, so that its module-scoped redis-server over TLS
+# is made once, not once per xdist worker.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("cluster_tls")]
 
 PASSWORD = "s3cret/with:odd@chars"
 USER, USER_PASSWORD = "alice", "alice-pw"

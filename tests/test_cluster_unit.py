@@ -15,6 +15,8 @@ from twisted.python import usage
 from twisted_signal.cluster.resp import RedisError, RedisURL, _Parser, encode, parse_url, redact
 from twisted_signal.tap import Options
 
+pytestmark = pytest.mark.pure
+
 
 def test_encode() -> None:
     assert (
@@ -162,6 +164,7 @@ def test_bad_redis_password_options(tmp_path: Path, args: list[str], why: str) -
     assert "pw" not in str(info.value).replace(str(tmp_path), "")
 
 
+@pytest.mark.process
 def test_without_redis_nothing_of_the_cluster_is_imported() -> None:
     script = """
 import sys

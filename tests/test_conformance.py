@@ -46,6 +46,8 @@ from twisted_signal import Message, Peer, Settings
 
 from .support import LiveServer
 
+pytestmark = pytest.mark.process
+
 MakeServer = Callable[..., Awaitable[LiveServer]]
 
 ALL_CASES = 517

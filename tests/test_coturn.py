@@ -46,6 +46,10 @@ import pytest
 
 from twisted_signal.ice import IceConfig, turn_credential
 
+# One worker runs the whole module, so that its module-scoped turnserver
+# is made once, not once per xdist worker.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("coturn")]
+
 TURNSERVER = "/usr/bin/turnserver"
 REALM = "rtcsignal.test"
 MIN_PORT, MAX_PORT = 49152, 65535

@@ -32,6 +32,8 @@ from twisted_signal import SignalingService
 
 from .support import Client, join, open_socket
 
+pytestmark = pytest.mark.loopback
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -215,6 +217,7 @@ async def test_make_service_listens_and_stops_with_the_application() -> None:
             await service.stopService()
 
 
+@pytest.mark.process
 def test_main_runs_the_example(tmp_path: Path) -> None:
     """
     ``python -m examples.embedding.app ENDPOINT``, as the guide says.
@@ -251,6 +254,7 @@ def test_main_runs_the_example(tmp_path: Path) -> None:
             process.wait()
 
 
+@pytest.mark.pure
 def test_the_guide_shows_the_example_as_it_is() -> None:
     guide = (ROOT / "docs" / "embedding.md").read_text()
     example = (ROOT / "examples" / "embedding" / "app.py").read_text()

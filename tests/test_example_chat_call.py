@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser
 
-from .browser_support import REPO, Network, Peer, Server, make_certs, open_chromium, open_firefox
-from .firefox import Firefox
+from .support.browser import REPO, Network, Peer, Server, make_certs, open_chromium, open_firefox
+from .support.firefox import Firefox
+
+pytestmark = pytest.mark.browser
 
 EXAMPLE = REPO / "examples" / "chat-call"
 ROOM = "example"

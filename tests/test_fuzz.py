@@ -93,6 +93,8 @@ from .support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.loopback
+
 ROOM_CAP = 4
 """`max_peers` of the rooms: a fifth peer is refused with ``room_is_full``."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogEvent, LogLevel, capturedLogs
@@ -15,6 +16,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_signal.hooks import SerialQueue, call, call_logged, then
+
+pytestmark = pytest.mark.memory
 
 
 class Boom(Exception):

@@ -49,6 +49,8 @@ from .support import (
     upgrade_request,
 )
 
+pytestmark = pytest.mark.loopback
+
 # Helpers.
 
 

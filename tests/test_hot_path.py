@@ -14,6 +14,7 @@ import weakref
 from typing import Any
 
 import orjson
+import pytest
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -30,6 +31,8 @@ from twisted_signal import message as wire
 from twisted_signal.peer import PeerFactory
 from twisted_signal.rooms import Rooms
 from twisted_signal.settings import Settings
+
+pytestmark = pytest.mark.memory
 
 
 def count_deferreds(case: SynchronousTestCase) -> list[Any]:

@@ -28,6 +28,8 @@ from twisted_signal.web import redact
 
 from .support import TIMEOUT, MakeServer, tcp_connect, upgrade_request
 
+pytestmark = pytest.mark.loopback
+
 TOKEN = "admin-token-0123456789"
 MESSAGES = "/admin/rooms/lobby/messages"
 TEN_GB = 10_000_000_000
@@ -465,7 +467,7 @@ async def test_listeners_have_a_backlog_of_1024() -> None:
 
     from twisted_signal import SignalingService
 
-    from .test_twistd import free_port
+    from .support.twistd import free_port
 
     ports = [free_port() for _ in range(3)]
     service = SignalingService(

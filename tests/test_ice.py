@@ -13,6 +13,8 @@ import pytest
 
 from twisted_signal.ice import IceConfig, turn_credential
 
+pytestmark = pytest.mark.pure
+
 
 def reference_credential(secret: str, username: str) -> str:
     # Written out again on purpose: coturn's use-auth-secret password.

@@ -46,6 +46,8 @@ from .support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.loopback
+
 # Helpers.
 
 
@@ -79,6 +81,7 @@ def passes(limiter: RateLimiter, *times: float) -> list[bool]:
     return [limiter.check(now) is Verdict.PASS for now in times]
 
 
+@pytest.mark.memory
 def test_limiter_burst_then_refill_at_the_rate() -> None:
     limiter = RateLimiter(rate=5, period=1, burst=10, flood_timeout=1.0, now=100.0)
     assert [limiter.check(100.0) for _ in range(10)] == [Verdict.PASS] * 10
@@ -97,6 +100,7 @@ def test_limiter_burst_then_refill_at_the_rate() -> None:
     assert passes(limiter, *[1000.0] * 11) == [True] * 10 + [False]
 
 
+@pytest.mark.memory
 def test_limiter_rate_per_period() -> None:
     # 10 per 2 s is 5 per second.
     limiter = RateLimiter(rate=10, period=2, burst=1, flood_timeout=10.0, now=0.0)
@@ -105,11 +109,13 @@ def test_limiter_rate_per_period() -> None:
     assert passes(limiter, 0.21, 0.3, 0.35, 0.42) == [True, False, False, True]
 
 
+@pytest.mark.memory
 def test_limiter_the_bucket_starts_full() -> None:
     limiter = RateLimiter(rate=1, period=1, burst=3, flood_timeout=10.0, now=0.0)
     assert [limiter.check(0.0) for _ in range(4)] == [Verdict.PASS] * 3 + [Verdict.DROP_AND_WARN]
 
 
+@pytest.mark.memory
 def test_limiter_warns_once_per_run_of_drops() -> None:
     limiter = RateLimiter(rate=5, period=1, burst=2, flood_timeout=10.0, now=0.0)
     verdicts = [limiter.check(0.001 * i) for i in range(100)]
@@ -118,6 +124,7 @@ def test_limiter_warns_once_per_run_of_drops() -> None:
     assert verdicts[3:] == [Verdict.DROP] * 97
 
 
+@pytest.mark.memory
 def test_limiter_closes_after_flood_timeout_of_continuous_drops() -> None:
     limiter = RateLimiter(rate=1, period=10, burst=1, flood_timeout=1.0, now=0.0)
     assert limiter.check(0.0) is Verdict.PASS
@@ -129,6 +136,7 @@ def test_limiter_closes_after_flood_timeout_of_continuous_drops() -> None:
     assert limiter.check(1.6) is Verdict.CLOSE
 
 
+@pytest.mark.memory
 def test_limiter_a_passing_message_ends_the_run() -> None:
     # One token every 10 s.
     limiter = RateLimiter(rate=1, period=10, burst=1, flood_timeout=2.0, now=0.0)
@@ -144,6 +152,7 @@ def test_limiter_a_passing_message_ends_the_run() -> None:
     assert limiter.check(27.1) is Verdict.CLOSE
 
 
+@pytest.mark.memory
 def test_limiter_a_sustained_flood_is_closed_although_refills_let_some_through() -> None:
     """
     SPEC 5.3: "a peer that keeps being over its limit for 10 s is closed".

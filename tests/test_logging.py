@@ -6,6 +6,7 @@ cannot flood the log.
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs, formatEvent
@@ -13,6 +14,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted_signal import Settings
 
 from .support import MakeServer, handshake_status, join_strict, wait_until
+
+pytestmark = pytest.mark.loopback
 
 
 @pytest_twisted.ensureDeferred

@@ -29,6 +29,8 @@ from twisted_signal.message import (
     left,
 )
 
+pytestmark = pytest.mark.pure
+
 T = TypeVar("T")
 
 WIRE_KEYS = {"event", "data", "from", "to"}

@@ -28,7 +28,9 @@ from twisted_signal.room import Room
 from twisted_signal.tap import Options, makeService
 
 from .support import LiveServer, sleep
-from .test_room import FakeConnection
+from .support.room import FakeConnection
+
+pytestmark = pytest.mark.memory
 
 
 def samples(metrics: Metrics) -> dict[str, float]:
@@ -265,6 +267,7 @@ class OptionTests(SynchronousTestCase):
             assert option in text
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_resumes_and_closes_are_counted_live(
     make_server: Callable[..., Awaitable[LiveServer]],
@@ -273,7 +276,8 @@ async def test_resumes_and_closes_are_counted_live(
 
     from twisted_signal import Settings
 
-    from .test_resume import join_quietly, lose_and_wait, resume, token_of
+    from .support import join_quietly
+    from .support.resume import lose_and_wait, resume, token_of
 
     server = await make_server(settings=Settings(resume_window=0.5))
     metrics = Metrics(server.rooms, clock=reactor, process_metrics=False)

@@ -25,8 +25,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .support import handshake_status, join, open_socket
-from .test_twistd import Twistd, free_port, get, spawn_in
-from .webhook_receiver import Receiver
+from .support.twistd import Twistd, free_port, get, spawn_in
+from .support.webhook_receiver import Receiver
+
+pytestmark = pytest.mark.process
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "rtcsignal.json"
 PROMETHEUS = shutil.which("prometheus")

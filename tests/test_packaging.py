@@ -27,6 +27,10 @@ from pathlib import Path
 
 import pytest
 
+# One worker runs the whole module, so that its module-scoped virtualenv with the package installed
+# is made once, not once per xdist worker.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("packaging")]
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "twisted-signal"
 NOT_SHIPPED = shutil.ignore_patterns(

@@ -32,8 +32,10 @@ from twisted_signal.peerjs import (
     PeerjsOptions,
 )
 
-from .peerjs_support import EXPIRE_SECONDS, PATH, PeerjsServer, Target
 from .support import handshake_status, in_reactor
+from .support.peerjs import EXPIRE_SECONDS, PATH, PeerjsServer, Target
+
+pytestmark = pytest.mark.process
 
 PUBLIC = {
     "name": "PeerJS Server",
@@ -149,7 +151,7 @@ async def test_open_comes_first(target: Target) -> None:
 @pytest.mark.parametrize("query", ["key=peerjs&token=t", "key=peerjs&id=x", "id=x&token=t"])
 async def test_a_missing_parameter_is_an_error_then_close(target: Target, query: str) -> None:
     def scenario() -> None:
-        from .peerjs_support import PJ
+        from .support.peerjs import PJ
 
         client = PJ(target.ws_url(query))
         assert client.recv() == {"type": "ERROR", "payload": {"msg": ERROR_INVALID_PARAMETERS}}

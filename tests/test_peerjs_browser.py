@@ -1,7 +1,7 @@
 """
 The unchanged ``peerjs`` client (1.5.5, pinned in tests/browsers/) in real
 browsers against ``twistd -n rtcsignal --peerjs /peerjs/``: a page served by
-the server loads peerjs's own browser bundle, and ``tests/peerjs_pages/
+the server loads peerjs's own browser bundle, and ``tests/support/peerjs_pages/
 pjtest.js`` drives it.  One test crosses Chromium and Firefox (data with
 JSON and binary serialization, a media call with fake devices, an id made
 by the server), on one node and across two nodes of a cluster (a real
@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser
 
-from .browser_support import Network, Server, make_certs, open_chromium, open_firefox
-from .firefox import Firefox
+from .support.browser import Network, Server, make_certs, open_chromium, open_firefox
+from .support.firefox import Firefox
+
+pytestmark = pytest.mark.browser
 
 HERE = Path(__file__).resolve().parent
 BUNDLE = HERE / "browsers" / "node_modules" / "peerjs" / "dist" / "peerjs.min.js"
@@ -38,11 +40,11 @@ def peerjs_server(network: Network, tmp_path: Path) -> Iterator[Server]:
 def _server(network: Network, folder: Path, extra: list[str] | None = None) -> Server:
     """``twistd -n rtcsignal --peerjs /peerjs/`` serving the test page."""
     if not BUNDLE.exists():
-        from .browser_support import unavailable
+        from .support.browser import unavailable
 
         unavailable("peerjs is not installed in tests/browsers (make browser-drivers)")
     pages = folder / "pages"
-    shutil.copytree(HERE / "peerjs_pages", pages)
+    shutil.copytree(HERE / "support" / "peerjs_pages", pages)
     shutil.copy(BUNDLE, pages / "peerjs.min.js")
     key, cert = make_certs(folder / "certs")
     args = ["--peerjs", "/peerjs/", "--peerjs-expire-timeout", "1", "--static", str(pages)]
@@ -108,7 +110,7 @@ def test_chromium_and_firefox_on_two_cluster_nodes(
 ) -> None:
     redis_server, redis_cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if redis_server is None or redis_cli is None:
-        from .browser_support import unavailable
+        from .support.browser import unavailable
 
         unavailable("redis-server is not installed (Debian package redis-server)")
     redis_port = 6390 if network.private else network.free_port()

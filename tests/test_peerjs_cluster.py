@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import time
 
-from .cluster_support import LEASE, Cluster, cluster  # noqa: F401
-from .peerjs_support import PATH, Target
+import pytest
+
+from .support.cluster import LEASE, Cluster
+from .support.peerjs import PATH, Target
+
+pytestmark = pytest.mark.process
 
 ARGS = ("--peerjs", PATH, "--peerjs-expire-timeout", "3")
 
@@ -19,7 +23,7 @@ def _target(node: object) -> Target:
     return Target("rtcsignal", f"127.0.0.1:{node.port}")  # type: ignore[attr-defined]
 
 
-def test_ids_relays_and_waiting_messages_span_the_nodes(cluster: Cluster) -> None:  # noqa: F811
+def test_ids_relays_and_waiting_messages_span_the_nodes(cluster: Cluster) -> None:
     one, two = _target(cluster.node(*ARGS)), _target(cluster.node(*ARGS))
     alice, bob = one.join("alice"), two.join("bob")
     alice.send(type="OFFER", dst="bob", payload={"sdp": "o"})
@@ -37,7 +41,7 @@ def test_ids_relays_and_waiting_messages_span_the_nodes(cluster: Cluster) -> Non
     assert carol.recv() == {"type": "OFFER", "src": "alice", "dst": "carol", "payload": 1}
 
 
-def test_a_killed_nodes_ids_become_free(cluster: Cluster) -> None:  # noqa: F811
+def test_a_killed_nodes_ids_become_free(cluster: Cluster) -> None:
     first = cluster.node(*ARGS)
     one, two = _target(first), _target(cluster.node(*ARGS))
     one.join("alice")

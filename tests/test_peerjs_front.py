@@ -10,6 +10,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,7 +19,9 @@ from twisted_signal.context import AuthData
 from twisted_signal.peerjs import PeerjsFront, PeerjsOptions, PeerjsRoom
 from twisted_signal.room import PeerHandle
 
-from .peerjs_support import FakeConnection
+from .support.peerjs import FakeConnection
+
+pytestmark = pytest.mark.memory
 
 
 def _params(peer_id: str, token: str = "t", key: str = "peerjs") -> dict[str, str]:

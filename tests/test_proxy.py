@@ -17,6 +17,8 @@ from .support import (
     join_strict,
 )
 
+pytestmark = pytest.mark.loopback
+
 
 @pytest.mark.parametrize(
     ("trusted", "expected"), [(0, "from tcp4:127.0.0.1:"), (1, "from 203.0.113.7")]

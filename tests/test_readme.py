@@ -10,10 +10,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_signal import AuthData, Message, PeerHandle, Room
+
+pytestmark = pytest.mark.memory
 
 README = Path(__file__).parent.parent / "README.md"
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import string
-import struct
 import time
 from typing import Any
 
@@ -24,97 +22,23 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.threads import deferToThread
 
 from twisted_signal import AuthData, Message, Peer, PeerContext, Room, Settings
-from twisted_signal.resume import Resumption
 
 from .support import (
     OP_PING,
-    LiveServer,
     MakeServer,
     RawClient,
     StrictClient,
-    in_reactor,
+    close_all,
+    join_quietly,
     join_strict,
     joined,
     left,
     relayed,
     wait_until,
 )
+from .support.resume import held, in_reactor_len, lose, lose_and_wait, quiet, resume, token_of
 
-# Helpers.
-
-
-def token_of(client: StrictClient) -> str:
-    token = client.authenticated["data"]["resume_token"]
-    assert isinstance(token, str), client.authenticated
-    return token
-
-
-def resumption(server: LiveServer) -> Resumption:
-    return server.service.resource.factory.resumption
-
-
-def held(server: LiveServer) -> int:
-    return resumption(server).held
-
-
-def join_quietly(server: LiveServer, room: str, n: int) -> list[StrictClient]:
-    """
-    `n` clients join `room` in turn; each earlier one has seen every later
-    one join, so all are quiet at the end.
-    """
-    clients: list[StrictClient] = []
-    for _ in range(n):
-        client = join_strict(server.socket_url(room))
-        for earlier in clients:
-            assert earlier.recv() == joined(client.peer_id)
-        clients.append(client)
-    return clients
-
-
-def lose(client: StrictClient, how: str = "drop") -> None:
-    """
-    End `client`'s connection without a close frame: ``"drop"`` shuts the
-    socket down (FIN), ``"reset"`` aborts it (RST).
-    """
-    sock = client.ws.socket
-    if how == "drop":
-        sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-    else:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.shutdown(socket.SHUT_RD)
-        sock.close()
-
-
-def lose_and_wait(server: LiveServer, client: StrictClient, how: str = "drop") -> None:
-    """
-    Lose `client`'s connection and wait until the server holds its peer.
-    """
-    before = in_reactor_len(server)
-    lose(client, how)
-    wait_until(lambda: held(server) == before + 1)
-
-
-def in_reactor_len(server: LiveServer) -> int:
-    return int(in_reactor(held, server))
-
-
-def resume(server: LiveServer, room: str, token: str) -> StrictClient:
-    return join_strict(server.socket_url(room, f"resume={token}"))
-
-
-def quiet(*clients: StrictClient, seconds: float = 0.3) -> bool:
-    """
-    Nothing arrives at any of `clients` for `seconds` (checked together).
-    """
-    deadline = time.monotonic() + seconds
-    return all(c.nothing_within(max(deadline - time.monotonic(), 0.01)) for c in clients)
-
-
-def close_all(*clients: StrictClient) -> None:
-    for client in clients:
-        client.close()
-
+pytestmark = pytest.mark.loopback
 
 URLSAFE = set(string.ascii_letters + string.digits + "-_")
 

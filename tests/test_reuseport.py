@@ -20,7 +20,9 @@ from twisted.python import usage
 from twisted_signal.reuseport import ReusePortEndpoint
 from twisted_signal.tap import Options
 
-from .test_twistd import Spawn, Twistd, free_port
+from .support.twistd import Spawn, Twistd, free_port
+
+pytestmark = pytest.mark.process
 
 
 def test_the_string_makes_a_reuseport_endpoint() -> None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_signal import AuthData, Message, Refused, Room, Rooms
 from twisted_signal.errors import NoSuchPeer, NoSuchRoom
 
-from .test_room import (
+from .support.room import (
     ALICE,
     BOB,
     CAROL,
@@ -25,6 +26,8 @@ from .test_room import (
     left_msg,
     refusal,
 )
+
+pytestmark = pytest.mark.memory
 
 
 class RefusingRoom(RecordingRoom):

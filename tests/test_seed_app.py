@@ -28,6 +28,8 @@ from twisted_signal.tap import Options
 
 from .support import Client, LiveServer, join, open_socket
 
+pytestmark = pytest.mark.pure
+
 MakeServer = Callable[..., Awaitable[LiveServer]]
 
 GOOD = json.dumps({"username": DEMO_USERNAME, "password": DEMO_PASSWORD})
@@ -118,6 +120,7 @@ def test_twistd_loads_the_classes() -> None:
 # Live.
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_credentials_are_checked_before_the_upgrade(make_server: MakeServer) -> None:
     server = await make_server(room_class=CappedRoom, peer_class=CookiePeer)
@@ -138,6 +141,7 @@ async def test_credentials_are_checked_before_the_upgrade(make_server: MakeServe
     await deferToThread(scenario)
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_two_admitted_third_refused(make_server: MakeServer) -> None:
     server = await make_server(room_class=CappedRoom, peer_class=CookiePeer)
@@ -176,6 +180,7 @@ async def test_two_admitted_third_refused(make_server: MakeServer) -> None:
     await deferToThread(scenario)
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_the_limit_comes_from_the_room_options(make_server: MakeServer) -> None:
     rooms = Rooms(None, max_peers=None)

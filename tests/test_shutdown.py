@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
@@ -20,6 +21,8 @@ from .support import (
     StrictClient,
     join_strict,
 )
+
+pytestmark = pytest.mark.loopback
 
 
 def two_peers(server: LiveServer) -> list[StrictClient]:

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from .support import LiveServer, join
+
+pytestmark = pytest.mark.loopback
 
 
 @pytest_twisted.ensureDeferred

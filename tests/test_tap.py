@@ -15,6 +15,8 @@ from twisted_signal import Peer, Room, Settings
 from twisted_signal.service import SignalingService, with_backlog
 from twisted_signal.tap import DEFAULT_ENDPOINT, Options, makeService
 
+pytestmark = pytest.mark.pure
+
 
 class CustomRoom(Room):
     pass

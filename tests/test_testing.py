@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_signal import AuthData, Message, Refused, Room
 from twisted_signal.testing import RoomTester
+
+pytestmark = pytest.mark.memory
 
 
 class Shouting(Room):

@@ -27,7 +27,9 @@ from twisted_signal.devcert import write_dev_certificate
 from twisted_signal.tap import Options
 from twisted_signal.tls import PROFILES, harden_context_factory, harden_endpoint
 
-from .test_twistd import Spawn, free_port
+from .support.twistd import Spawn, free_port
+
+pytestmark = pytest.mark.process
 
 ROOT = Path(__file__).resolve().parent.parent
 SSLYZE = Path(os.environ.get("SSLYZE") or ROOT / ".venv-sslyze" / "bin" / "sslyze")

@@ -28,6 +28,8 @@ from .support import (
     open_socket,
 )
 
+pytestmark = pytest.mark.loopback
+
 SECRET = "a secret long enough for HS256 tokens, for tests only"
 HS256 = Settings(token_verifier=TokenVerifier.from_secret(SECRET))
 

@@ -9,124 +9,20 @@ twistd finds the plugin in site-packages, not in the source tree.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .support import Client, join, open_socket
+from .support.twistd import Spawn, Twistd, get, spawn_in
 
-TWISTD = Path(sys.executable).with_name("twistd")
-START_TIMEOUT = 15.0
-EXIT_TIMEOUT = 5.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Twistd:
-    """
-    One ``twistd --pidfile= -n rtcsignal ...`` process; its stdout and
-    stderr go to files in its working folder.
-    """
-
-    process: subprocess.Popen[bytes]
-    folder: Path
-    port: int
-
-    @property
-    def stdout(self) -> str:
-        return (self.folder / "stdout").read_text(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return (self.folder / "stderr").read_text(errors="replace")
-
-    @property
-    def output(self) -> str:
-        return f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def socket_url(self, room: str, query: str = "") -> str:
-        return f"ws://127.0.0.1:{self.port}/socket/{room}/" + (f"?{query}" if query else "")
-
-    def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"twistd still running after {timeout}s\n{self.output}")
-
-    def wait_ready(self) -> None:
-        """
-        Poll ``/healthz`` until it answers 200.
-        """
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"twistd exited with {self.process.returncode}\n{self.output}")
-            try:
-                status, _, _ = get(self.url("/healthz"))
-            except OSError:
-                time.sleep(0.05)
-                continue
-            if status == 200:
-                return
-        pytest.fail(f"twistd did not answer /healthz within {START_TIMEOUT}s\n{self.output}")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-Spawn = Callable[..., Twistd]
-
-
-def spawn_in(folder: Path, processes: list[Twistd]) -> Spawn:
-    counter = iter(range(1000))
-
-    def spawn(
-        *args: str, port: int | None = None, pythonpath: Path | None = None, ready: bool = True
-    ) -> Twistd:
-        """
-        Start ``twistd rtcsignal`` listening on `port` (a free one by
-        default), with `args`; with `ready`, wait until it is healthy.
-        """
-        if port is None:
-            port = free_port()
-        work = folder / f"twistd-{next(counter)}"
-        work.mkdir()
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        if pythonpath is not None:
-            env["PYTHONPATH"] = str(pythonpath)
-        argv = [str(TWISTD), "--pidfile=", "-n", "rtcsignal"]
-        argv += ["--endpoint", f"tcp:{port}:interface=127.0.0.1", *args]
-        with (work / "stdout").open("wb") as out, (work / "stderr").open("wb") as err:
-            process = subprocess.Popen(argv, cwd=work, env=env, stdout=out, stderr=err)
-        twistd = Twistd(process, work, port)
-        processes.append(twistd)
-        if ready:
-            twistd.wait_ready()
-        return twistd
-
-    return spawn
+# One worker runs the whole module, so that its module-scoped default server
+# is made once, not once per xdist worker.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("twistd")]
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twistd]:
     finally:
         for twistd in processes:
             twistd.kill()
-
-
-def get(url: str) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.headers.get("content-type", ""), response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("content-type", ""), e.read()
 
 
 def refused_join(url: str) -> tuple[dict[str, object], int | None]:

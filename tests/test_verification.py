@@ -25,6 +25,8 @@ from twisted_signal.verification import (
     fingerprint_to_sdp,
 )
 
+pytestmark = pytest.mark.pure
+
 VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parent / "verification_vectors.json").read_text()
 )

@@ -21,6 +21,8 @@ from twisted.internet.task import Clock, deferLater
 from twisted_signal import Room, Rooms, SignalingResource
 from twisted_signal.web import PACKAGED_PAGES
 
+pytestmark = pytest.mark.memory
+
 T = TypeVar("T")
 
 PAGES = Path(PACKAGED_PAGES)
@@ -319,6 +321,7 @@ async def test_pages_of_a_static_folder_get_the_same_headers(tmp_path: Path) -> 
     assert headers["content-type"] == "text/javascript; charset=utf-8"
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize(
     ("path", "status"), [("/socket/bad%20name/", 400), ("/socket/closed/", 404)]
 )

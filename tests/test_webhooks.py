@@ -22,8 +22,10 @@ from twisted_signal.room import Room
 from twisted_signal.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, Webhooks, sign
 
 from .support import LiveServer, join
-from .test_room import FakeConnection
-from .webhook_receiver import Receiver, docs_verify
+from .support.room import FakeConnection
+from .support.webhook_receiver import Receiver, docs_verify
+
+pytestmark = pytest.mark.memory
 
 SECRET = b"s3cret"
 
@@ -257,6 +259,7 @@ async def relay_latency(server: LiveServer, count: int = 50) -> float:
     return result
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize("mode", ["hang", "fail"])
 @pytest_twisted.ensureDeferred
 async def test_a_hanging_or_failing_receiver_does_not_slow_signaling(mode: str) -> None:
@@ -282,6 +285,7 @@ async def test_a_hanging_or_failing_receiver_does_not_slow_signaling(mode: str) 
             abandon(hooks)
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize("http", ["HTTP/1.1", "HTTP/1.0"])
 @pytest_twisted.ensureDeferred
 async def test_back_to_back_deliveries_need_no_retry(http: str) -> None:
@@ -306,12 +310,13 @@ async def test_back_to_back_deliveries_need_no_retry(http: str) -> None:
             abandon(hooks)
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_live_churn_against_a_dead_receiver_stays_bounded() -> None:
     from twisted.internet import reactor
 
     from .support import start_server
-    from .test_twistd import free_port
+    from .support.twistd import free_port
 
     dead = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens there
     hooks = Webhooks(dead, SECRET, clock=reactor, max_queue=40, backoff=5.0)

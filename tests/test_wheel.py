@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -18,6 +19,8 @@ from twisted_signal.peer import PeerFactory
 from twisted_signal.rooms import Rooms
 from twisted_signal.settings import Settings
 from twisted_signal.wheel import Wheel
+
+pytestmark = pytest.mark.memory
 
 
 class Entry:

@@ -1,5 +1,5 @@
 // Drives a stock Firefox (Debian's firefox-esr) over WebDriver BiDi with
-// puppeteer-core, for the Python tests (tests/firefox.py).  It never
+// puppeteer-core, for the Python tests (tests/support/firefox.py).  It never
 // downloads a browser.
 //
 //   node firefox_driver.mjs EXECUTABLE

@@ -2,10 +2,10 @@
 What the browser tests share: a private loopback-only network namespace,
 ``twistd -n rtcsignal`` over TLS with a development certificate, headless
 Chromium (Debian's, driven by Playwright) and Firefox ESR (Debian's, driven
-by ``tests/firefox.py``) in it, and `Peer`, a person in a call on either.
+by ``tests/support/firefox.py``) in it, and `Peer`, a person in a call on either.
 
 ``conftest.py`` makes fixtures of them for every test: ``network``,
-``server``, ``browser`` (Chromium) and ``firefox``.
+``server``, ``browser`` (Chromium), ``firefox`` and ``call`` (`Call`).
 
 The namespace has only a loopback interface when the tests can make one
 (as root, with ``unshare``): WebRTC works on the host's loopback too, but the
@@ -19,6 +19,7 @@ instead.  A browser that cannot start skips its test, except under
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,11 +31,11 @@ from pathlib import Path
 from typing import IO, Any, Generic, NoReturn, Protocol, TypeVar
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from .firefox import Firefox, FirefoxError, FirefoxPage
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 TWISTD = Path(sys.executable).with_name("twistd")
 ROOM = "standup"
@@ -454,3 +455,78 @@ def open_firefox(
     if url is not None:
         page.goto(url)
     return Peer(page, name, page.console, page.close, "firefox")
+
+
+# Every violation of the pages' Content-Security-Policy, to the console
+# (where Chromium also reports what the policy blocked).
+CSP_REPORTER = """document.addEventListener("securitypolicyviolation", (e) => {
+    console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI}`);
+});"""
+
+
+def csp_violations(console: Sequence[str]) -> list[str]:
+    return [m for m in console if "CSP violation" in m or "Content Security Policy" in m]
+
+
+class Call:
+    """
+    The people of one room, each in a browser context of their own.
+    """
+
+    def __init__(self, browser: Browser, url: str, shots: Path) -> None:
+        self.browser = browser
+        self.url = url
+        self.shots = shots
+        self.peers: list[Peer[Page]] = []
+        self.everyone: list[Peer[Page]] = []
+
+    def join(self, name: str, *, no_devices: bool = False) -> Peer[Page]:
+        peer = open_chromium(
+            self.browser, self.url, name, no_devices=no_devices, init_scripts=[CSP_REPORTER]
+        )
+        self.peers.append(peer)
+        self.everyone.append(peer)
+        return peer
+
+    def csp_violations(self) -> dict[str, list[str]]:
+        """
+        What the server's Content-Security-Policy blocked, per page that did
+        any harm to it: the page must need nothing the policy forbids.
+        """
+        found = {peer.name: csp_violations(peer.console) for peer in self.everyone}
+        return {name: violations for name, violations in found.items() if violations}
+
+    def join_from_landing_page(self, name: str, home: str, room: str) -> Peer[Page]:
+        """
+        Go to the landing page, try its "Generate" button, then type the
+        room's name and press Enter.
+        """
+        peer = open_chromium(self.browser, None, name, init_scripts=[CSP_REPORTER])
+        self.peers.append(peer)
+        self.everyone.append(peer)
+        page = peer.page
+        page.goto(home)
+        field = page.get_by_label("Room name")
+        page.get_by_role("button", name="Generate").click()
+        generated = field.input_value()
+        assert re.fullmatch(r"[A-Za-z0-9_.~-]{1,64}", generated), generated
+        field.fill("not a room")
+        field.press("Enter")
+        expect(page.get_by_role("alert")).to_contain_text("no spaces")
+        field.fill(room)
+        field.press("Enter")
+        page.wait_for_url(f"**/{room}")
+        return peer
+
+    def remove(self, peer: Peer[Page]) -> None:
+        self.peers.remove(peer)
+        peer.close()
+
+    def screenshot(self, peer: Peer[Page], name: str) -> Path:
+        path = self.shots / f"{peer.name}-{name}.png"
+        peer.page.screenshot(path=path)
+        return path
+
+    def close(self) -> None:
+        for peer in self.peers:
+            peer.close()

@@ -21,7 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from .support import TIMEOUT, http_get
+from . import TIMEOUT, http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERJS_SERVER = ROOT / "bench" / "node_modules" / "peer" / "dist" / "bin" / "peerjs.js"

@@ -1,6 +1,6 @@
 """
 A room that tampers with the calls it relays, for tests/test_browser_verify.py:
-run ``twistd rtcsignal --room-class tests.fingerprint_swap.SwapFingerprints``.
+run ``twistd rtcsignal --room-class tests.support.fingerprint_swap.SwapFingerprints``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """
 Checks of our own for the schemathesis runs in tests/test_admin_live.py,
-loaded with SCHEMATHESIS_HOOKS=tests.schemathesis_hooks.
+loaded with SCHEMATHESIS_HOOKS=tests.support.schemathesis_hooks.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """
 A room that lets peers speak in the server's name, for
 tests/test_browser_trust.py: run ``twistd rtcsignal --room-class
-tests.forged_events.ForgeServerEvents``.
+tests.support.forged_events.ForgeServerEvents``.
 
 The server refuses a peer's message named as one of its events (SPEC 1.2),
 so a test cannot send one straight; this room rewrites a peer's ``forge``

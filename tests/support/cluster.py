@@ -5,20 +5,17 @@ loopback ports, for the cluster tests.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from .test_twistd import Spawn, Twistd, free_port, spawn_in
+from .twistd import Spawn, Twistd, free_port
 
 #: Short leases keep the failure tests fast (docs/cluster.md: --cluster-lease).
 LEASE = 2.0
@@ -87,19 +84,3 @@ class Cluster:
             *args,
             pythonpath=pythonpath,
         )
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    redis = Redis(tmp_path)
-    redis.start()
-    processes: list[Twistd] = []
-    try:
-        yield Cluster(redis, spawn_in(tmp_path, processes))
-    finally:
-        for twistd in processes:
-            if twistd.process.poll() is None:
-                with contextlib.suppress(OSError):
-                    twistd.process.send_signal(signal.SIGCONT)  # in case a test froze it
-            twistd.kill()
-        redis.stop()

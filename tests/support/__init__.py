@@ -144,6 +144,16 @@ def open_socket(url: str, **kwargs: Any) -> ClientConnection:
     return ws
 
 
+def abort(ws: ClientConnection) -> None:
+    """End the TCP connection without a close frame."""
+    import contextlib
+    import socket
+
+    with contextlib.suppress(OSError):
+        ws.socket.shutdown(socket.SHUT_RDWR)
+    ws.socket.close()
+
+
 def deferred_in_thread(fn: Callable[[], Any]) -> Deferred[Any]:
     from twisted.internet.threads import deferToThread
 
@@ -191,6 +201,25 @@ def join_strict(url: str, **kwargs: Any) -> StrictClient:
     assert message["event"] == "authenticated", message
     client.authenticated = message
     return client
+
+
+def join_quietly(server: LiveServer, room: str, n: int) -> list[StrictClient]:
+    """
+    `n` clients join `room` in turn; each earlier client has received (and
+    checked) the ``joined`` of every later one, so all are quiet at the end.
+    """
+    clients: list[StrictClient] = []
+    for _ in range(n):
+        client = join_strict(server.socket_url(room))
+        for earlier in clients:
+            assert earlier.recv() == joined(client.peer_id)
+        clients.append(client)
+    return clients
+
+
+def close_all(*clients: Client) -> None:
+    for client in clients:
+        client.close()
 
 
 def handshake_status(url: str, **kwargs: Any) -> int:

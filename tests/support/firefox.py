@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any
 
 FIREFOX = "/usr/bin/firefox-esr"
-DRIVERS = Path(__file__).resolve().parent / "browsers"
+DRIVERS = Path(__file__).resolve().parents[1] / "browsers"
 DRIVER = DRIVERS / "firefox_driver.mjs"
 PUPPETEER = DRIVERS / "node_modules" / "puppeteer-core"
 START_TIMEOUT_S = 90.0
