@@ -1,10 +1,13 @@
 """
-One WebSocket connection: the handshake checks, then a thin relay between
-the client and its `Room`.
+The server's own front (SPEC 1): one client's connection, from the
+handshake checks to a thin relay between the client and its `Room`.
 
 The protocol decodes a frame, hands it to the room, and maps domain
 exceptions to wire errors; it keeps no signaling logic of its own.  The room
-reaches it only through a `PeerHandle`.
+reaches it only through a `PeerHandle`.  What every WebSocket gets whichever
+front it speaks (the rate limit on every frame, reading in turns, the send
+buffer bound, keepalive, the Autobahn workarounds) is
+`twisted_signal.websocket`'s.
 """
 
 from __future__ import annotations
