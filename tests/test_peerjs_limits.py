@@ -142,7 +142,7 @@ class SendBufferTests(_InMemory):
         """
         limit = 64 * 1024
         self.start(Settings(max_send_buffer=limit))
-        slow, slow_transport = self.connect("slow")
+        _, slow_transport = self.connect("slow")
         sender, sender_transport = self.connect("sender")
         self.clock.advance(0)  # they count what their transports hold from now on
         assert slow_transport.producer is not None
@@ -281,7 +281,8 @@ async def test_a_websocket_ping_flood_is_closed_and_others_stay_fast() -> None:
         sender.start()
         try:
             loud = _round_trips(other, "other", 1.5)
-            while in_reactor(lambda: "flooder" in front.ids()) and time.monotonic() - started < flood_timeout + 5:
+            deadline = started + flood_timeout + 5
+            while in_reactor(lambda: "flooder" in front.ids()) and time.monotonic() < deadline:
                 time.sleep(0.05)
             elapsed = time.monotonic() - started
         finally:
