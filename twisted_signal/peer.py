@@ -1,24 +1,22 @@
 """
-One WebSocket connection: the handshake checks, then a thin relay between
-the client and its `Room`.
+The server's own front (SPEC 1): one client's connection, from the
+handshake checks to a thin relay between the client and its `Room`.
 
 The protocol decodes a frame, hands it to the room, and maps domain
 exceptions to wire errors; it keeps no signaling logic of its own.  The room
-reaches it only through a `PeerHandle`.
+reaches it only through a `PeerHandle`.  What every WebSocket gets whichever
+front it speaks (the rate limit on every frame, reading in turns, the send
+buffer bound, keepalive, the Autobahn workarounds) is
+`twisted_signal.websocket`'s.
 """
 
 from __future__ import annotations
 
-import os
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import unquote
 from uuid import uuid4
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -27,39 +25,22 @@ from . import message as wire
 from .auth import token_from_request
 from .context import AuthData, PeerContext
 from .errors import BadRequest, Unauthorized
-from .events import NO_EVENTS, Events
-from .headers import COMMON_HEADERS
 from .hooks import SerialQueue, call, call_logged, then
-from .limits import RateLimiter, SendBuffer, Verdict
 from .message import InvalidMessage, Message
 from .resume import Departure, Link, Resumption
 from .room import PeerHandle, RoomAccess
 from .rooms import Rooms, is_room_name
 from .settings import Settings
-from .wheel import Wheel
+from .websocket import WebSocketConnection, WebSocketFactory
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import IReactorTime
 
 __all__ = ["Peer", "PeerFactory"]
 
-_OPEN = WebSocketProtocol.STATE_OPEN
-_NO_SEND_QUEUE = cast("deque[Any]", ())
-"""Autobahn's send queue until a write needs one (a write to it would fail loudly)."""
 _PONG = b"pong"
 _PING = b"ping"
-_CLOSE_POLICY = 1008
-_STEPS_PER_TURN = 128
-"""At most this many steps of reading frames (a frame is one or two) are
-taken per connection and turn of the reactor: a client that floods cannot
-keep the others waiting."""
-_FLOOD_TURN_DELAY = 0.01
-"""How long a connection whose frames are being dropped waits between turns."""
 _LOGGED_ERRORS = 10
-_REFUSAL_HEADERS = [
-    (name.decode("ascii"), value.decode("ascii"))
-    for name, value in (*COMMON_HEADERS, (b"Cache-Control", b"no-store"))
-]
 
 
 async def _resolve(result: Any) -> Any:
@@ -68,7 +49,7 @@ async def _resolve(result: Any) -> Any:
     return result
 
 
-class Peer(WebSocketServerProtocol):
+class Peer(WebSocketConnection):
     """
     The connection of one client.  Subclass it and override:
 
@@ -100,29 +81,16 @@ class Peer(WebSocketServerProtocol):
         self.auth: AuthData | None = None
         self._remote = ""
         self._initialised = False
-        self._gone = False
         self._queue = SerialQueue("peer")
         self._admission: Deferred[None] | None = None
         self._admitted_once = False
-        self._wheel_slot: int | None = None
-        self._last_seen = 0.0
-        self._ping_sent = 0.0
-        """When the unanswered ping went out (0: none is)."""
-        self._ping_payload = b""
-        """What the unanswered ping carried: only a pong with it answers."""
-        self._send_buffer: SendBuffer | None = None
         self._finished = False
-        self._next_ping = 0.0
-        self._limiter: RateLimiter | None = None
         self._link: Link | None = None
         self._resuming: tuple[Link, _Carried] | None = None
         self._closing_by_server = False
         self._client_sent_close = False
         self._superseded = False
         self._errors_sent = 0
-        self._steps_this_turn = 0
-        self._next_turn: IDelayedCall | None = None
-        self._deaf = False
 
     # User callbacks.
 
@@ -155,13 +123,13 @@ class Peer(WebSocketServerProtocol):
         """
         Send `message` to this peer's client as it is.
         """
-        self._write(message.to_bytes())
+        self.write(message.to_bytes())
 
     def stop(self, code: int = 1000) -> None:
         """
         Close the connection (1000 unless told); the peer then leaves its room.
         """
-        self._close(code)
+        self.close_with(code)
 
     # The handshake (SPEC 1.4 steps 1 and 2).
 
@@ -300,7 +268,7 @@ class Peer(WebSocketServerProtocol):
         503 (or the client has gone meanwhile).
         """
         factory = self.factory
-        if self._gone:
+        if self.ended:
             return 400, "Bad Request"
         rooms = factory.rooms
         if room_name not in rooms and not rooms.creates_on_demand:
@@ -322,33 +290,12 @@ class Peer(WebSocketServerProtocol):
         )
         raise ConnectionDeny(status, reason)
 
-    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
-        # Autobahn writes its refusals itself, past twisted.web: give them
-        # the headers of every other answer.
-        headers = [*(responseHeaders or ()), *_REFUSAL_HEADERS]
-        super().failHandshake(reason, code, headers)
-
     # The open connection (SPEC 1.4 steps 3 to 6).
 
-    def onOpen(self) -> None:
-        self._forget_handshake()
-        if self._gone:
-            return
+    def opened(self) -> None:
         assert self.context is not None and self.auth is not None
         factory = self.factory
         factory.events.connected()
-        settings = factory.settings
-        now = factory.clock.seconds()
-        self._last_seen = now
-        self._next_ping = now + settings.ping_interval
-        idle_at = now + settings.idle_timeout
-        factory.wheel.schedule(
-            self, min(idle_at, self._next_ping) if settings.ping_interval else idle_at
-        )
-        self._limiter = RateLimiter(
-            settings.rate, settings.rate_period, settings.rate_burst, settings.flood_timeout, now
-        )
-        factory.count_unsent(self)
         if self._resuming is not None:
             self._resume(*self._resuming)
             return
@@ -356,7 +303,7 @@ class Peer(WebSocketServerProtocol):
         if room is None:
             # The room was stopped between the handshake and now.
             self._error("Could not join room", "no_such_room")
-            self._close(1000)
+            self.close_with(1000)
             return
         self.room = room
         self._log.info(
@@ -389,7 +336,7 @@ class Peer(WebSocketServerProtocol):
         others = [p for p in room.peers if p != self.peer_id] if room is not None else []
         self._admitted(others)
         while link.queue and link.connection is not None:
-            self._write(link.queue.popleft())
+            self.write(link.queue.popleft())
 
     def _ice_servers(self) -> list[dict[str, Any]]:
         return self.factory.settings.ice.servers_for(self.peer_id, self.factory.clock.seconds())
@@ -411,88 +358,12 @@ class Peer(WebSocketServerProtocol):
         if admission is not None and not admission.called:
             admission.callback(None)
 
-    def dataReceived(self, data: bytes) -> None:
-        # Autobahn's own logs every read at debug level, formatting its
-        # arguments whether or not debug is on; hand the bytes on, nothing else.
-        if self._next_turn is not None:
-            self.data += data  # its turn comes (a transport that cannot pause)
-            return
-        self._steps_this_turn = 0
-        self._dataReceived(data)
-
-    def processData(self) -> bool:
-        # Called for each step of reading a frame.  Past the steps of this
-        # turn, stop reading and carry on in the next turn, once the reactor
-        # has served the other connections.
-        if self._deaf:
-            return False
-        self._steps_this_turn += 1
-        if self._steps_this_turn > _STEPS_PER_TURN:
-            if self._next_turn is None:
-                self._pause_reading()
-                # A peer whose frames are being dropped waits a little
-                # longer: what it sends is mostly thrown away anyway.
-                limiter = self._limiter
-                delay = _FLOOD_TURN_DELAY if limiter is not None and limiter.dropping else 0
-                self._next_turn = self.factory.clock.callLater(delay, self._take_turn)
-            return False
-        result: bool = super().processData()
-        return result
-
-    def _take_turn(self) -> None:
-        self._next_turn = None
-        self._steps_this_turn = 0
-        if self.state == WebSocketProtocol.STATE_CLOSED:
-            return
-        self.consumeData()
-        if self._next_turn is None and not self._deaf:
-            transport = self.transport
-            resume = getattr(transport, "resumeProducing", None)
-            if resume is not None:
-                resume()
-
-    def _pause_reading(self) -> None:
-        pause = getattr(self.transport, "pauseProducing", None)
-        if pause is not None:
-            pause()
-
-    def _connectionMade(self) -> None:
-        super()._connectionMade()
-        # Autobahn's queue for chopped and synchronous writes, which only its
-        # own test modes make: an empty deque is most of a kilobyte per
-        # connection, so there is one only once a write needs it.
-        self.send_queue = _NO_SEND_QUEUE
-
-    def _forget_handshake(self) -> None:
-        # Autobahn keeps the upgrade request and its answer on the protocol
-        # for as long as the connection lasts (a kilobyte and a half); nothing
-        # reads them after the upgrade.
-        self.http_request_data = b""
-        self.http_response_data = self.http_status_line = self.http_request_uri = ""
-        self.http_headers = {}
-        self.http_request_params = {}
-
-    def onMessageEnd(self) -> None:
-        # Autobahn's own also fires a "message" event for listeners added
-        # with `.on()`, which costs a Future and callbacks per message; the
-        # server adds none, so deliver the message and nothing else.
-        if not self.failedByMe:
-            payload = b"".join(self.message_data)
-            self.message_data = []
-            self.onMessage(payload, self.message_is_binary)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.state != _OPEN:
-            return  # closing: what still arrives is ignored, unlogged
-        now = self.factory.clock.seconds()
-        self._last_seen = now
-        if not self._within_limit(now):
-            return
-        if isBinary:
+    def frame_received(self, payload: bytes, is_binary: bool, now: float) -> None:
+        if is_binary:
             self._error("Invalid message", "binary frames are not supported")
             return
         if payload == _PING:
-            self._write(_PONG)
+            self.write(_PONG)
             return
         try:
             message = Message.from_json(payload, from_=self.peer_id)
@@ -505,39 +376,12 @@ class Peer(WebSocketServerProtocol):
             return
         self._queue.run(self._receive, message, now)
 
-    def _within_limit(self, now: float) -> bool:
-        """
-        Whether a frame from the client (a message, a ``ping`` text frame,
-        a WebSocket ping or pong) passes the rate limit (SPEC 5.3).
-        """
-        limiter = self._limiter
-        if limiter is None:
-            return True
-        verdict = limiter.check(now)
-        if verdict is Verdict.PASS:
-            return True
-        self._over_limit(verdict)
-        return False
-
-    def _over_limit(self, verdict: Verdict) -> None:
+    def rate_limit_warning(self) -> None:
         settings = self.factory.settings
-        self.factory.events.rate_limited()
-        if verdict is Verdict.DROP_AND_WARN:
-            self._error(
-                "Rate limited",
-                {"rate": settings.rate, "per": settings.rate_period, "burst": settings.rate_burst},
-            )
-        elif verdict is Verdict.CLOSE:
-            self._log.info(
-                "peer {peer_id} closed: over its rate limit for {seconds}s",
-                peer_id=self.peer_id,
-                seconds=settings.flood_timeout,
-            )
-            self._close(_CLOSE_POLICY, "rate limit")
-            # Nothing it sends now matters: stop reading it at all (the
-            # close handshake's timeout drops the connection).
-            self._deaf = True
-            self._pause_reading()
+        self._error(
+            "Rate limited",
+            {"rate": settings.rate, "per": settings.rate_period, "burst": settings.rate_burst},
+        )
 
     def _receive(self, message: Message, received: float) -> Any:
         return then(
@@ -556,85 +400,14 @@ class Peer(WebSocketServerProtocol):
             return
         self.room.submit(message, received)
 
-    def onPing(self, payload: bytes) -> None:
-        if self.state != _OPEN:
-            return
-        self._last_seen = now = self.factory.clock.seconds()
-        if self._within_limit(now):
-            super().onPing(payload)  # the pong
-
-    def onPong(self, payload: bytes) -> None:
-        if self.state != _OPEN:
-            return
-        self._last_seen = now = self.factory.clock.seconds()
-        if self._ping_sent and payload == self._ping_payload:
-            # Answered: the next ping is due an interval from now, which may
-            # come before the answered ping's timeout the wheel waits for.
-            self._ping_sent = 0.0
-            self._next_ping = now + self.factory.settings.ping_interval
-            self.factory.wheel.schedule(self, self._next_ping)
-        elif not self._within_limit(now):
-            return  # pongs nobody asked for count against the rate limit
-
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
         self._client_sent_close = True
         return super().onCloseFrame(code, reasonRaw)
 
-    def _wheel_fired(self, now: float) -> float | None:
-        """
-        Keepalive (SPEC 1.4 step 6), checked by the factory's wheel at the
-        next deadline: the idle timeout, the next ping, or a ping's timeout.
-        """
-        if self.state != _OPEN:
-            return None
-        settings = self.factory.settings
-        idle_at = self._last_seen + settings.idle_timeout
-        if now >= idle_at:
-            self._log.info(
-                "peer {peer_id} idle for {timeout}s",
-                peer_id=self.peer_id,
-                timeout=settings.idle_timeout,
-            )
-            self._close(1000)
-            return None
-        if not settings.ping_interval:
-            return idle_at
-        ping_at = self._ping(now, settings)
-        return None if ping_at is None else min(idle_at, ping_at)
-
-    def _ping(self, now: float, settings: Settings) -> float | None:
-        """
-        Send the ping that is due, or drop a peer that has not answered its
-        ping in time.  Only a pong with the ping's payload answers it (it
-        carries 8 random bytes): a client that sends but never reads cannot
-        make one, so other traffic, even unasked-for pongs, does not keep it
-        alive (SPEC 1.4 step 6).
-        """
-        sent = self._ping_sent
-        if sent:
-            timeout_at = sent + settings.ping_timeout
-            if now < timeout_at:
-                return timeout_at
-            self.onAutoPingTimeout()  # Autobahn's: drops the connection, not clean
-            return None
-        if now < self._next_ping:
-            return self._next_ping
-        self._ping_sent = now
-        self._ping_payload = os.urandom(8)
-        self.sendPing(self._ping_payload)
-        return now + settings.ping_timeout
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self._gone:
-            return
-        self._gone = True
+    def closed(self, was_clean: bool, code: int | None, reason: str | None) -> None:
         if self._initialised:
             self.factory.events.closed(code)
-        self.factory.wheel.cancel(self)
         self._queue.cancel()
-        if self._next_turn is not None and self._next_turn.active():
-            self._next_turn.cancel()
-        self._next_turn = None
         if not self._initialised or self._superseded:
             return
         room_name = self.context.room if self.context is not None else None
@@ -651,7 +424,7 @@ class Peer(WebSocketServerProtocol):
             room=room_name,
             remote=self._remote,
             code=code,
-            clean="clean" if wasClean else "not clean",
+            clean="clean" if was_clean else "not clean",
             by="closed by the server"
             if self._closing_by_server
             else "closed by the client"
@@ -750,84 +523,10 @@ class Peer(WebSocketServerProtocol):
         self.factory.events.error_sent(description)
         self.send_to_client(wire.error(self.peer_id, description, details))
 
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # Every byte for the client passes here: count what the transport
-        # could not write yet, and close a peer past --max-send-buffer.
-        buffer = self._send_buffer
-        if buffer is not None and not buffer.add(len(data)):
-            self._too_slow(buffer)
-            return
-        # Autobahn's own formats a debug log line's arguments for every
-        # write; an ordinary write is just this.
-        transport = self.transport
-        if sync or chopsize or self.send_queue or transport is None:
-            if self.send_queue is _NO_SEND_QUEUE:
-                self.send_queue = deque()
-            super().sendData(data, sync, chopsize)
-        else:
-            transport.write(data)
+    def log_id(self) -> str:
+        return self.peer_id
 
-    def _count_unsent(self) -> None:
-        """
-        Count what the transport holds for the client from now on (SPEC 1.4
-        step 7), as its streaming producer.
-        """
-        transport = self.transport
-        if self.state != _OPEN or transport is None or self._send_buffer is not None:
-            return
-        buffer = SendBuffer(self.factory.settings.max_send_buffer)
-        consumer = cast("IConsumer", transport)
-        try:
-            consumer.registerProducer(buffer, True)
-        except RuntimeError:
-            # The HTTP channel of the upgrade still is: the WebSocket owns
-            # the transport now.
-            consumer.unregisterProducer()
-            consumer.registerProducer(buffer, True)
-        self._send_buffer = buffer
-
-    def _too_slow(self, buffer: SendBuffer) -> None:
-        """
-        The client does not read what it is sent: it is closed and leaves,
-        and nothing more is written for it (the close frame aside).
-        """
-        self._send_buffer = None
-        if self.state != _OPEN:
-            return
-        self._log.info(
-            "peer {peer_id} closed: {held} bytes it did not read, over the send buffer of {limit}",
-            peer_id=self.peer_id,
-            held=buffer.held,
-            limit=buffer.limit,
-        )
-        self._close(_CLOSE_POLICY, "too slow")
-
-    def _write(self, payload: bytes) -> None:
-        if self.state != _OPEN:
-            return
-        # A prepared frame is built once however many peers a fan-out writes
-        # it to.  It also escapes maxMessagePayloadSize, which Autobahn's
-        # sendMessage applies to what we send: the limit is for clients, and
-        # a relayed message is a little larger than the frame it came in.
-        self.sendPreparedMessage(self.factory.prepared(payload))
-
-    def _close(self, code: int, reason: str | None = None) -> None:
-        if self.state != _OPEN:
-            return
-        # sendClose refuses 1001 and 1008; the frame itself is fine.
-        self.sendCloseFrame(code, None if reason is None else reason.encode(), isReply=False)
-
-    def sendCloseFrame(
-        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
-    ) -> None:
-        # Every close the server starts passes here: ours (_close) and
-        # Autobahn's for a protocol error (1002, 1007, 1009).
-        starting = self.state == _OPEN and not isReply
-        super().sendCloseFrame(code, reasonUtf8, isReply)
-        if starting:
-            self._closed_by_server()
-
-    def _closed_by_server(self) -> None:
+    def closed_by_server(self) -> None:
         """
         The server closed this peer (a protocol error, its rate limit, too
         slow, idle, an operator, its room stopping): it is never held for
@@ -865,8 +564,8 @@ class _Carrier:
     __slots__ = ("admitted", "close", "write")
 
     def __init__(self, peer: Peer) -> None:
-        self.write = peer._write
-        self.close = peer._close
+        self.write = peer.write
+        self.close = peer.close_with
         self.admitted = peer._admitted
 
 
@@ -892,15 +591,12 @@ def room_from_path(path: str) -> str:
         raise BadRequest("the room name is not UTF-8") from None
 
 
-class PeerFactory(WebSocketServerFactory):
+class PeerFactory(WebSocketFactory):
     """
     Makes a `Peer` (or your subclass) per connection, with Autobahn's
-    permissive defaults replaced by the server's.
-
-    Each peer is an instance of a subclass of `protocol` made once per
-    factory, holding Autobahn's options as class attributes (Autobahn would
-    copy them onto every connection): ``isinstance(peer, factory.protocol)``
-    holds, ``type(peer) is factory.protocol`` does not.
+    permissive defaults replaced by the server's (see
+    `twisted_signal.websocket.WebSocketFactory`): ``isinstance(peer,
+    factory.protocol)`` holds, ``type(peer) is factory.protocol`` does not.
     """
 
     def __init__(
@@ -913,83 +609,14 @@ class PeerFactory(WebSocketServerFactory):
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
-        # The 101 of the upgrade carries the headers of every other answer.
-        headers = {name.decode("ascii"): value.decode("ascii") for name, value in COMMON_HEADERS}
-        super().__init__(server=None, reactor=clock, headers=headers)
+        settings = settings or Settings()
+        super().__init__(settings, cast("IReactorTime", clock), idle_timeout=settings.idle_timeout)
         self.protocol = peer_class
         self.rooms = rooms
         self.accepting = True
         """False once the server is shutting down: new peers get 503."""
-        self.events: Events = NO_EVENTS
-        """Where connections report (see `twisted_signal.events`)."""
-        self.settings = settings = settings or Settings()
-        self.clock: IReactorTime = cast("IReactorTime", clock)
         self.resumption = Resumption(settings.resume_window, self.clock, rooms.token_prefix)
         rooms.give_away_with(self._give_away)
-        self._origins = frozenset(_normal_origin(o) for o in settings.allowed_origins)
-        # Autobahn's defaults are permissive: no payload limit, no pings, any
-        # origin, any number of connections.  The origin and connection
-        # checks are ours (the contract orders them after 401 and 404), and
-        # so are the pings: Autobahn's make two timers per peer, the wheel
-        # one timer for all of them.
-        self.wheel = Wheel(self.clock, _resolution(settings))
-        """The keepalive timers of every peer (see `Peer._wheel_fired`)."""
-        self._configured: type[Peer] | None = None
-        self.setProtocolOptions(
-            maxFramePayloadSize=settings.max_message_bytes,
-            maxMessagePayloadSize=settings.max_message_bytes,
-            failByDrop=False,
-            openHandshakeTimeout=settings.handshake_timeout,
-            closeHandshakeTimeout=settings.close_timeout,
-            trustXForwardedFor=settings.trusted_proxies,
-            # Origins are ours to judge (403, after 401 and 404); Autobahn
-            # would refuse "null" with a 400 before we are asked.
-            allowNullOrigin=True,
-            webStatus=False,
-        )
-        # Autobahn runs its ping and handshake timers through txaio's batched
-        # timer, which rounds deadlines down to whole seconds; put them on our
-        # (injected) clock instead.
-        self._batched_timer = _Timers(self.clock)
-        self._last_payload = b""
-        self._last_prepared = PreparedMessage(b"", False, False, True)
-        self._to_count: list[Peer] = []
-        self._counting: IDelayedCall | None = None
-
-    def count_unsent(self, peer: Peer) -> None:
-        """
-        Have `peer` count what its transport holds for its client, from the
-        next turn of the reactor on: the HTTP channel that did the upgrade
-        lets go of the transport only once the upgrade has been answered.
-        One timer for all the peers that open in a turn.
-        """
-        self._to_count.append(peer)
-        if self._counting is None:
-            self._counting = self.clock.callLater(0, self._count_unsent)
-
-    def _count_unsent(self) -> None:
-        self._counting = None
-        peers, self._to_count = self._to_count, []
-        for peer in peers:
-            peer._count_unsent()
-
-    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
-        super().setProtocolOptions(*args, **kwargs)
-        self._configured = None
-
-    def buildProtocol(self, addr: IAddress | None) -> Any:
-        # Autobahn copies its 29 options from the factory onto each new
-        # protocol (and pretty-prints them for a debug line, whether debug is
-        # on or not): a third of a join's CPU and a fifth of an idle
-        # connection's memory.  The options are the same for every peer of a
-        # factory, so they are class attributes of a subclass made once.
-        configured = self._configured
-        if configured is None or configured.__bases__ != (self.protocol,):
-            peer_class = cast("type[Peer]", self.protocol)
-            configured = self._configured = _configured(peer_class, self)
-        peer = configured()
-        peer.factory = self
-        return peer
 
     def same_identity(self, held: _Carried, identity: str | None) -> bool:
         """
@@ -1010,83 +637,3 @@ class PeerFactory(WebSocketServerFactory):
         claimed = self.resumption.claim(token, room)
         assert claimed is not None  # peeked just now
         return Departure(held.auth, claimed[0], peer._terminate, peer._expired)
-
-    def prepared(self, payload: bytes) -> PreparedMessage:
-        """
-        The WebSocket frame for `payload`.  A room hands the same bytes to
-        each recipient of a message, so the last one made is kept.
-        """
-        if payload is not self._last_payload:
-            self._last_payload = payload
-            # A server's frames are not masked; never compressed (valid
-            # whether or not compression was negotiated, so one frame fits all).
-            self._last_prepared = PreparedMessage(payload, False, False, True)
-        return self._last_prepared
-
-    def origin_allowed(self, origin: str | None) -> bool:
-        """
-        Whether an upgrade with this Origin may go on.  Without an allow-list
-        every origin may; with one, a request without Origin (not a browser)
-        may too, since the list protects users' browsers from other sites.
-        """
-        if not self._origins or not origin or origin == "*":
-            return True
-        return _normal_origin(origin) in self._origins
-
-
-def _configured(peer_class: type[Peer], factory: PeerFactory) -> type[Peer]:
-    """
-    `peer_class` with `factory`'s Autobahn options as class attributes (and
-    none left for Autobahn to copy per connection).
-    """
-    options: dict[str, Any] = {}
-    for name in peer_class.CONFIG_ATTRS:
-        value = getattr(factory, name)
-        # A function (perMessageCompressionAccept) must not become a method.
-        options[name] = staticmethod(value) if callable(value) else value
-    namespace = {
-        **options,
-        "CONFIG_ATTRS": (),
-        "__module__": peer_class.__module__,
-        "__qualname__": peer_class.__qualname__,
-        "__doc__": peer_class.__doc__,
-    }
-    return type(peer_class.__name__, (peer_class,), namespace)
-
-
-def _resolution(settings: Settings) -> float:
-    """
-    How coarse the keepalive timers may be: a second, or a quarter of the
-    shortest keepalive setting when that is under four seconds.
-    """
-    periods = [settings.ping_timeout, settings.idle_timeout]
-    if settings.ping_interval:
-        periods.append(settings.ping_interval)
-    return min(1.0, min(periods) / 4)
-
-
-class _Timers:
-    """
-    The ``call_later`` Autobahn asks of its factory's timer, on a Twisted clock.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-
-    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return _Timer(self._clock.callLater(delay, fn, *args, **kwargs))
-
-
-class _Timer:
-    __slots__ = ("_call",)
-
-    def __init__(self, call: IDelayedCall) -> None:
-        self._call = call
-
-    def cancel(self) -> None:
-        if self._call.active():
-            self._call.cancel()
-
-
-def _normal_origin(origin: str) -> str:
-    return origin.strip().rstrip("/").lower()

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
-from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
@@ -35,15 +33,14 @@ from twisted.web.resource import IResource, Resource
 from .context import AuthData
 from .errors import Refused, Unauthorized
 from .events import NO_EVENTS, Events
-from .limits import RateLimiter, Verdict
 from .message import Message
 from .room import CLOSE_NORMAL, PeerHandle, Room, RoomAccess
 from .rooms import Rooms, is_room_name
 from .settings import Settings
-from .wheel import Wheel
+from .websocket import UpgradeResource, WebSocketConnection, WebSocketFactory
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
     from twisted.web.server import Request
 
 __all__ = [
@@ -245,7 +242,7 @@ class _Client:
         connection = self.connection
         if connection is None or connection.state != _OPEN_STATE:
             return False
-        connection.sendMessage(payload)
+        connection.write(payload)
         return True
 
     # The PeerHandle's callables: what the room does to this peer.
@@ -308,7 +305,6 @@ class PeerjsFront:
         self.accepting = True
         self._clients: dict[str, _Client] = {}
         self._waiting: dict[str, _Waiting] = {}
-        self.wheel = Wheel(clock, min(1.0, options.alive_timeout / 4))
         self._room()
 
     # What the HTTP side asks.
@@ -581,22 +577,24 @@ class PeerjsFront:
 _OPEN = orjson.dumps({"type": "OPEN"})
 
 
-class PeerjsConnection(WebSocketServerProtocol):
+class PeerjsConnection(WebSocketConnection):
     """
     One peerjs client's WebSocket: decodes frames and hands them to the
-    front; keeps the rate limit and the alive timeout.
+    front.  The rate limit, the send buffer, keepalive (the alive timeout
+    is its idle timeout) and reading in turns are every connection's
+    (`twisted_signal.websocket`).
     """
 
     factory: PeerjsFactory
+    pongs_are_traffic = False
+    """The alive timeout waits for what the client sends (its ``HEARTBEAT``
+    at least), not for the pongs its browser sends by itself."""
     _log = Logger()
 
     def __init__(self) -> None:
         super().__init__()
         self.client: _Client | None = None
         self._params: dict[str, str] = {}
-        self._limiter: RateLimiter | None = None
-        self._last_seen = 0.0
-        self._wheel_slot: int | None = None
         self._counted = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
@@ -612,85 +610,38 @@ class PeerjsConnection(WebSocketServerProtocol):
             raise ConnectionDeny(*status)
         self._params = {name: values[0] for name, values in request.params.items() if values}
 
-    def onOpen(self) -> None:
-        factory = self.factory
-        front = factory.front
-        settings = front.settings
-        now = front.clock.seconds()
+    def opened(self) -> None:
+        front = self.factory.front
         self._counted = True
         front.events.connected()
-        self._last_seen = now
-        self._limiter = RateLimiter(
-            settings.rate, settings.rate_period, settings.rate_burst, settings.flood_timeout, now
-        )
-        front.wheel.schedule(self, now + front.options.alive_timeout)
         params, self._params = self._params, {}
         front.connect(self, params)
 
-    def dataReceived(self, data: bytes) -> None:
-        # Autobahn's own formats a debug line's arguments for every read
-        # (as in `twisted_signal.peer`): hand the bytes on, nothing else.
-        self._dataReceived(data)
-
-    def onMessageEnd(self) -> None:
-        # Autobahn's own also fires a "message" event (a Future and its
-        # callbacks per message) for listeners that nobody adds here.
-        if not self.failedByMe:
-            payload = b"".join(self.message_data)
-            self.message_data = []
-            self.onMessage(payload, self.message_is_binary)
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # Autobahn's own formats a debug line's arguments for every write.
-        transport = self.transport
-        if sync or chopsize or self.send_queue or transport is None:
-            super().sendData(data, sync, chopsize)
-        else:
-            transport.write(data)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        front = self.factory.front
-        now = front.clock.seconds()
-        self._last_seen = now
+    def frame_received(self, payload: bytes, is_binary: bool, now: float) -> None:
         client = self.client
-        if client is None:
-            return
-        limiter = self._limiter
-        if limiter is not None:
-            verdict = limiter.check(now)
-            if verdict is not Verdict.PASS:
-                front.events.rate_limited()
-                if verdict is Verdict.CLOSE:
-                    self._log.info(
-                        "peerjs peer {peer_id} closed: over its rate limit", peer_id=client.id
-                    )
-                    self.close_with(1008)
-                # peerjs has no message for it: an ERROR would end the client.
-                return
-        if not isBinary:
-            front.received(client, payload, now)
+        if client is not None and not is_binary:
+            self.factory.front.received(client, payload, now)
 
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+    def rate_limit_warning(self) -> None:
+        """
+        Nothing: peerjs has no message for it (an ``ERROR`` would end the
+        client), so the dropped frames are dropped silently.
+        """
+
+    def closed_by_server(self) -> None:
+        # Closed by the server (its rate limit, too slow, unanswered pings,
+        # the front): the id is free now, whether or not the client answers.
+        self.factory.front.closed(self)
+
+    def closed(self, was_clean: bool, code: int | None, reason: str | None) -> None:
         front = self.factory.front
-        front.wheel.cancel(self)
         if self._counted:
             self._counted = False
             front.events.closed(code)
         front.closed(self)
 
-    def _wheel_fired(self, now: float) -> float | None:
-        if self.state != _OPEN_STATE:
-            return None
-        due = self._last_seen + self.factory.front.options.alive_timeout
-        if now < due:
-            return due
-        self._log.info(
-            "peerjs peer {peer_id} sent nothing for {seconds}s",
-            peer_id=self.client.id if self.client is not None else None,
-            seconds=self.factory.front.options.alive_timeout,
-        )
-        self.close_with(CLOSE_NORMAL)
-        return None
+    def log_id(self) -> str:
+        return self.client.id if self.client is not None else ""
 
     def refuse(self, type_: str, msg: str) -> None:
         """
@@ -698,49 +649,31 @@ class PeerjsConnection(WebSocketServerProtocol):
         and close as peerjs-server does (a close frame without a code).
         """
         self.factory.front.events.error_sent(msg)
-        self.sendMessage(_server_message(type_, msg))
+        self.write(_server_message(type_, msg))
         self.sendClose()
 
-    def close_with(self, code: int) -> None:
-        if self.state != _OPEN_STATE:
-            return
-        if code == 1000 or 3000 <= code <= 4999:
-            self.sendClose(code)
-        else:
-            # sendClose refuses 1001 and 1008; the frame itself is fine.
-            self.sendCloseFrame(code, isReply=False)
 
-
-class PeerjsFactory(WebSocketServerFactory):
+class PeerjsFactory(WebSocketFactory):
     """
-    Makes a `PeerjsConnection` per WebSocket, with the server's limits.
+    Makes a `PeerjsConnection` per WebSocket, with the server's limits;
+    the alive timeout is the connections' idle timeout.
     """
 
     def __init__(self, front: PeerjsFront, origins: tuple[str, ...] = ()) -> None:
-        super().__init__(server=None, reactor=front.clock)
+        super().__init__(
+            front.settings, front.clock, idle_timeout=front.options.alive_timeout, origins=origins
+        )
         self.protocol = PeerjsConnection
         self.front = front
-        settings = front.settings
-        self._origins = frozenset(_normal_origin(o) for o in origins)
-        self.setProtocolOptions(
-            maxFramePayloadSize=settings.max_message_bytes,
-            maxMessagePayloadSize=settings.max_message_bytes,
-            failByDrop=False,
-            openHandshakeTimeout=settings.handshake_timeout,
-            closeHandshakeTimeout=settings.close_timeout,
-            trustXForwardedFor=settings.trusted_proxies,
-            allowNullOrigin=True,
-            webStatus=False,
-        )
 
-    def origin_allowed(self, origin: str | None) -> bool:
-        if not self._origins or not origin or origin == "*":
-            return True
-        return _normal_origin(origin) in self._origins
+    @property
+    def events(self) -> Events:
+        """The front's (the server sets them there)."""
+        return self.front.events
 
-
-def _normal_origin(origin: str) -> str:
-    return origin.strip().rstrip("/").lower()
+    @events.setter
+    def events(self, events: Events) -> None:
+        self.front.events = events
 
 
 # The HTTP side.
@@ -768,21 +701,6 @@ def _unauthorized(request: Request) -> bytes:
 
 def _not_found(request: Request) -> bytes:
     return _plain(request, 404, b"Not Found", b"text/plain; charset=utf-8")
-
-
-class _Upgrade(WebSocketResource):
-    """
-    Autobahn's upgrade, letting go of the HTTP connection once the
-    WebSocket has taken its transport over (as `twisted_signal.web` does).
-    """
-
-    def render(self, request: Request) -> bytes | int:
-        channel = request.channel
-        transport = channel.transport
-        result: bytes | int = super().render(request)
-        if transport is not None and channel.transport is None:
-            cast("IConsumer", transport).unregisterProducer()
-        return result
 
 
 class _KeyResource(Resource):
@@ -826,7 +744,7 @@ class PeerjsResource(Resource):
         super().__init__()
         self.front = front
         self.factory = PeerjsFactory(front, origins)
-        self._socket = _Upgrade(self.factory)
+        self._socket = UpgradeResource(self.factory)
 
     def render_GET(self, request: Request) -> bytes:
         _cors(request)

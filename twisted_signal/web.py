@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote_to_bytes as unquote
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.python.filepath import FilePath
 from twisted.web.http import combinedLogFormatter
 from twisted.web.pages import notFound
@@ -26,9 +25,10 @@ from .peer import Peer, PeerFactory
 from .peerjs import PeerjsFront, PeerjsOptions, PeerjsResource, mount
 from .rooms import Rooms, is_room_name
 from .settings import Settings
+from .websocket import UpgradeResource
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IConsumer, IReactorTime
+    from twisted.internet.interfaces import IReactorTime
     from twisted.web.http_headers import Headers
     from twisted.web.server import Request
 
@@ -199,7 +199,7 @@ class SignalingResource(Resource):
         self.putChild(b"", _page(folder.child("index.html")))
         self.putChild(b"static", _StaticFiles(folder.path))
         self.putChild(b"healthz", _Health(self))
-        self.putChild(b"socket", _Sockets(_Upgrade(self.factory)))
+        self.putChild(b"socket", _Sockets(UpgradeResource(self.factory)))
         if admin_token is not None:
             # Without a token there is no admin API at all: /admin/... is
             # the plain 404 of any other path.
@@ -318,25 +318,6 @@ class _StaticFiles(File):
 
     def directoryListing(self) -> IResource:
         return _NOT_FOUND
-
-
-class _Upgrade(WebSocketResource):
-    """
-    Autobahn's upgrade, letting go of the HTTP connection once the
-    WebSocket has taken its transport over.
-    """
-
-    def render(self, request: Request) -> bytes | int:
-        channel = request.channel
-        transport = channel.transport
-        result: bytes | int = super().render(request)
-        if transport is not None and channel.transport is None:
-            # The HTTP channel is still the transport's producer: it would
-            # keep itself, the upgrade request and its headers (about 6 KB)
-            # for as long as the WebSocket lasts.  While a request is being
-            # handled it does nothing as a producer anyway.
-            cast("IConsumer", transport).unregisterProducer()
-        return result
 
 
 class _Sockets(Resource):

@@ -157,7 +157,7 @@ class FakeConnection:
         self.sent: list[dict[str, Any]] = []
         self.close_code: int | None = None
 
-    def sendMessage(self, payload: bytes) -> None:
+    def write(self, payload: bytes) -> None:
         self.sent.append(json.loads(payload))
 
     def refuse(self, type_: str, msg: str) -> None:
