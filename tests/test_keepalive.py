@@ -4,7 +4,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from twisted_signal.keepalive import Due, Keepalive
+
+pytestmark = pytest.mark.pure
 
 
 def _keepalive(now: float = 0.0, idle: float = 900.0, interval: float = 20.0) -> Keepalive:

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 import pytest_twisted
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address
@@ -32,8 +33,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_signal import Room, Rooms, Settings, SignalingService
 from twisted_signal.peerjs import PeerjsConnection, PeerjsFactory, PeerjsFront, PeerjsOptions
 
-from .peerjs_support import PATH, Target
 from .support import RawClient, in_reactor, upgrade_request
+from .support.peerjs import PATH, Target
+
+pytestmark = pytest.mark.loopback
 
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
