@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.python import usage
@@ -26,9 +27,10 @@ def test_encode() -> None:
 def test_parser_takes_replies_in_pieces() -> None:
     data = b"+OK\r\n:42\r\n$-1\r\n*2\r\n$3\r\nabc\r\n*1\r\n:1\r\n-ERR no\r\n*-1\r\n$0\r\n\r\n"
     parser = _Parser()
-    replies = []
+    replies: list[Any] = []
     for i in range(len(data)):
-        replies += parser.feed(data[i : i + 1])
+        parser.feed(data[i : i + 1])
+        replies += parser.replies()
     assert replies[:5] == ["OK", 42, None, [b"abc", [1]], replies[4]]
     assert isinstance(replies[4], RedisError) and str(replies[4]) == "ERR no"
     assert replies[5:] == [None, b""]

@@ -899,7 +899,7 @@ class ClusterRooms(Rooms):
         raw = b""
         for i in range(0, len(flat), 2):
             field = _text(flat[i])
-            if field == "data":
+            if field in ("data", "message"):  # a payload: its bytes go on as they are
                 raw = flat[i + 1]
             fields[field] = _text(flat[i + 1])
         if name == inbox:
@@ -909,7 +909,7 @@ class ClusterRooms(Rooms):
         relay = self._relays.get(name[len(self.key("room", "")) : -len(":in")])
         if relay is not None and relay in owned:
             relay.cursor = entry_id
-            relay.from_stream(fields)
+            relay.from_stream(fields, raw)
 
     def _read_failed(self, failure: Failure) -> None:
         if not self._reading:

@@ -504,7 +504,9 @@ class RoomRelay:
             self._rooms.key("room", self.name, "in"),
             op="submit",
             peer=message.from_ or "",
-            message=message.to_json(),
+            # The bytes a single server would send: a lone surrogate, which
+            # no UTF-8 str can carry, crosses escaped, exactly as it would.
+            message=message.to_bytes(),
         )
 
     def _leave(self, peer_id: str) -> None:
@@ -585,7 +587,7 @@ class RoomRelay:
 
     # Entries from the room's stream (while owner) and from this node's inbox.
 
-    def from_stream(self, fields: dict[str, str]) -> None:
+    def from_stream(self, fields: dict[str, str], raw: bytes = b"") -> None:
         room = self.room
         if room is None:
             return
@@ -599,7 +601,7 @@ class RoomRelay:
             )
             self._join_room(handle, fields["node"])
         elif op == "submit":
-            self._relayed(room, peer_id, fields.get("message", ""))
+            self._relayed(room, peer_id, raw)
         elif op == "leave":
             node = fields.get("node")
             if node is None or self._members.get(peer_id, node) == node:
@@ -609,7 +611,7 @@ class RoomRelay:
         elif op == "control":
             self._rooms.answer_control(self.name, fields)
 
-    def _relayed(self, room: Room, peer_id: str, text: str) -> None:
+    def _relayed(self, room: Room, peer_id: str, text: bytes) -> None:
         """A member on another node sent a message."""
         if peer_id not in room.peers:
             return
