@@ -230,8 +230,6 @@ MAX_LINE = 64 * 1024
 #: Redis's own limit on one bulk string (``proto-max-bulk-len``).
 MAX_BULK = 512 * 1024 * 1024
 
-_LENGTH = re.compile(rb"-1|0|[1-9][0-9]{0,17}")
-_INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
 _INCOMPLETE: Any = object()
 _OPENED: Any = object()
 
@@ -240,9 +238,9 @@ class _Parser:
     """
     Incremental RESP2 reply parser: `feed` it bytes as they come, then take
     the complete replies from `replies`.  It keeps its place across pieces
-    (arrays half read stay half built), so a large reply that arrives in
-    many pieces is read once, not again with every piece, and deep nesting
-    costs no recursion.
+    (arrays half read stay half built; a bulk string is waited for until
+    all of it is there), so a large reply that arrives in many pieces is
+    read, and copied, once; deep nesting costs no recursion.
 
     Anything that is not RESP2 (an unknown type byte, a malformed length, a
     bulk string not followed by CRLF, an over-long line) raises
@@ -251,13 +249,20 @@ class _Parser:
     """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = b""
         self._at = 0
+        """Where the unread part of `_buf` starts."""
+        self._more: list[bytes] = []
+        """Pieces fed since `_buf` was last joined."""
+        self._more_size = 0
+        self._need = 0
+        """How many more bytes the item at `_at` needs, at least."""
         self._open: list[tuple[list[Any], int]] = []
         """The arrays being read, outermost first, each with its length."""
 
     def feed(self, data: bytes) -> None:
-        self._buf += data
+        self._more.append(data)
+        self._more_size += len(data)
 
     def replies(self) -> Iterator[Any]:
         """
@@ -269,12 +274,17 @@ class _Parser:
             yield reply
 
     def _next(self) -> Any:
+        if self._more_size < self._need:
+            return _INCOMPLETE
+        if self._more:
+            self._buf = self._buf[self._at :] + b"".join(self._more)
+            self._at = 0
+            self._more.clear()
+        self._more_size = self._need = 0
         opened = self._open
         while True:
             value = self._item()
             if value is _INCOMPLETE:
-                del self._buf[: self._at]
-                self._at = 0
                 return _INCOMPLETE
             if value is _OPENED:
                 continue
@@ -291,57 +301,69 @@ class _Parser:
     def _item(self) -> Any:
         """
         Read the item at `_at` and move past it: a value, `_OPENED` for the
-        header of a non-empty array, or `_INCOMPLETE` (`_at` unmoved).
+        header of a non-empty array, or `_INCOMPLETE` (`_at` unmoved,
+        `_need` set).
         """
         buf, at = self._buf, self._at
         eol = buf.find(b"\r\n", at, at + MAX_LINE + 1)
         if eol < 0:
             if len(buf) - at > MAX_LINE:
                 raise ProtocolError(f"a line longer than {MAX_LINE} bytes")
+            self._need = 1
             return _INCOMPLETE
-        kind, line = buf[at], bytes(buf[at + 1 : eol])
-        after = eol + 2
-        value: Any
+        kind = buf[at]
         if kind == 0x24:  # $
-            return self._bulk(_number(_LENGTH, line, "bulk length"), after)
+            return self._bulk(_length(buf[at + 1 : eol]), eol + 2)
+        value: Any
         if kind == 0x2A:  # *
-            count = _number(_LENGTH, line, "array length")
+            count = _length(buf[at + 1 : eol])
             if count > 0:
                 self._open.append(([], count))
                 value = _OPENED
             else:
                 value = [] if count == 0 else None
-        elif kind == 0x2B:  # +
-            value = _text_line(line)
-        elif kind == 0x2D:  # -
-            value = RedisError(_text_line(line))
         elif kind == 0x3A:  # :
-            value = _number(_INTEGER, line, "integer")
+            value = _integer(buf[at + 1 : eol])
+        elif kind == 0x2B:  # +
+            value = _text_line(buf[at + 1 : eol])
+        elif kind == 0x2D:  # -
+            value = RedisError(_text_line(buf[at + 1 : eol]))
         else:
-            raise ProtocolError(f"unknown reply type {bytes([kind])!r}")
-        self._at = after
+            raise ProtocolError(f"unknown reply type {buf[at : at + 1]!r}")
+        self._at = eol + 2
         return value
 
     def _bulk(self, size: int, at: int) -> Any:
         """The bulk string of `size` bytes at `at` (or nil, or `_INCOMPLETE`)."""
-        if size > MAX_BULK:
-            raise ProtocolError(f"a bulk string of {size} bytes")
         if size < 0:
             self._at = at
             return None
         buf, end = self._buf, at + size
         if len(buf) < end + 2:
+            self._need = end + 2 - len(buf)
             return _INCOMPLETE
         if buf[end : end + 2] != b"\r\n":
             raise ProtocolError("a bulk string not followed by CRLF")
         self._at = end + 2
-        return bytes(buf[at:end])
+        return buf[at:end]
 
 
-def _number(pattern: re.Pattern[bytes], line: bytes, what: str) -> int:
-    if pattern.fullmatch(line) is None:
-        raise ProtocolError(f"bad {what} {line[:32]!r}")
-    return int(line)
+def _length(line: bytes) -> int:
+    """A bulk or array length: -1 (nil), or 0 to `MAX_BULK`."""
+    if line.isdigit() and (line[0] != 0x30 or len(line) == 1) and len(line) < 10:
+        size = int(line)
+        if size <= MAX_BULK:
+            return size
+    elif line == b"-1":
+        return -1
+    raise ProtocolError(f"bad length {line[:32]!r}")
+
+
+def _integer(line: bytes) -> int:
+    digits = line[1:] if line[:1] == b"-" else line
+    if digits.isdigit() and (digits[0] != 0x30 or len(line) == 1) and len(digits) < 20:
+        return int(line)
+    raise ProtocolError(f"bad integer {line[:32]!r}")
 
 
 def _text_line(line: bytes) -> str:
