@@ -39,6 +39,45 @@ REDIS_RESTARTS = os.environ.get("FUZZ_REDIS_RESTARTS") != "0"
 WAIT = LEASE * 6
 
 
+# Hostile but valid frames (SPEC 5.7: whatever one server accepts, a cluster
+# relays the same way), as JSON text with `{to}` for the addressees: each
+# with the data its addressees must get.
+MAX_MESSAGE = 65536
+ESCAPES = r'"\" \\ \/ \b \f \n \r \t \u0000 \u001f \u2028 \ud800 \udfff \ud83d\ude00"'
+UNUSUAL: list[tuple[str, str, Any]] = [
+    ("sur", r'"\ud800"', "\ud800"),
+    ("esc", ESCAPES, json.loads(ESCAPES)),
+    ("deep", "[" * 64 + "1" + "]" * 64, json.loads("[" * 64 + "1" + "]" * 64)),
+    ("\\ud800\\u0000", "null", None),
+    ("big", "", None),  # a string that makes the frame exactly MAX_MESSAGE bytes
+]
+# Frames one server refuses: the sender gets this error, nobody else anything.
+INVALID: list[tuple[str | bytes, str, str]] = [
+    ('{"event":"x","to":"all","data":', "Invalid JSON", '{"event":"x","to":"all","data":'),
+    ('{"event":"x","to":"all","data":"\\ud800}', "Invalid JSON", ""),
+    (b'{"event":"x","to":"all"}', "Invalid message", "binary frames are not supported"),
+    (
+        '{"event":"x","to":"all","data":' + "[" * 65 + "]" * 65 + "}",
+        "Invalid message",
+        "'data' is nested deeper than 64",
+    ),
+    ('{"event":"","to":"all"}', "Invalid message", "'event' must be 1 to 64 characters"),
+]
+
+
+def unusual_frame(index: int, to: Any) -> tuple[str, str, Any]:
+    """The frame, its event and its data as the addressees get them."""
+    event, data_text, data = UNUSUAL[index]
+    head = '{"event":"' + event + '","to":' + json.dumps(to) + ',"data":'
+    if event == "big":
+        size = MAX_MESSAGE - len((head + '""}').encode())
+        data = "é" * (size // 2) + "x" * (size % 2)
+        data_text = '"' + data + '"'
+    frame = head + data_text + "}"
+    assert event != "big" or len(frame.encode()) == MAX_MESSAGE
+    return frame, json.loads('"' + event + '"'), data
+
+
 class Peer:
     def __init__(self, client: Client, node: int) -> None:
         self.client = client
@@ -85,7 +124,7 @@ class ClusterFuzz(RuleBasedStateMachine):
     @rule(data=st.data())
     def send(self, data: st.DataObject) -> None:
         sender = data.draw(st.sampled_from(self.peers))
-        kind = data.draw(st.sampled_from(["all", "one", "ghost"]))
+        kind = data.draw(st.sampled_from(["all", "one", "ghost", "unusual", "invalid"]))
         payload = data.draw(st.integers(0, 1000))
         if kind == "all":
             sender.client.send("m", "all", payload)
@@ -96,6 +135,19 @@ class ClusterFuzz(RuleBasedStateMachine):
             sender.client.send("m", [target.peer_id], payload)
             got = target.client.recv(timeout=WAIT)
             assert got == relayed("m", payload, sender.client, [target.peer_id])
+        elif kind == "unusual":
+            addressee = data.draw(st.sampled_from([None, *self.peers]))
+            to = "all" if addressee is None else [addressee.peer_id]
+            text, event, expected = unusual_frame(data.draw(st.integers(0, len(UNUSUAL) - 1)), to)
+            sender.client.send_raw(text)
+            for p in self.others(sender) if addressee is None else [addressee]:
+                assert p.client.recv(timeout=WAIT) == relayed(event, expected, sender.client, to)
+        elif kind == "invalid":
+            frame, description, details = data.draw(st.sampled_from(INVALID))
+            sender.client.send_raw(frame)
+            got = sender.client.recv(timeout=WAIT)
+            want = error(sender.peer_id, description, details or str(frame))
+            assert got == want
         else:
             ghost = str(uuid.uuid4())
             sender.client.send("m", [ghost], payload)
