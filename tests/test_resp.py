@@ -87,16 +87,15 @@ def test_only_bytes_str_and_numbers_are_arguments(arg: object) -> None:
 
 
 def test_the_client_encodes_before_it_connects() -> None:
-    from twisted.internet.task import Clock
+    from twisted.internet.testing import MemoryReactorClock
 
     from twisted_signal.cluster.resp import RedisClient
 
-    client = RedisClient("redis://127.0.0.1:1/0", Clock())
-    connects: list[object] = []
-    client._connect = lambda: connects.append(1)  # type: ignore[method-assign,assignment,return-value]
+    reactor = MemoryReactorClock()
+    client = RedisClient("redis://127.0.0.1:1/0", reactor)
     bad = Outcome(client.execute("SET", "k", "\udfff"))
     assert bad.failure is not None and bad.failure.check(ValueError)
-    assert connects == []
+    assert reactor.tcpClients == []
 
 
 # Protocol errors.
@@ -158,26 +157,25 @@ def test_an_error_reply_fails_only_its_command() -> None:
     assert b.value == "PONG" and lost == []
 
 
+class _CountingParser(_Parser):
+    calls = 0
+
+    def _next(self) -> Any:
+        self.calls += 1
+        return super()._next()
+
+
 def test_a_large_reply_in_many_pieces_is_read_once() -> None:
     """Each piece costs what it holds, not what came before it."""
     entries = [[b"%d-0" % i, [b"op", b"submit", b"message", b"x" * 200]] for i in range(2000)]
     data = resp([[b"stream", entries]])
-    parser = _Parser()
-    calls = 0
-    original = parser._next
-
-    def counted() -> Any:
-        nonlocal calls
-        calls += 1
-        return original()
-
-    parser._next = counted  # type: ignore[method-assign]
+    parser = _CountingParser()
     replies: list[Any] = []
     for i in range(0, len(data), 1000):
         parser.feed(data[i : i + 1000])
         replies += parser.replies()
     assert replies == [[[b"stream", entries]]]
-    assert calls <= len(data) // 1000 + 2
+    assert parser.calls <= len(data) // 1000 + 2
 
 
 # Fuzz: arbitrary replies, arbitrary pieces, arbitrary arguments, garbage.

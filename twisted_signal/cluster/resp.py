@@ -14,7 +14,7 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from twisted.internet import defer
@@ -30,7 +30,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+    from twisted.internet.interfaces import (
+        IOpenSSLClientConnectionCreator,
+        IStreamClientEndpoint,
+        ITCPTransport,
+    )
 
 __all__ = [
     "ProtocolError",
@@ -542,7 +546,7 @@ class _RedisProtocol(Protocol):
         for d in waiting:
             d.errback(Failure(RedisUnavailable(why)))
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            cast("ITCPTransport", self.transport).abortConnection()
         self._gone()
 
     def _gone(self) -> None:
