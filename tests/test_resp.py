@@ -165,6 +165,20 @@ class _CountingParser(_Parser):
         return super()._next()
 
 
+def test_a_command_that_timed_out_still_takes_its_own_reply() -> None:
+    from twisted.internet.defer import TimeoutError as DeferredTimeout
+    from twisted.internet.task import Clock
+
+    protocol, _, lost = connected()
+    clock = Clock()
+    slow = Outcome(protocol.execute("XREAD", "BLOCK", 0).addTimeout(1, clock))
+    clock.advance(2)
+    assert slow.failure is not None and slow.failure.check(DeferredTimeout)
+    after = Outcome(protocol.execute("GET", "k"))
+    protocol.dataReceived(b"*-1\r\n$1\r\nv\r\n")
+    assert after.value == b"v" and lost == []
+
+
 def test_a_large_reply_in_many_pieces_is_read_once() -> None:
     """Each piece costs what it holds, not what came before it."""
     entries = [[b"%d-0" % i, [b"op", b"submit", b"message", b"x" * 200]] for i in range(2000)]
