@@ -1,8 +1,11 @@
 """
 A stateful fuzz over a two-node cluster (real Redis, real ``twistd``
 processes): peers join on either node, send unicast, broadcast and messages
-to unknown peers, lose their connection and resume on either node, and
-leave; between steps a node is killed and started again, or Redis is
+to unknown peers, send unusual frames (lone surrogates, every JSON escape,
+the largest message, the deepest nesting) and frames a server refuses (bad
+JSON, binary, too deep), lose their connection and resume on either node,
+and leave; each example starts with the node that does not own the room
+sending all the unusual and refused frames.  Between steps a node is killed and started again, or Redis is
 restarted.  After every step each client must have
 received exactly what the contract says (docs/cluster.md for what a failure
 may take away), and nothing else.
@@ -45,9 +48,9 @@ REDIS_RESTARTS = os.environ.get("FUZZ_REDIS_RESTARTS") != "0"
 WAIT = LEASE * 6
 
 
-# Hostile but valid frames (SPEC 5.7: whatever one server accepts, a cluster
-# relays the same way), as JSON text with `{to}` for the addressees: each
-# with the data its addressees must get.
+# Unusual but valid frames (SPEC 5.7: whatever one server accepts, a cluster
+# relays the same way): the event, the JSON text of the data, and the data
+# its addressees must get.
 MAX_MESSAGE = 65536
 ESCAPES = r'"\" \\ \/ \b \f \n \r \t \u0000 \u001f \u2028 \ud800 \udfff \ud83d\ude00"'
 UNUSUAL: list[tuple[str, str, Any]] = [
