@@ -5,10 +5,10 @@ to unknown peers, send unusual frames (lone surrogates, every JSON escape,
 the largest message, the deepest nesting) and frames a server refuses (bad
 JSON, binary, too deep), lose their connection and resume on either node,
 and leave; each example starts with the node that does not own the room
-sending all the unusual and refused frames.  Between steps a node is killed and started again, or Redis is
-restarted.  After every step each client must have
-received exactly what the contract says (docs/cluster.md for what a failure
-may take away), and nothing else.
+sending all the unusual and refused frames.  Between steps a node is killed
+and started again, or Redis is restarted.  After every step each client must
+have received exactly what the contract says (docs/cluster.md for what a
+failure may take away), and nothing else.
 
 ``FUZZ_EXAMPLES`` sets the number of examples (2 by default, to keep it
 within the suite's time budget); ``FUZZ_REDIS_RESTARTS=0`` leaves out the
