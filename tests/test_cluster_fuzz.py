@@ -1,11 +1,14 @@
 """
 A stateful fuzz over a two-node cluster (real Redis, real ``twistd``
 processes): peers join on either node, send unicast, broadcast and messages
-to unknown peers, lose their connection and resume on either node, and
-leave; between steps a node is killed and started again, or Redis is
-restarted.  After every step each client must have
-received exactly what the contract says (docs/cluster.md for what a failure
-may take away), and nothing else.
+to unknown peers, send unusual frames (lone surrogates, every JSON escape,
+the largest message, the deepest nesting) and frames a server refuses (bad
+JSON, binary, too deep), lose their connection and resume on either node,
+and leave; each example starts with the node that does not own the room
+sending all the unusual and refused frames.  Between steps a node is killed
+and started again, or Redis is restarted.  After every step each client must
+have received exactly what the contract says (docs/cluster.md for what a
+failure may take away), and nothing else.
 
 ``FUZZ_EXAMPLES`` sets the number of examples (2 by default, to keep it
 within the suite's time budget); ``FUZZ_REDIS_RESTARTS=0`` leaves out the
@@ -26,7 +29,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from .support import Client, abort, error, join, joined, left, relayed
 from .support.cluster import LEASE, Cluster
@@ -38,6 +47,45 @@ MAX_PEERS = 5
 NODE_ARGS = ("--max-peers", str(MAX_PEERS), "--resume-window", "60")
 REDIS_RESTARTS = os.environ.get("FUZZ_REDIS_RESTARTS") != "0"
 WAIT = LEASE * 6
+
+
+# Unusual but valid frames (SPEC 5.7: whatever one server accepts, a cluster
+# relays the same way): the event, the JSON text of the data, and the data
+# its addressees must get.
+MAX_MESSAGE = 65536
+ESCAPES = r'"\" \\ \/ \b \f \n \r \t \u0000 \u001f \u2028 \ud800 \udfff \ud83d\ude00"'
+UNUSUAL: list[tuple[str, str, Any]] = [
+    ("sur", r'"\ud800"', "\ud800"),
+    ("esc", ESCAPES, json.loads(ESCAPES)),
+    ("deep", "[" * 64 + "1" + "]" * 64, json.loads("[" * 64 + "1" + "]" * 64)),
+    ("\\ud800\\u0000", "null", None),
+    ("big", "", None),  # a string that makes the frame exactly MAX_MESSAGE bytes
+]
+# Frames one server refuses: the sender gets this error, nobody else anything.
+INVALID: list[tuple[str | bytes, str, str]] = [
+    ('{"event":"x","to":"all","data":', "Invalid JSON", '{"event":"x","to":"all","data":'),
+    ('{"event":"x","to":"all","data":"\\ud800}', "Invalid JSON", ""),
+    (b'{"event":"x","to":"all"}', "Invalid message", "binary frames are not supported"),
+    (
+        '{"event":"x","to":"all","data":' + "[" * 65 + "]" * 65 + "}",
+        "Invalid message",
+        "'data' is nested deeper than 64",
+    ),
+    ('{"event":"","to":"all"}', "Invalid message", "'event' must be 1 to 64 characters"),
+]
+
+
+def unusual_frame(index: int, to: Any) -> tuple[str, str, Any]:
+    """The frame, its event and its data as the addressees get them."""
+    event, data_text, data = UNUSUAL[index]
+    head = '{"event":"' + event + '","to":' + json.dumps(to) + ',"data":'
+    if event == "big":
+        size = MAX_MESSAGE - len((head + '""}').encode())
+        data = "é" * (size // 2) + "x" * (size % 2)
+        data_text = '"' + data + '"'
+    frame = head + data_text + "}"
+    assert event != "big" or len(frame.encode()) == MAX_MESSAGE
+    return frame, json.loads('"' + event + '"'), data
 
 
 class Peer:
@@ -103,6 +151,51 @@ class ClusterFuzz(RuleBasedStateMachine):
             assert sender.client.recv(timeout=WAIT) == error(
                 sender.peer_id, "No such peer", [ghost]
             )
+
+    @initialize()
+    def hostile_start(self) -> None:
+        """
+        Each example starts with a peer on each node; the one on node 1,
+        which does not own the room, sends every unusual frame to the room
+        and every invalid one, then the owner's peer sends the unusual
+        frames to it alone.
+        """
+        self.join(0)
+        self.join(1)
+        owners, other = self.peers
+        self.unusual(other, None)
+        self.invalid(other)
+        self.unusual(owners, other)
+
+    @precondition(lambda self: len(self.peers) >= 1)
+    @rule(data=st.data())
+    def send_unusual(self, data: st.DataObject) -> None:
+        self.unusual(
+            data.draw(st.sampled_from(self.peers)), data.draw(st.sampled_from([None, *self.peers]))
+        )
+
+    @precondition(lambda self: len(self.peers) >= 1)
+    @rule(data=st.data())
+    def send_invalid(self, data: st.DataObject) -> None:
+        self.invalid(data.draw(st.sampled_from(self.peers)))
+
+    def unusual(self, sender: Peer, addressee: Peer | None) -> None:
+        """Every unusual but valid frame, in order, to all (None) or to one peer."""
+        to = "all" if addressee is None else [addressee.peer_id]
+        frames = [unusual_frame(i, to) for i in range(len(UNUSUAL))]
+        for text, _, _ in frames:
+            sender.client.send_raw(text)
+        for p in self.others(sender) if addressee is None else [addressee]:
+            for _, event, expected in frames:
+                assert p.client.recv(timeout=WAIT) == relayed(event, expected, sender.client, to)
+
+    def invalid(self, sender: Peer) -> None:
+        """Every frame a server refuses: an error each to the sender, nothing to anyone else."""
+        for frame, _, _ in INVALID:
+            sender.client.send_raw(frame)
+        for frame, description, details in INVALID:
+            got = sender.client.recv(timeout=WAIT)
+            assert got == error(sender.peer_id, description, details or str(frame))
 
     @precondition(lambda self: len(self.peers) >= 1)
     @rule(data=st.data())

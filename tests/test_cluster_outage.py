@@ -247,8 +247,8 @@ class AppliedOnceTests(_OwnerCase):
     def test_an_entry_read_twice_is_applied_once(self) -> None:
         relay = self.relay
         join = {"src": "b", "seq": "1", "op": "join", "peer": "z", "node": "b"}
-        relay.from_stream(dict(join))
-        relay.from_stream(dict(join))
+        relay.from_stream(dict(join), b"")
+        relay.from_stream(dict(join), b"")
         self.clock.advance(0)
         self.assertIn("z", relay.peers)
         entry = {
@@ -259,11 +259,11 @@ class AppliedOnceTests(_OwnerCase):
             "message": json.dumps({"event": "n", "to": ["y"], "data": 1}),
         }
         for fields in (entry, entry, {**entry, "seq": "1"}, {**entry, "seq": "3"}):
-            relay.from_stream(dict(fields))
+            relay.from_stream(dict(fields), fields.get("message", "").encode())
         self.clock.advance(0)
         self.assertEqual(self.y.numbers(), [1, 1])  # seq 2 and 3, once each
         # Each node numbers its own entries.
-        relay.from_stream({"src": "c", "seq": "2", "op": "join", "peer": "w", "node": "c"})
+        relay.from_stream({"src": "c", "seq": "2", "op": "join", "peer": "w", "node": "c"}, b"")
         self.clock.advance(0)
         self.assertIn("w", relay.peers)
 
@@ -366,3 +366,20 @@ class WritesTests(_OwnerCase):
         self.rooms.writes.stop()
         self.wait(1)
         self.assertEqual(self.clock.getDelayedCalls(), [self.rooms._tick.call])
+
+    def test_an_entry_that_cannot_be_encoded_is_dropped_not_written_again(self) -> None:
+        execute = self.redis.execute
+
+        def refuse_surrogates(*args: Any, timeout: float | None = None) -> Deferred[Any]:
+            if any(isinstance(arg, str) and "\ud800" in arg for arg in args):
+                return fail(ValueError("'utf-8' codec can't encode character '\\ud800'"))
+            return execute(*args, timeout=timeout)
+
+        self.redis.execute = refuse_surrogates  # type: ignore[method-assign]
+        self.write(1)
+        self.rooms.xadd(self.inbox, room="r", epoch=7, peer="y", kind="send", data="\ud800")
+        self.write(2)
+        self.wait(1)
+        self.read_inbox()
+        self.assertEqual(self.y.numbers(), [1, 2])
+        self.assertFalse(self.rooms.writes.waiting)

@@ -5,14 +5,20 @@ server without --redis never imports the cluster package.
 
 from __future__ import annotations
 
+import functools
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.python import usage
 
 from twisted_signal.cluster.resp import RedisError, RedisURL, _Parser, encode, parse_url, redact
+from twisted_signal.message import MAX_DEPTH, Message
 from twisted_signal.tap import Options
 
 pytestmark = pytest.mark.pure
@@ -28,9 +34,10 @@ def test_encode() -> None:
 def test_parser_takes_replies_in_pieces() -> None:
     data = b"+OK\r\n:42\r\n$-1\r\n*2\r\n$3\r\nabc\r\n*1\r\n:1\r\n-ERR no\r\n*-1\r\n$0\r\n\r\n"
     parser = _Parser()
-    replies = []
+    replies: list[Any] = []
     for i in range(len(data)):
-        replies += parser.feed(data[i : i + 1])
+        parser.feed(data[i : i + 1])
+        replies += parser.replies()
     assert replies[:5] == ["OK", 42, None, [b"abc", [1]], replies[4]]
     assert isinstance(replies[4], RedisError) and str(replies[4]) == "ERR no"
     assert replies[5:] == [None, b""]
@@ -183,3 +190,62 @@ print("ok")
         [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+# A relayed message crosses to the owner as the bytes a single server sends
+# (RoomRelay._submit writes Message.to_bytes, the owner parses those bytes):
+# delivered again from them, they are the very same bytes.
+
+_ANY_CHAR = st.characters() | st.characters(categories=["Cs"])
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(_ANY_CHAR, max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(_ANY_CHAR, max_size=6), children)
+    ),
+    max_leaves=12,
+)
+
+
+_DEEP: Any = ["deep"]
+
+
+def _frame(event: str, data: Any) -> bytes:
+    # As a client sends it: escapes for what UTF-8 cannot carry.
+    return json.dumps({"event": event, "data": data, "to": "all"}).encode()
+
+
+def _relayed_bytes(frame: bytes) -> tuple[bytes, bytes]:
+    """What a single server sends for `frame`, and what the owner sends after relaying it."""
+    sent = Message.from_json(frame, from_="p")
+    crossing = sent.to_bytes()
+    encode(("XADD", "room:in", "*", "op", "submit", "message", crossing))
+    return sent.to_bytes(), Message.from_json(crossing, from_="p").to_bytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(_ANY_CHAR, min_size=1, max_size=10), _JSON_VALUES)
+def test_a_relayed_message_is_delivered_as_the_same_bytes(event: str, data: Any) -> None:
+    single, relayed = _relayed_bytes(_frame(event, data))
+    assert relayed == single
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "\ud800",
+        "\udfff",
+        "\ud83d\ude00",
+        '" \\ / \b \f \n \r \t \u0000 \u001f \u2028 \ud800 \udfff \ud83d\ude00',
+        2**64 + 1,
+        -(2**70),
+        1e-300,
+        functools.reduce(lambda inner, _: [inner], range(MAX_DEPTH - 1), _DEEP),
+    ],
+)
+def test_unusual_text_is_relayed_as_the_same_bytes(data: Any) -> None:
+    single, relayed = _relayed_bytes(_frame("e", data))
+    assert relayed == single

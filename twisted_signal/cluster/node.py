@@ -229,6 +229,13 @@ class _Writes:
                 stream=args[1],
                 why=result.getErrorMessage(),
             )
+        elif result.check(ValueError):
+            # The client could not encode it: writing it again cannot help.
+            self._log.error(
+                "an entry for {stream} cannot be encoded for Redis, dropped: {why}",
+                stream=args[1],
+                why=result.getErrorMessage(),
+            )
         else:
             if not self.waiting:
                 self._log.warn(
@@ -1079,7 +1086,7 @@ class ClusterRooms(Rooms):
         raw = b""
         for i in range(0, len(flat), 2):
             field = _text(flat[i])
-            if field == "data":
+            if field in ("data", "message"):  # a payload: its bytes go on as they are
                 raw = flat[i + 1]
             fields[field] = _text(flat[i + 1])
         if name == inbox:
@@ -1094,7 +1101,7 @@ class ClusterRooms(Rooms):
         relay = self._relays.get(name[len(self.key("room", "")) : -len(":in")])
         if relay is not None and relay in owned:
             relay.cursor = entry_id
-            relay.from_stream(fields)
+            relay.from_stream(fields, raw)
 
     def _read_failed(self, failure: Failure) -> None:
         if not self._reading:

@@ -564,7 +564,9 @@ class RoomRelay:
             self._rooms.key("room", self.name, "in"),
             op="submit",
             peer=message.from_ or "",
-            message=message.to_json(),
+            # The bytes a single server would send: a lone surrogate, which
+            # no UTF-8 str can carry, crosses escaped, exactly as it would.
+            message=message.to_bytes(),
         )
 
     def _leave(self, peer_id: str) -> None:
@@ -645,7 +647,12 @@ class RoomRelay:
 
     # Entries from the room's stream (while owner) and from this node's inbox.
 
-    def from_stream(self, fields: dict[str, str]) -> None:
+    def from_stream(self, fields: dict[str, str], raw: bytes) -> None:
+        """
+        An entry of the room's stream, read while this node owns the room:
+        `fields` decoded, and `raw` the bytes of its payload (a submitted
+        message goes on as the bytes the member's node wrote).
+        """
         room = self.room
         if room is None or not self._first_time(fields):
             return
@@ -659,7 +666,7 @@ class RoomRelay:
             )
             self._join_room(handle, fields["node"])
         elif op == "submit":
-            self._relayed(room, peer_id, fields.get("message", ""))
+            self._relayed(room, peer_id, raw)
         elif op == "leave":
             node = fields.get("node")
             if node is None or self._members.get(peer_id, node) == node:
@@ -690,7 +697,7 @@ class RoomRelay:
         self._applied[src] = number
         return True
 
-    def _relayed(self, room: Room, peer_id: str, text: str) -> None:
+    def _relayed(self, room: Room, peer_id: str, text: bytes) -> None:
         """A member on another node sent a message."""
         if peer_id not in room.peers:
             return

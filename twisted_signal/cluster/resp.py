@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from twisted.internet import defer
@@ -29,9 +30,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+    from twisted.internet.interfaces import (
+        IOpenSSLClientConnectionCreator,
+        IStreamClientEndpoint,
+        ITCPTransport,
+    )
 
 __all__ = [
+    "ProtocolError",
     "RedisClient",
     "RedisError",
     "RedisRefused",
@@ -197,64 +203,178 @@ def _query(query: str, kind: str) -> dict[str, str]:
 
 
 def encode(args: tuple[Any, ...]) -> bytes:
+    """
+    One command as RESP: bytes as they are, `str` as UTF-8, numbers in
+    decimal.
+
+    @raise ValueError: an argument cannot be encoded (a `str` with a lone
+        surrogate is not UTF-8); nothing has been sent or queued then.
+    """
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            data = str(arg).encode()
+        else:
+            raise ValueError(f"a Redis argument must be bytes, str or a number, not {arg!r:.40}")
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
 
+class ProtocolError(Exception):
+    """Redis sent something that is not a RESP2 reply."""
+
+
+#: The longest header or simple line (``+``, ``-``, ``:``, ``$``, ``*``)
+#: accepted; past it, the input is not RESP.
+MAX_LINE = 64 * 1024
+#: Redis's own limit on one bulk string (``proto-max-bulk-len``).
+MAX_BULK = 512 * 1024 * 1024
+
+_INCOMPLETE: Any = object()
+_OPENED: Any = object()
+
+
 class _Parser:
-    """Incremental RESP2 reply parser; `feed` returns the complete replies."""
+    """
+    Incremental RESP2 reply parser: `feed` it bytes as they come, then take
+    the complete replies from `replies`.  It keeps its place across pieces
+    (arrays half read stay half built; a bulk string is waited for until
+    all of it is there), so a large reply that arrives in many pieces is
+    read, and copied, once; deep nesting costs no recursion.
+
+    Anything that is not RESP2 (an unknown type byte, a malformed length, a
+    bulk string not followed by CRLF, an over-long line) raises
+    `ProtocolError`, and the parser is then done with: what follows cannot
+    be told apart from the rest of a reply.
+    """
 
     def __init__(self) -> None:
         self._buf = b""
+        self._at = 0
+        """Where the unread part of `_buf` starts."""
+        self._more: list[bytes] = []
+        """Pieces fed since `_buf` was last joined."""
+        self._more_size = 0
+        self._need = 0
+        """How many more bytes the item at `_at` needs, at least."""
+        self._open: list[tuple[list[Any], int]] = []
+        """The arrays being read, outermost first, each with its length."""
 
-    def feed(self, data: bytes) -> list[Any]:
-        self._buf += data
-        replies = []
+    def feed(self, data: bytes) -> None:
+        self._more.append(data)
+        self._more_size += len(data)
+
+    def replies(self) -> Iterator[Any]:
+        """
+        The replies complete so far, in order.
+
+        @raise ProtocolError: the input is not RESP2.
+        """
+        while (reply := self._next()) is not _INCOMPLETE:
+            yield reply
+
+    def _next(self) -> Any:
+        if self._more_size < self._need:
+            return _INCOMPLETE
+        if self._more:
+            self._buf = self._buf[self._at :] + b"".join(self._more)
+            self._at = 0
+            self._more.clear()
+        self._more_size = self._need = 0
+        opened = self._open
         while True:
-            parsed = self._parse(0)
-            if parsed is None:
-                break
-            value, end = parsed
-            self._buf = self._buf[end:]
-            replies.append(value)
-        return replies
+            value = self._item()
+            if value is _INCOMPLETE:
+                return _INCOMPLETE
+            if value is _OPENED:
+                continue
+            while opened:
+                items, count = opened[-1]
+                items.append(value)
+                if len(items) < count:
+                    break
+                opened.pop()
+                value = items
+            else:
+                return value
 
-    def _parse(self, at: int) -> tuple[Any, int] | None:
-        buf = self._buf
-        eol = buf.find(b"\r\n", at)
+    def _item(self) -> Any:
+        """
+        Read the item at `_at` and move past it: a value, `_OPENED` for the
+        header of a non-empty array, or `_INCOMPLETE` (`_at` unmoved,
+        `_need` set).
+        """
+        buf, at = self._buf, self._at
+        eol = buf.find(b"\r\n", at, at + MAX_LINE + 1)
         if eol < 0:
+            if len(buf) - at > MAX_LINE:
+                raise ProtocolError(f"a line longer than {MAX_LINE} bytes")
+            self._need = 1
+            return _INCOMPLETE
+        kind = buf[at]
+        if kind == 0x24:  # $
+            return self._bulk(_length(buf[at + 1 : eol]), eol + 2)
+        value: Any
+        if kind == 0x2A:  # *
+            count = _length(buf[at + 1 : eol])
+            if count > 0:
+                self._open.append(([], count))
+                value = _OPENED
+            else:
+                value = [] if count == 0 else None
+        elif kind == 0x3A:  # :
+            value = _integer(buf[at + 1 : eol])
+        elif kind == 0x2B:  # +
+            value = _text_line(buf[at + 1 : eol])
+        elif kind == 0x2D:  # -
+            value = RedisError(_text_line(buf[at + 1 : eol]))
+        else:
+            raise ProtocolError(f"unknown reply type {buf[at : at + 1]!r}")
+        self._at = eol + 2
+        return value
+
+    def _bulk(self, size: int, at: int) -> Any:
+        """The bulk string of `size` bytes at `at` (or nil, or `_INCOMPLETE`)."""
+        if size < 0:
+            self._at = at
             return None
-        kind, line, after = buf[at : at + 1], buf[at + 1 : eol], eol + 2
-        if kind in _SIMPLE:
-            return _SIMPLE[kind](line), after
-        if kind == b"$":
-            size = int(line)
-            end = after + size + 2 if size >= 0 else after
-            if len(buf) < end:
-                return None
-            return (buf[after : after + size] if size >= 0 else None), end
-        if kind != b"*":
-            raise RedisError(f"bad reply type {kind!r}")
-        count = int(line)
-        items: list[Any] | None = None if count < 0 else []
-        for _ in range(max(count, 0)):
-            parsed = self._parse(after)
-            if parsed is None:
-                return None
-            item, after = parsed
-            assert items is not None
-            items.append(item)
-        return items, after
+        buf, end = self._buf, at + size
+        if len(buf) < end + 2:
+            self._need = end + 2 - len(buf)
+            return _INCOMPLETE
+        if buf[end : end + 2] != b"\r\n":
+            raise ProtocolError("a bulk string not followed by CRLF")
+        self._at = end + 2
+        return buf[at:end]
 
 
-_SIMPLE: dict[bytes, Any] = {
-    b"+": lambda line: line.decode(),
-    b"-": lambda line: RedisError(line.decode()),
-    b":": int,
-}
+def _length(line: bytes) -> int:
+    """A bulk or array length: -1 (nil), or 0 to `MAX_BULK`."""
+    if line.isdigit() and (line[0] != 0x30 or len(line) == 1) and len(line) < 10:
+        size = int(line)
+        if size <= MAX_BULK:
+            return size
+    elif line == b"-1":
+        return -1
+    raise ProtocolError(f"bad length {line[:32]!r}")
+
+
+def _integer(line: bytes) -> int:
+    digits = line[1:] if line[:1] == b"-" else line
+    if digits.isdigit() and (digits[0] != 0x30 or len(line) == 1) and len(digits) < 20:
+        return int(line)
+    raise ProtocolError(f"bad integer {line[:32]!r}")
+
+
+def _text_line(line: bytes) -> str:
+    try:
+        return line.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError(f"a status or error line that is not UTF-8: {line[:32]!r}") from None
 
 
 def client_tls(url: RedisURL) -> IOpenSSLClientConnectionCreator:
@@ -368,33 +488,80 @@ _AUTH_CLUES = [
 
 
 class _RedisProtocol(Protocol):
+    """
+    One connection: each command's reply slot is queued only once the
+    command is encoded and written, replies fill the slots in order, and
+    anything that breaks that order (input that is not RESP2, a reply
+    nobody asked for) drops the connection and fails every command in
+    flight: a reply never reaches the wrong command.
+    """
+
+    _log = Logger()
+
     def __init__(self) -> None:
         self._parser = _Parser()
         self._waiting: deque[Deferred[Any]] = deque()
+        self._broken: str | None = None
         self.on_lost: Any = None
 
     def execute(self, *args: Any) -> Deferred[Any]:
+        try:
+            data = encode(args)
+        except ValueError as e:
+            return fail(e)
+        return self.send(data)
+
+    def send(self, command: bytes) -> Deferred[Any]:
+        """Send one encoded command; fires with its reply."""
+        if self._broken is not None or self.transport is None:
+            return fail(RedisUnavailable(self._broken or "not connected"))
         d: Deferred[Any] = Deferred()
         self._waiting.append(d)
-        assert self.transport is not None
-        self.transport.write(encode(args))
+        self.transport.write(command)
         return d
 
     def dataReceived(self, data: bytes) -> None:
-        for reply in self._parser.feed(data):
-            d = self._waiting.popleft()
-            if isinstance(reply, RedisError):
-                d.errback(Failure(reply))
-            else:
-                d.callback(reply)
+        if self._broken is not None:
+            return
+        self._parser.feed(data)
+        try:
+            for reply in self._parser.replies():
+                if not self._waiting:
+                    raise ProtocolError("a reply to no command")
+                d = self._waiting.popleft()
+                if isinstance(reply, RedisError):
+                    d.errback(Failure(reply))
+                else:
+                    d.callback(reply)
+                if self._broken is not None:
+                    return  # a callback dropped the connection
+        except ProtocolError as e:
+            self._break(f"protocol error: {e}")
+
+    def _break(self, why: str) -> None:
+        """Drop the connection: nothing more read from it can be trusted."""
+        self._log.error("Redis: {why}; dropping the connection", why=why)
+        self._broken = why
+        waiting, self._waiting = self._waiting, deque()
+        for d in waiting:
+            d.errback(Failure(RedisUnavailable(why)))
+        if self.transport is not None:
+            cast("ITCPTransport", self.transport).abortConnection()
+        self._gone()
+
+    def _gone(self) -> None:
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        if self._broken is None:
+            self._broken = "connection lost"
         waiting, self._waiting = self._waiting, deque()
         why = _describe(reason) if waiting else ""
         for d in waiting:
             d.errback(Failure(RedisUnavailable(why)))
-        if self.on_lost is not None:
-            self.on_lost()
+        self._gone()
 
 
 class RedisClient:
@@ -445,11 +612,15 @@ class RedisClient:
         """Send one command; fires with its reply."""
         if self._closed:
             return fail(RedisUnavailable("closed"))
+        try:
+            command = encode(args)
+        except ValueError as e:
+            return fail(e)
         protocol = self._protocol
         if protocol is not None:
-            d = protocol.execute(*args)
+            d = protocol.send(command)
         else:
-            d = self._connect().addCallback(lambda p: p.execute(*args))
+            d = self._connect().addCallback(lambda p: p.send(command))
         return d.addTimeout(timeout if timeout is not None else self._timeout, self._reactor)
 
     def _connect(self) -> Deferred[_RedisProtocol]:
@@ -497,13 +668,14 @@ class RedisClient:
             self._failing = None
             self._log.info("Redis {url}: connected again", url=str(self._url))
         self._protocol = result
-        result.on_lost = self._lost
+        result.on_lost = lambda: self._lost(result)
         if self._closed:
             self.close()
         return result
 
-    def _lost(self) -> None:
-        self._protocol = None
+    def _lost(self, protocol: _RedisProtocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
 
     def close(self) -> None:
         self._closed = True
