@@ -212,6 +212,7 @@ def test_the_asyncio_client_loads_neither_twisted_nor_the_server() -> None:
     )
     assert loaded == [
         "twisted_signal",
+        "twisted_signal._lazy",
         "twisted_signal.client",
         "twisted_signal.client._asyncio",
         "twisted_signal.client._core",

@@ -47,8 +47,9 @@ the verification code the room page shows (docs/verification.md).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 # The sans-IO core is pure; each face is imported on first use (PEP 562), so
 # that the asyncio client loads neither Twisted nor Autobahn's Twisted side,
@@ -80,17 +81,7 @@ if TYPE_CHECKING:
     from ._twisted import SignalingClient, connect
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{home}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _HOMES)
 
 
 __all__ = [
