@@ -23,7 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from . import TIMEOUT, http_get
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PEERJS_SERVER = ROOT / "bench" / "node_modules" / "peer" / "dist" / "bin" / "peerjs.js"
 PATH = "/peerjs/"
 EXPIRE_SECONDS = 1.0
