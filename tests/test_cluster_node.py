@@ -85,7 +85,7 @@ def test_a_redis_restart_is_seen_even_if_the_first_tick_after_it_fails(redis: Re
         failed: list[tuple[Any, ...]] = []
 
         def flaky(*args: Any, **kw: Any) -> Deferred[Any]:
-            if args[:2] == ("EVAL", scripts.NODE_RENEW) and not failed:
+            if args[:2] == ("EVALSHA", scripts.NODE_RENEW.sha) and not failed:
                 failed.append(args)
                 return fail(RedisUnavailable("the test failed this one"))
             return execute(*args, **kw)

@@ -67,8 +67,8 @@ class FakeRedis:
             d.callback(self.reply(args))  # ignored when it timed out
 
     def reply(self, args: tuple[Any, ...]) -> Any:
-        command = args[1] if args[0] == "EVAL" else args[0]
-        if command == scripts.ACQUIRE:
+        command = args[1] if args[0] == "EVALSHA" else args[0]
+        if command == scripts.ACQUIRE.sha:
             acquired, self.owned = not self.owned, True
             return [7, b"0-0"] if acquired else [0, b"owner|7"]
         if command == "XADD":
@@ -78,8 +78,8 @@ class FakeRedis:
             "INFO": b"# Server\r\nrun_id:one\r\n",
             "HGETALL": [],
             "XADD": b"1-1",
-            scripts.DEAD_MEMBERS: [],
-            scripts.RENEW: 0 if self.lost else 1,
+            scripts.DEAD_MEMBERS.sha: [],
+            scripts.RENEW.sha: 0 if self.lost else 1,
         }
         return answers.get(command, 1)
 

@@ -61,6 +61,26 @@ class Redis:
                 time.sleep(0.05)
         pytest.fail("redis-server did not start")
 
+    def cli(self, *args: str) -> str:
+        """What ``redis-cli`` prints for one command to this server."""
+        return subprocess.run(
+            [shutil.which("redis-cli") or "redis-cli", "-p", str(self.port), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+
+    def command_calls(self) -> dict[str, int]:
+        """How often each command ran since the start (``INFO commandstats``)."""
+        calls: dict[str, int] = {}
+        for line in self.cli("INFO", "commandstats").splitlines():
+            name, _, stats = line.partition(":")
+            if name.startswith("cmdstat_"):
+                fields = dict(item.split("=", 1) for item in stats.split(","))
+                calls[name.removeprefix("cmdstat_")] = int(fields["calls"])
+        return calls
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

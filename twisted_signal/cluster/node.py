@@ -914,15 +914,13 @@ class ClusterRooms(Rooms):
                 relay.room = None
                 self.forsake(room)
                 waits.append(
-                    self.redis.execute(
-                        "EVAL",
-                        scripts.HAND_OVER,
-                        2,
-                        self.key("room", relay.name, "owner"),
-                        self.key("room", relay.name, "cursor"),
-                        token,
-                        relay.cursor,
-                        int(self.lease * 1000),
+                    scripts.HAND_OVER.run(
+                        self.redis,
+                        [
+                            self.key("room", relay.name, "owner"),
+                            self.key("room", relay.name, "cursor"),
+                        ],
+                        [token, relay.cursor, int(self.lease * 1000)],
                     ).addErrback(lambda _: None)
                 )
         waits.append(
@@ -975,13 +973,10 @@ class ClusterRooms(Rooms):
             self._presumed_dead("could not renew its node lease in time")
         d = self.redis.execute("INFO", "server").addCallback(_run_id)
         d.addCallback(
-            lambda run_id: self.redis.execute(
-                "EVAL",
-                scripts.NODE_RENEW,
-                1,
-                self.key("node", self.node_id),
-                self._incarnation,
-                int(self.lease * 1000),
+            lambda run_id: scripts.NODE_RENEW.run(
+                self.redis,
+                [self.key("node", self.node_id)],
+                [self._incarnation, int(self.lease * 1000)],
             ).addCallback(self._node_renewed, sent, run_id)
         )
         d.addErrback(self._heartbeat_failed)

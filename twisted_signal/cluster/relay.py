@@ -136,19 +136,16 @@ class RoomRelay:
     def _acquire(self, mode: str) -> Deferred[Any]:
         """Run the ACQUIRE script: the owner lease and epoch, or the owner's epoch."""
         rooms = self._rooms
-        return rooms.redis.execute(
-            "EVAL",
-            scripts.ACQUIRE,
-            5,
-            rooms.key("room", self.name, "owner"),
-            rooms.key("room", self.name, "epoch"),
-            rooms.key("room", self.name, "in"),
-            rooms.key("room", self.name, "cursor"),
-            rooms.key("node", rooms.node_id),
-            rooms.node_id,
-            int(rooms.lease * 1000),
-            rooms.keep_ms,
-            mode,
+        return scripts.ACQUIRE.run(
+            rooms.redis,
+            [
+                rooms.key("room", self.name, "owner"),
+                rooms.key("room", self.name, "epoch"),
+                rooms.key("room", self.name, "in"),
+                rooms.key("room", self.name, "cursor"),
+                rooms.key("node", rooms.node_id),
+            ],
+            [rooms.node_id, int(rooms.lease * 1000), rooms.keep_ms, mode],
         )
 
     def _unresolved(self, failure: Failure) -> None:
@@ -192,7 +189,7 @@ class RoomRelay:
         # Members of a node that died while no other node was in the room
         # are still in the hash: nobody saw them go.  They must go now,
         # before anyone joins, not be restored as if they were there.
-        dead = rooms.redis.execute("EVAL", scripts.DEAD_MEMBERS, 1, peers, rooms.key("node", ""))
+        dead = scripts.DEAD_MEMBERS.run(rooms.redis, [peers], [rooms.key("node", "")])
         return d.addCallback(lambda flat: dead.addCallback(lambda ids: self._take_over(flat, ids)))
 
     def _take_over(self, flat: list[bytes], dead: list[bytes]) -> Any:
@@ -253,17 +250,15 @@ class RoomRelay:
         rooms = self._rooms
         sent = rooms.now()
         token = self.token
-        d = rooms.redis.execute(
-            "EVAL",
-            scripts.RENEW,
-            4,
-            rooms.key("room", self.name, "owner"),
-            rooms.key("room", self.name, "epoch"),
-            rooms.key("room", self.name, "in"),
-            rooms.key("room", self.name, "peers"),
-            token,
-            int(rooms.lease * 1000),
-            rooms.keep_ms,
+        d = scripts.RENEW.run(
+            rooms.redis,
+            [
+                rooms.key("room", self.name, "owner"),
+                rooms.key("room", self.name, "epoch"),
+                rooms.key("room", self.name, "in"),
+                rooms.key("room", self.name, "peers"),
+            ],
+            [token, int(rooms.lease * 1000), rooms.keep_ms],
         )
 
         def renewed(reply: int) -> Any:
@@ -282,12 +277,8 @@ class RoomRelay:
                 # Redis restarted lately: the live nodes may not have
                 # registered again yet, so nobody is judged dead for now.
                 return None
-            return rooms.redis.execute(
-                "EVAL",
-                scripts.DEAD_MEMBERS,
-                1,
-                rooms.key("room", self.name, "peers"),
-                rooms.key("node", ""),
+            return scripts.DEAD_MEMBERS.run(
+                rooms.redis, [rooms.key("room", self.name, "peers")], [rooms.key("node", "")]
             ).addCallback(self._dead)
 
         return d.addCallback(renewed).addErrback(self._log_failure, "renew its lease")
@@ -491,20 +482,16 @@ class RoomRelay:
             self._log_failure, "forget a member"
         )
 
-    def _members_script(self, script: str, *args: Any) -> Deferred[Any]:
+    def _members_script(self, script: scripts.Script, *args: Any) -> Deferred[Any]:
         """
         Run `script` on the room's owner key and members hash, as this
         node's owner token: it changes nothing unless that token still holds.
         """
         rooms = self._rooms
-        return rooms.redis.execute(
-            "EVAL",
-            script,
-            2,
-            rooms.key("room", self.name, "owner"),
-            rooms.key("room", self.name, "peers"),
-            self.token,
-            *args,
+        return script.run(
+            rooms.redis,
+            [rooms.key("room", self.name, "owner"), rooms.key("room", self.name, "peers")],
+            [self.token, *args],
         )
 
     def _join_room(self, handle: PeerHandle, node: str) -> None:

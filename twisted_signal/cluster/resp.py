@@ -1,6 +1,6 @@
 """
 A small Redis client on Twisted: RESP2 over one connection, Deferred per
-command, in order.  It knows only what cluster mode sends (EVAL, XADD,
+command, in order.  It knows only what cluster mode sends (EVALSHA, EVAL, XADD,
 XREAD BLOCK, INFO and a few plain commands), and reconnects by itself.
 Over ``rediss://`` it verifies the server's certificate and host name, and
 it sends ``AUTH`` on every connection when the URL (or
