@@ -142,12 +142,25 @@ class Server(Protocol):
     What admission needs of the server (a `PeerFactory` is one).
     """
 
-    settings: Settings
-    rooms: Rooms
-    resumption: Resumption
-    events: Events
-    accepting: bool
-    countConnections: int
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def rooms(self) -> Rooms: ...
+
+    @property
+    def resumption(self) -> Resumption: ...
+
+    @property
+    def events(self) -> Events: ...
+
+    @property
+    def accepting(self) -> bool:
+        """False once the server is shutting down."""
+
+    @property
+    def countConnections(self) -> int:
+        """How many connections are open (Autobahn's name)."""
 
     def origin_allowed(self, origin: str | None) -> bool: ...
 
