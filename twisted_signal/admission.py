@@ -231,62 +231,53 @@ class Admission:
         terminate: Callable[[Admitted], object],
         gone: Callable[[], bool],
     ) -> Admitted | Refused:
+        """
+        Whether this request becomes a peer (a new one called `peer_id`, or
+        the one its resume token names), in SPEC 1.4 step 2's order.
+        """
+        server = self._server
+        # _parse and _init raise _Refusal: a refusal of the user's hooks.
         try:
-            return await self._admit(
-                upgrade, peer_id, parse=parse, init=init, terminate=terminate, gone=gone
-            )
+            credentials, metadata, room = await _parse(parse)
+            try:
+                claims = check_token(server.settings, upgrade, room)
+            except Unauthorized as e:
+                return Refused(401, "Unauthorized", str(e))
+            if claims is not None:
+                credentials = claims
+            token = upgrade.resume_token
+            held = self._held_here(token, room, credentials)
+            if held is None and token is not None and self._gate(upgrade, room, gone) is None:
+                # Only a connection that will be let in asks another node to
+                # give its peer up: that node cannot take the peer back.
+                held = await self._held_elsewhere(token, room, credentials, init)
+            if token is not None and held is None:
+                server.events.resume("refused")
+            if held is not None:
+                # The same peer on a new connection: no second on_init.
+                admitted = Admitted(held.auth, held.context, held.state, held)
+            else:
+                auth = AuthData(peer_id, credentials, metadata)
+                context = PeerContext(peer_id, room)
+                admitted = Admitted(auth, context, await _init(init, context, auth))
+            # The peer is accepted: from here on, whatever ends it must call
+            # on_terminate exactly once (a resumed peer's comes at its end).
+            refused = self._gate(upgrade, room, gone)
+            if refused is not None:
+                if held is None or held.peer is None:
+                    terminate(admitted)
+                return refused
+            if held is not None and held.peer is None:
+                # Held on another node, which has handed the peer over: it
+                # joins the room's relay as itself (see docs/cluster.md).
+                server.events.resume("resumed")
+            elif held is not None:
+                claimed = server.resumption.claim(token, room)
+                assert claimed is not None  # nothing awaited since _held_here
+                return Admitted(held.auth, held.context, held.state, held, claimed[0])
+            return admitted
         except _Refusal as e:
             return e.refused
-
-    async def _admit(
-        self,
-        upgrade: Upgrade,
-        peer_id: str,
-        *,
-        parse: Callable[[], Any],
-        init: Callable[[PeerContext, AuthData], Any],
-        terminate: Callable[[Admitted], object],
-        gone: Callable[[], bool],
-    ) -> Admitted:
-        server = self._server
-        credentials, metadata, room = await _parse(parse)
-        try:
-            claims = check_token(server.settings, upgrade, room)
-        except Unauthorized as e:
-            raise _Refusal(Refused(401, "Unauthorized", str(e))) from None
-        if claims is not None:
-            credentials = claims
-        token = upgrade.resume_token
-        held = self._held_here(token, room, credentials)
-        if held is None and token is not None and self._gate(upgrade, room, gone) is None:
-            # Only a connection that will be let in asks another node to give
-            # its peer up: that node cannot take the peer back.
-            held = await self._held_elsewhere(token, room, credentials, init)
-        if token is not None and held is None:
-            server.events.resume("refused")
-        if held is not None:
-            # The same peer on a new connection: no second on_init.
-            admitted = Admitted(held.auth, held.context, held.state, held)
-        else:
-            auth = AuthData(peer_id, credentials, metadata)
-            context = PeerContext(peer_id, room)
-            admitted = Admitted(auth, context, await _init(init, context, auth))
-        # The peer is accepted: from here on, whatever ends it must call
-        # on_terminate exactly once (a resumed peer's comes at its very end).
-        refused = self._gate(upgrade, room, gone)
-        if refused is not None:
-            if held is None or held.peer is None:
-                terminate(admitted)
-            raise _Refusal(refused)
-        if held is not None and held.peer is None:
-            # Held on another node, which has handed the peer over: it
-            # joins the room's relay as itself (see docs/cluster.md).
-            server.events.resume("resumed")
-        elif held is not None:
-            claimed = server.resumption.claim(token, room)
-            assert claimed is not None  # nothing awaited since _held_here
-            return Admitted(held.auth, held.context, held.state, held, claimed[0])
-        return admitted
 
     def _gate(self, upgrade: Upgrade, room: str, gone: Callable[[], bool]) -> Refused | None:
         if gone():
