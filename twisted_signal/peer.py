@@ -1,6 +1,8 @@
 """
 The server's own front (SPEC 1): one client's connection, from the
-handshake checks to a thin relay between the client and its `Room`.
+handshake to a thin relay between the client and its `Room`.  Whether the
+upgrade is let in, and as whom, is `twisted_signal.admission`'s to decide;
+the peer turns its `Refused` into the HTTP answer.
 
 The protocol decodes a frame, hands it to the room, and maps domain
 exceptions to wire errors; it keeps no signaling logic of its own.  The room
