@@ -149,12 +149,8 @@ class Peer(WebSocketConnection):
         if isinstance(verdict, Refused):
             self._refuse_handshake(verdict.status, verdict.reason, verdict.why)
         auth, context, held = verdict.auth, verdict.context, verdict.held
-        self.peer_id, self.auth, self.context, self.peer_state = (
-            auth.peer_id,
-            auth,
-            context,
-            verdict.state,
-        )
+        self.peer_id, self.auth, self.context = auth.peer_id, auth, context
+        self.peer_state = verdict.state
         if verdict.link is not None:
             assert held is not None
             self._resuming = (verdict.link, held)
