@@ -1,6 +1,8 @@
 """
 The server's own front (SPEC 1): one client's connection, from the
-handshake checks to a thin relay between the client and its `Room`.
+handshake to a thin relay between the client and its `Room`.  Whether the
+upgrade is let in, and as whom, is `twisted_signal.admission`'s to decide;
+the peer turns its `Refused` into the HTTP answer.
 
 The protocol decodes a frame, hands it to the room, and maps domain
 exceptions to wire errors; it keeps no signaling logic of its own.  The room
@@ -13,6 +15,7 @@ buffer bound, keepalive, the Autobahn workarounds) is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import unquote
 from uuid import uuid4
@@ -22,14 +25,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from . import message as wire
-from .auth import token_from_request
+from .admission import Admission, Admitted, Held, Refused, Upgrade, same_identity
 from .context import AuthData, PeerContext
-from .errors import BadRequest, Unauthorized
+from .errors import BadRequest
 from .hooks import SerialQueue, call, call_logged, then
 from .message import InvalidMessage, Message
 from .resume import Departure, Link, Resumption
 from .room import PeerHandle, RoomAccess
-from .rooms import Rooms, is_room_name
+from .rooms import Rooms
 from .settings import Settings
 from .websocket import WebSocketConnection, WebSocketFactory
 
@@ -41,12 +44,6 @@ __all__ = ["Peer", "PeerFactory"]
 _PONG = b"pong"
 _PING = b"ping"
 _LOGGED_ERRORS = 10
-
-
-async def _resolve(result: Any) -> Any:
-    if isinstance(result, Deferred):
-        return await result
-    return result
 
 
 class Peer(WebSocketConnection):
@@ -86,7 +83,7 @@ class Peer(WebSocketConnection):
         self._admitted_once = False
         self._finished = False
         self._link: Link | None = None
-        self._resuming: tuple[Link, _Carried] | None = None
+        self._resuming: tuple[Link, Held] | None = None
         self._closing_by_server = False
         self._client_sent_close = False
         self._superseded = False
@@ -140,144 +137,48 @@ class Peer(WebSocketConnection):
         return Deferred.fromCoroutine(self._handshake(request))
 
     async def _handshake(self, request: ConnectionRequest) -> None:
-        credentials, metadata, room_name = await self._parse(request)
-        credentials = self._check_token(request, room_name, credentials)
-        resume_token = _first(request.params.get("resume"))
-        held = self._resumable(resume_token, room_name, credentials)
-        if held is None and resume_token is not None and self._gate(request, room_name) is None:
-            # Only a connection that will be let in asks another node to give
-            # its peer up: that node cannot take the peer back.
-            held = await self._resumable_elsewhere(resume_token, room_name, credentials)
-        if resume_token is not None and held is None:
-            self.factory.events.resume("refused")
-        if held is not None:
-            # The same peer on a new connection: no second on_init.
-            self.peer_id = held.auth.peer_id
-            self.auth, self.context, self.peer_state = held.auth, held.context, held.state
-        else:
-            self.auth = AuthData(self.peer_id, credentials, metadata)
-            self.context = PeerContext(self.peer_id, room_name)
-            await self._init(self.context, self.auth)
-        # The peer is accepted: from here on, whatever ends it must call
-        # on_terminate exactly once (a resumed peer's comes at its very end).
-        refusal = self._gate(request, room_name)
-        if refusal is not None:
-            if held is None or held.peer is None:
-                self._terminate()
-            self._refuse_handshake(*refusal)
-        if held is not None and held.peer is None:
-            # Held on another node, which has handed the peer over: it
-            # joins the room's relay as itself (see docs/cluster.md).
-            self.factory.events.resume("resumed")
+        upgrade = Upgrade(request.path, request.params, request.headers, request.origin)
+        verdict = await self.factory.admission.admit(
+            upgrade,
+            self.peer_id,
+            parse=partial(self.parse_request, request),
+            init=self._init,
+            terminate=self._terminate_refused,
+            gone=self._gone,
+        )
+        if isinstance(verdict, Refused):
+            self._refuse_handshake(verdict.status, verdict.reason, verdict.why)
+        auth, context, held = verdict.auth, verdict.context, verdict.held
+        self.peer_id, self.auth, self.context = auth.peer_id, auth, context
+        self.peer_state = verdict.state
+        if verdict.link is not None:
+            assert held is not None
+            self._resuming = (verdict.link, held)
         elif held is not None:
-            claimed = self.factory.resumption.claim(resume_token, room_name)
-            assert claimed is not None  # nothing awaited since _resumable
-            self._resuming = (claimed[0], held)
+            self._log.info(
+                "peer {peer_id} resumed in room {room} from {remote}; it was held on another node",
+                peer_id=auth.peer_id,
+                room=context.room,
+                remote=self._remote,
+            )
         self._initialised = True
 
-    async def _parse(self, request: ConnectionRequest) -> tuple[dict[str, Any], Any, str]:
+    def _init(self, context: PeerContext, auth: AuthData) -> Any:
         """
-        `parse_request`, checked: a bad request or room name is a 400.
+        `on_init`, for admission: the peer is this one from now on.
         """
-        try:
-            credentials, metadata, room_name = await _resolve(call(self.parse_request, request))
-            if not isinstance(room_name, str) or not is_room_name(room_name):
-                raise BadRequest("not a valid room name")
-        except BadRequest:
-            self._refuse_handshake(400, "Bad Request")
-        except Exception:
-            self._log.failure("Error in parse_request")
-            self._refuse_handshake(500, "Internal Server Error")
-        return dict(credentials or {}), metadata, room_name
+        self.peer_id, self.auth, self.context = auth.peer_id, auth, context
+        return self.on_init(context, auth, self.factory.settings.peer_options)
 
-    def _check_token(
-        self, request: ConnectionRequest, room_name: str, credentials: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _terminate_refused(self, admitted: Admitted) -> None:
         """
-        With a server-wide token verifier, the token's claims become the
-        credentials; a bad token is a 401.
+        A peer `on_init` accepted is refused after all: its end.
         """
-        verifier = self.factory.settings.token_verifier
-        if verifier is None:
-            return credentials
-        try:
-            token = token_from_request(request.params, request.headers)
-            return verifier.verify(token, room_name)
-        except Unauthorized as e:
-            self._refuse_handshake(401, "Unauthorized", why=str(e))
+        self.auth, self.context, self.peer_state = admitted.auth, admitted.context, admitted.state
+        self._terminate()
 
-    def _resumable(
-        self, token: str | None, room_name: str, credentials: dict[str, Any]
-    ) -> _Carried | None:
-        """
-        What this connection takes over with its resume token, if anything.
-        With tokens, only the same identity may take a peer over.
-        """
-        held: _Carried | None = self.factory.resumption.peek(token, room_name)
-        if held is None:
-            return None
-        if not self.factory.same_identity(held, AuthData("", credentials).identity):
-            return None
-        return held
-
-    async def _resumable_elsewhere(
-        self, token: str, room_name: str, credentials: dict[str, Any]
-    ) -> _Carried | None:
-        """
-        A token another node of a cluster issued: that node gives its peer
-        up, and this connection carries it on.  Per-connection state cannot
-        cross processes, so `on_init` runs here again with the peer's id and
-        credentials (and `on_terminate` ran there).
-        """
-        factory = self.factory
-        if not factory.resumption.enabled:
-            return None
-        with_tokens = factory.settings.token_verifier is not None
-        identity = AuthData("", credentials).identity if with_tokens else None
-        claim = factory.rooms.claim_elsewhere(token, room_name, identity)
-        auth = None if claim is None else await claim
-        if auth is None:
-            return None
-        self.peer_id = auth.peer_id
-        context = PeerContext(auth.peer_id, room_name)
-        await self._init(context, auth)
-        self._log.info(
-            "peer {peer_id} resumed in room {room} from {remote}; it was held on another node",
-            peer_id=auth.peer_id,
-            room=room_name,
-            remote=self._remote,
-        )
-        return _Carried(auth, context, self.peer_state)
-
-    async def _init(self, context: PeerContext, auth: AuthData) -> None:
-        """
-        `on_init`: `Unauthorized` is a 401, any other failure a 500.
-        """
-        try:
-            options = self.factory.settings.peer_options
-            self.peer_state = await _resolve(call(self.on_init, context, auth, options))
-        except Unauthorized:
-            self._refuse_handshake(401, "Unauthorized")
-        except Exception:
-            self._log.failure("Error in on_init of peer {peer_id}", peer_id=self.peer_id)
-            self._refuse_handshake(500, "Internal Server Error")
-
-    def _gate(self, request: ConnectionRequest, room_name: str) -> tuple[int, str] | None:
-        """
-        The checks after authentication, in the contract's order: 404, 403,
-        503 (or the client has gone meanwhile).
-        """
-        factory = self.factory
-        if self.ended:
-            return 400, "Bad Request"
-        rooms = factory.rooms
-        if room_name not in rooms and not rooms.creates_on_demand:
-            return 404, "Not Found"
-        if not factory.origin_allowed(request.origin):
-            return 403, "Forbidden"
-        if not factory.accepting or factory.countConnections > factory.settings.max_connections:
-            return 503, "Service Unavailable"
-        return None
+    def _gone(self) -> bool:
+        return self.ended
 
     def _refuse_handshake(self, status: int, reason: str, why: str = "") -> NoReturn:
         self.factory.events.handshake_rejected(status)
@@ -318,7 +219,7 @@ class Peer(WebSocketConnection):
         self._link = link = Link(_Carrier(self))
         room.join(PeerHandle(self.peer_id, self.auth, link.send, link.close, link.admitted, self))
 
-    def _resume(self, link: Link, carried: _Carried) -> None:
+    def _resume(self, link: Link, carried: Held) -> None:
         self._resuming = None
         self._link = link
         link.connection = _Carrier(self)
@@ -569,10 +470,6 @@ class _Carrier:
         self.admitted = peer._admitted
 
 
-def _first(values: list[str] | None) -> str | None:
-    return values[0] if values else None
-
-
 def room_from_path(path: str) -> str:
     """
     The room of a ``.../socket/<room>/`` path (the trailing slash is
@@ -617,12 +514,14 @@ class PeerFactory(WebSocketFactory):
         """False once the server is shutting down: new peers get 503."""
         self.resumption = Resumption(settings.resume_window, self.clock, rooms.token_prefix)
         rooms.give_away_with(self._give_away)
+        self.admission = Admission(self)
+        """Whether an upgrade request may become a peer (SPEC 1.4 step 2)."""
 
-    def same_identity(self, held: _Carried, identity: str | None) -> bool:
+    def same_identity(self, held: Held, identity: str | None) -> bool:
         """
         With tokens, only the same identity may take a held peer over.
         """
-        return self.settings.token_verifier is None or held.auth.identity == identity
+        return same_identity(self.settings, held, identity)
 
     def _give_away(self, token: str, room: str, identity: str | None) -> Departure | None:
         """
