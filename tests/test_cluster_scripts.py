@@ -12,44 +12,20 @@ import hashlib
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 
 from twisted_signal.cluster import scripts
 from twisted_signal.cluster.node import PREFIX
-from twisted_signal.cluster.resp import RedisError, RedisUnavailable, _RedisProtocol, encode
+from twisted_signal.cluster.resp import RedisError, RedisUnavailable, encode
 from twisted_signal.cluster.scripts import Script
+
+from .support.resp import Outcome, connected
 
 pytestmark = pytest.mark.memory
 
 RETURN_ONE = Script("return 1")
 KEYS = ("room:a:owner", "room:a:peers")
 ARGS = ("node|7", 9000, b"\xff bytes")
-
-
-class Outcome:
-    """What became of one call's Deferred."""
-
-    def __init__(self, d: Deferred[Any]) -> None:
-        self.fired = False
-        self.value: Any = None
-        self.failure: Failure | None = None
-        d.addBoth(self._got)
-
-    def _got(self, result: Any) -> None:
-        self.fired = True
-        if isinstance(result, Failure):
-            self.failure = result
-        else:
-            self.value = result
-
-
-def connected() -> tuple[_RedisProtocol, StringTransport]:
-    protocol = _RedisProtocol()
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    return protocol, transport
 
 
 def sent(transport: StringTransport) -> bytes:
@@ -68,7 +44,7 @@ def test_the_sha_is_the_sha1_of_the_text_as_redis_computes_it() -> None:
 
 
 def test_the_first_call_sends_evalsha_and_gets_its_reply() -> None:
-    protocol, transport = connected()
+    protocol, transport, _ = connected()
     call = Outcome(RETURN_ONE.run(protocol, KEYS, ARGS))
     assert sent(transport) == encode(("EVALSHA", RETURN_ONE.sha, 2, *KEYS, *ARGS))
     protocol.dataReceived(b":1\r\n")
@@ -77,7 +53,7 @@ def test_the_first_call_sends_evalsha_and_gets_its_reply() -> None:
 
 
 def test_noscript_is_followed_by_one_eval_of_the_same_call() -> None:
-    protocol, transport = connected()
+    protocol, transport, _ = connected()
     call = Outcome(RETURN_ONE.run(protocol, KEYS, ARGS))
     sent(transport)
     protocol.dataReceived(b"-NOSCRIPT No matching script. Please use EVAL.\r\n")
@@ -89,7 +65,7 @@ def test_noscript_is_followed_by_one_eval_of_the_same_call() -> None:
 
 
 def test_a_failing_eval_after_noscript_reaches_the_caller() -> None:
-    protocol, transport = connected()
+    protocol, transport, _ = connected()
     call = Outcome(RETURN_ONE.run(protocol, KEYS, ARGS))
     protocol.dataReceived(b"-NOSCRIPT No matching script. Please use EVAL.\r\n")
     protocol.dataReceived(b"-NOSCRIPT again\r\n")
@@ -108,7 +84,7 @@ def test_a_failing_eval_after_noscript_reaches_the_caller() -> None:
     ],
 )
 def test_other_error_replies_reach_the_caller_without_an_eval(reply: bytes) -> None:
-    protocol, transport = connected()
+    protocol, transport, _ = connected()
     call = Outcome(RETURN_ONE.run(protocol, KEYS, ARGS))
     sent(transport)
     protocol.dataReceived(reply)
@@ -118,7 +94,7 @@ def test_other_error_replies_reach_the_caller_without_an_eval(reply: bytes) -> N
 
 
 def test_a_lost_connection_reaches_the_caller_without_an_eval() -> None:
-    protocol, transport = connected()
+    protocol, transport, _ = connected()
     call = Outcome(RETURN_ONE.run(protocol, KEYS, ARGS))
     sent(transport)
     protocol.connectionLost()

@@ -13,9 +13,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 
 from twisted_signal.cluster.resp import (
     MAX_LINE,
@@ -23,39 +20,14 @@ from twisted_signal.cluster.resp import (
     RedisError,
     RedisUnavailable,
     _Parser,
-    _RedisProtocol,
     encode,
 )
+
+from .support.resp import Outcome, connected
 
 pytestmark = pytest.mark.memory
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-class Outcome:
-    """What became of one command's Deferred."""
-
-    def __init__(self, d: Deferred[Any]) -> None:
-        self.fired = False
-        self.value: Any = None
-        self.failure: Failure | None = None
-        d.addBoth(self._got)
-
-    def _got(self, result: Any) -> None:
-        self.fired = True
-        if isinstance(result, Failure):
-            self.failure = result
-        else:
-            self.value = result
-
-
-def connected() -> tuple[_RedisProtocol, StringTransport, list[str]]:
-    protocol = _RedisProtocol()
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    lost: list[str] = []
-    protocol.on_lost = lambda: lost.append("lost")
-    return protocol, transport, lost
 
 
 def parse_all(data: bytes) -> list[Any]:
