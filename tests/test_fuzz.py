@@ -892,9 +892,14 @@ MUTANTS: dict[str, tuple[dict[str, Any], str]] = {
     "forgetful": ({"room_class": ForgetfulRoom}, "still waits|state left behind"),
     "shuffling": ({"room_class": ShufflingRoom}, "order|still waits"),
     "failing-callback": ({"peer_class": FailingPeer}, "the server logged errors"),
+    # A throttled server drops messages ("Rate limited", "still waits"), and
+    # now and then (about one run in ten) the fuzz meets it first as
+    # connections that outlive their clients' close: either is a catch.
+    # Why they linger under a rate of 5/s is not yet known (see
+    # docs/operations.md, "Under attack").
     "throttled": (
         {"settings": replace(SERVER_SETTINGS, rate=5, rate_burst=5)},
-        "Rate limited|still waits",
+        "Rate limited|still waits|state left behind",
     ),
 }
 
