@@ -194,6 +194,10 @@ export class Call {
 
   _rebuild() {
     const configuration = this.pc.getConfiguration();
+    // A connection given up before it was verified shows as failed (if only
+    // for a moment) whatever made it go: failed, stalled, or rebuilt by the
+    // other side.
+    this.verification.fail("the connection was rebuilt before it was verified");
     this._disconnect();
     this._resetAt = performance.now();
     this._connect({ iceServers: configuration.iceServers ?? [] });

@@ -142,14 +142,23 @@ TILES = """() => Object.fromEntries([...document.querySelectorAll("video[data-pe
     }))"""
 # Every state a remote tile's verification element shows, in order:
 # window.tileStates = [[peer id, data-verification, data-verification-code]].
+# Every state a tile showed, also one that changed again within the same
+# task (a failed call rebuilt at once): a record's oldValue is the value
+# that change replaced, the element's the value now.
 RECORD_TILE_STATES = """window.tileStates = [];
 new MutationObserver((records) => {
     for (const record of records) {
         const element = record.target;
         if (element.dataset?.verification === undefined) continue;
         const video = element.closest("figure")?.querySelector("video[data-peer-id]");
+        const peer = video?.dataset.peerId ?? null;
+        if (record.oldValue !== null) {
+            window.tileStates.push(record.attributeName === "data-verification"
+                ? [peer, record.oldValue, null]
+                : [peer, "code shown", record.oldValue]);
+        }
         window.tileStates.push([
-            video?.dataset.peerId ?? null,
+            peer,
             element.dataset.verification,
             element.dataset.verificationCode ?? null,
         ]);
@@ -157,6 +166,7 @@ new MutationObserver((records) => {
 }).observe(document, {
     subtree: true,
     attributes: true,
+    attributeOldValue: true,
     attributeFilter: ["data-verification", "data-verification-code"],
 });"""
 
