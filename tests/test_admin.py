@@ -28,12 +28,12 @@ from twisted_signal.tap import Options, makeService
 
 from .support import (
     TIMEOUT,
-    LiveServer,
     MakeServer,
     RawClient,
-    StrictClient,
+    close_all,
     error,
     in_reactor,
+    join_quietly,
     join_strict,
     joined,
     left,
@@ -53,24 +53,6 @@ ROUTES = [
     ("POST", "/admin/rooms/lobby/messages"),
     ("GET", "/admin/openapi.yaml"),
 ]
-
-
-def join_all(server: LiveServer, room: str, n: int) -> list[StrictClient]:
-    """
-    `n` peers join `room` in turn, each earlier one seeing each later one.
-    """
-    clients: list[StrictClient] = []
-    for _ in range(n):
-        client = join_strict(server.socket_url(room))
-        for earlier in clients:
-            assert earlier.recv() == joined(client.peer_id)
-        clients.append(client)
-    return clients
-
-
-def close_all(*clients: StrictClient) -> None:
-    for client in clients:
-        client.close()
 
 
 def lobby_rooms() -> Rooms:
@@ -122,7 +104,7 @@ async def test_every_path_needs_the_token_and_nothing_happens_without_it(
     server = await make_server(rooms=lobby_rooms(), admin_token=TOKEN)
 
     def scenario() -> None:
-        a, b = join_all(server, "lobby", 2)
+        a, b = join_quietly(server, "lobby", 2)
         admin = Admin(server)
         paths = [
             *ROUTES,
@@ -185,7 +167,7 @@ async def test_rooms_are_listed_with_their_peers(make_server: MakeServer) -> Non
             {"name": "lobby", "peers": [], "max_peers": 4},
             {"name": "a~b.c", "peers": [], "max_peers": None},
         ]
-        a, b = join_all(server, "lobby", 2)
+        a, b = join_quietly(server, "lobby", 2)
         c = join_strict(server.socket_url("made-on-demand"))
         rooms = admin.rooms()
         assert rooms[0] == {"name": "lobby", "peers": [a.peer_id, b.peer_id], "max_peers": 4}
@@ -268,7 +250,7 @@ async def test_a_disconnected_peer_is_closed_with_1008_and_leaves_at_once(
     )
 
     def scenario() -> None:
-        a, b, c = join_all(server, "lobby", 3)
+        a, b, c = join_quietly(server, "lobby", 3)
         admin = Admin(server)
         token = a.authenticated["data"]["resume_token"]
         answer = admin.call("DELETE", f"/admin/rooms/lobby/peers/{a.peer_id}")
@@ -342,7 +324,7 @@ async def test_a_stopped_room_tells_its_peers_room_closed(make_server: MakeServe
     server = await make_server(rooms=lobby_rooms(), admin_token=TOKEN)
 
     def scenario() -> None:
-        a, b = join_all(server, "lobby", 2)
+        a, b = join_quietly(server, "lobby", 2)
         admin = Admin(server)
         answer = admin.call("DELETE", "/admin/rooms/lobby/")
         assert answer.status_code == 204 and answer.content == b""
@@ -382,7 +364,7 @@ async def test_a_posted_message_comes_from_null_in_room_order(make_server: MakeS
     server = await make_server(room_class=SlowRoom, admin_token=TOKEN)
 
     def scenario() -> None:
-        a, b, c = join_all(server, "r", 3)
+        a, b, c = join_quietly(server, "r", 3)
         admin = Admin(server)
         a.send("slow", "all", 1)
         # Frames are handled in order: once "ping" is answered, the slow
@@ -427,7 +409,7 @@ async def test_a_bad_message_body_is_refused_and_nothing_is_sent(
     )
 
     def scenario() -> None:
-        a, b = join_all(server, "lobby", 2)
+        a, b = join_quietly(server, "lobby", 2)
         admin = Admin(server)
         path = "/admin/rooms/lobby/messages"
         for raw, description, details in [
