@@ -170,6 +170,14 @@ def _no_token(request: _Request) -> None:
     request.params.pop("token", None)
 
 
+def _token_twice(request: _Request) -> None:
+    request.params["token"] = [_jwt(), _jwt()]
+
+
+def _resume_twice(request: _Request) -> None:
+    request.params["resume"] = ["a", "b"]
+
+
 def _token_for(room: str) -> Callable[[_Request], None]:
     def change(request: _Request) -> None:
         request.params["token"] = [_jwt(room)]
@@ -231,6 +239,10 @@ REFUSALS: list[tuple[str, list[_RequestChange], list[_ServerChange], bool, int |
     ("parse_request raised BadRequest", [_parse_with(_raise(BadRequest()))], [], True, 400),
     ("parse_request gave a bad name", [_parse_with(lambda _: ({}, None, "a/b"))], [], False, 400),
     ("parse_request failed", [_parse_with(_raise(ValueError("bug")))], [], False, 500),
+    ("token twice", [_token_twice], [], True, 400),
+    ("token twice, bad origin, at the limit", [_token_twice, _bad_origin], [_full], True, 400),
+    ("resume twice", [_resume_twice], [], False, 400),
+    ("resume twice, no token, missing room", [_resume_twice, _no_token, _missing_room], [], True, 400),
     ("no token", [_no_token], [], True, 401),
     ("no token for a missing room", [_no_token, _missing_room], [], True, 401),
     ("another room's token", [_token_for("other")], [], True, 401),

@@ -197,3 +197,17 @@ async def test_ice_servers_in_authenticated_and_on_request(make_server: MakeServ
         b.close()
 
     await deferToThread(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_given_twice_is_400_and_never_logged(make_server: MakeServer) -> None:
+    server = await make_server(settings=HS256)
+    good, other = token(room="demo"), token(room="demo", sub="mallory")
+    with capturedLogs() as events:
+        status = await deferToThread(
+            handshake_status, server.socket_url("demo", f"token={good}&token={other}")
+        )
+    assert status == 400  # a proxy in front may have checked either one
+    logged = " ".join(repr(e) for e in events)
+    assert good not in logged and other not in logged
+    assert "'token' more than once" in logged

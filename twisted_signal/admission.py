@@ -80,6 +80,21 @@ class Upgrade:
         values = self.params.get("resume")
         return values[0] if values else None
 
+    def repeated(self) -> str | None:
+        """
+        The first of the parameters that say who the client is (``token``,
+        ``resume``) that the query gives more than once, or None.  Which of
+        two values counts is not for the server to guess: a proxy in front
+        may have checked the other one.
+        """
+        for name in SINGLE_PARAMETERS:
+            if len(self.params.get(name, ())) > 1:
+                return name
+        return None
+
+
+SINGLE_PARAMETERS = ("token", "resume")
+
 
 @dataclass(frozen=True, slots=True)
 class Refused:
@@ -236,6 +251,9 @@ class Admission:
         the one its resume token names), in SPEC 1.4 step 2's order.
         """
         server = self._server
+        repeated = upgrade.repeated()
+        if repeated is not None:
+            return Refused(400, "Bad Request", f"the query gives {repeated!r} more than once")
         # _parse and _init raise _Refusal: a refusal of the user's hooks.
         try:
             credentials, metadata, room = await _parse(parse)
