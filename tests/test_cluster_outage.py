@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_signal.cluster import scripts
+from twisted_signal.cluster.backend import RedisBus, RedisLeases
 from twisted_signal.cluster.node import ClusterRooms
 from twisted_signal.cluster.relay import RoomRelay
 from twisted_signal.cluster.resp import RedisUnavailable
@@ -60,6 +61,12 @@ class FakeRedis:
             d.callback(self.reply(args))
         return d.addTimeout(timeout if timeout is not None else self.timeout, self.clock)
 
+    def drop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
     def resume(self) -> None:
         self.paused = False
         pending, self.pending = self.pending, []
@@ -89,6 +96,12 @@ class Reader:
 
     def execute(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
         return Deferred()
+
+    def drop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class Local:
@@ -121,17 +134,16 @@ class _OwnerCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(100)
+        self.redis = FakeRedis(self.clock, timeout=LEASE / 3)
         self.rooms = ClusterRooms(
             lambda name: Room(name, clock=self.clock),
-            redis_url="redis://127.0.0.1:1/0",
+            bus=RedisBus(self.redis, Reader()),
+            leases=RedisLeases(self.redis),
             lease=LEASE,
             reactor=self.clock,
+            now=self.clock.seconds,
             node_id="owner",
         )
-        self.rooms.now = self.clock.seconds
-        self.redis = FakeRedis(self.clock, timeout=LEASE / 3)
-        self.rooms.redis = self.redis  # type: ignore[assignment]
-        self.rooms._reader = Reader()  # type: ignore[assignment]
         self.rooms.startService()
         self.addCleanup(self.rooms._tick.stop)
         relay = self.rooms.access("r")

@@ -30,7 +30,8 @@ from ..resume import MAX_QUEUED, Departure, GiveAway
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
 from ..rooms import RoomFactory, Rooms, is_room_name
 from . import scripts
-from .relay import SAFE_SHARE, RoomRelay, _text
+from .backend import Batch, Bus, Leases, RedisBus, RedisLeases, key, text
+from .relay import SAFE_SHARE, RoomRelay
 from .resp import RedisClient, RedisError, RedisRefused, RedisURL
 
 if TYPE_CHECKING:
@@ -38,11 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ClusterRooms", "RoomRelay"]
 
-PREFIX = "rtcsignal:"
-#: Readers trim what they have read (XTRIM MINID); this bound only caps the
-#: memory of a stream whose reader is gone.  Trimming by length alone would
-#: drop entries that a reader under load has not read yet.
-STREAM_MAXLEN = 1_000_000
 #: The most entries, and bytes of them, that a node keeps to write again
 #: while Redis does not take them (`ClusterRooms.xadd`); beyond either the
 #: oldest go.  (A node lets them all go once it closes its peers, a lease
@@ -53,14 +49,6 @@ MAX_OUTBOX_BYTES = 64 * 1024 * 1024
 RETRY_DELAY = 0.2
 #: What a node id in a resume token may look like (`ClusterRooms.claim_elsewhere`).
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-
-
-def _run_id(info: bytes) -> str:
-    """The ``run_id`` of Redis's ``INFO server``: new at every start."""
-    for line in _text(info).splitlines():
-        if line.startswith("run_id:"):
-            return line.partition(":")[2].strip()
-    return ""
 
 
 class _Arrival:
@@ -192,8 +180,7 @@ class _Writes:
     def add(self, stream: str, fields: Mapping[str, Any]) -> None:
         rooms = self._rooms
         self.seq += 1
-        args: list[Any] = ["XADD", stream, "MAXLEN", "~", STREAM_MAXLEN, "*"]
-        args += ["src", rooms.node_id, "seq", self.seq]
+        args: list[Any] = [stream, "src", rooms.node_id, "seq", self.seq]
         for name, value in fields.items():
             args += [name, value]
         if self.waiting or self._flushing:
@@ -201,7 +188,7 @@ class _Writes:
             self._keep(tuple(args))
             return
         self._writing += 1
-        rooms.redis.execute(*args).addBoth(self._written, tuple(args))
+        rooms.bus.add(stream, args[1:]).addBoth(self._written, tuple(args))
 
     def clear(self) -> None:
         self.waiting.clear()
@@ -222,25 +209,25 @@ class _Writes:
     def _written(self, result: Any, args: tuple[Any, ...]) -> None:
         self._writing -= 1
         if not isinstance(result, Failure):
-            self._taken(args[1])
+            self._taken(args[0])
         elif result.check(RedisError):
             self._log.warn(
                 "Redis refused an entry for {stream}: {why}",
-                stream=args[1],
+                stream=args[0],
                 why=result.getErrorMessage(),
             )
         elif result.check(ValueError):
             # The client could not encode it: writing it again cannot help.
             self._log.error(
                 "an entry for {stream} cannot be encoded for Redis, dropped: {why}",
-                stream=args[1],
+                stream=args[0],
                 why=result.getErrorMessage(),
             )
         else:
             if not self.waiting:
                 self._log.warn(
                     "could not write to {stream}: {why}; writing it again when Redis answers",
-                    stream=args[1],
+                    stream=args[0],
                     why=result.getErrorMessage(),
                 )
             self._keep(args)
@@ -259,7 +246,7 @@ class _Writes:
         def failed(_: Failure) -> None:
             self._expiring.pop(stream, None)  # the next write tries again
 
-        rooms.redis.execute("PEXPIRE", stream, rooms.keep_ms).addErrback(failed)
+        rooms.bus.expire(stream, rooms.keep_ms).addErrback(failed)
 
     def _keep(self, args: tuple[Any, ...]) -> None:
         self.waiting.append(args)
@@ -284,7 +271,7 @@ class _Writes:
         self._flushing = True
         # After a failed try, one entry finds out whether Redis answers.
         batch = [self.waiting[0]] if self._failed else list(self.waiting)
-        writes = [self._rooms.redis.execute(*args) for args in batch]
+        writes = [self._rooms.bus.add(args[0], args[1:]) for args in batch]
 
         def done(results: list[tuple[bool, Any]]) -> None:
             self._flushing = False
@@ -296,7 +283,7 @@ class _Writes:
             for args in batch[:taken]:
                 if self.waiting and self.waiting[0] is args:
                     self._drop_first()
-                self._taken(args[1])
+                self._taken(args[0])
             self._failed = taken < len(batch)
             if not self._failed and not self.waiting:
                 self._log.info("Redis took the entries that waited for it")
@@ -325,6 +312,13 @@ class _NotStartedAgain(Events):
         return getattr(object.__getattribute__(self, "_inner"), name)
 
 
+def _on_redis(url: str | RedisURL, reactor: Any, lease: float) -> tuple[RedisClient, Bus, Leases]:
+    """A client for commands, and the bus and leases on Redis at `url`."""
+    redis = RedisClient(url, reactor, timeout=max(lease / 3, 0.5))
+    reader = RedisClient(url, reactor, timeout=lease)
+    return redis, RedisBus(redis, reader), RedisLeases(redis)
+
+
 class ClusterRooms(Rooms):
     """
     The rooms of one node of a cluster.  `get_or_create` gives a `RoomRelay`;
@@ -337,19 +331,26 @@ class ClusterRooms(Rooms):
         self,
         factory: RoomFactory | None = None,
         *,
-        redis_url: str | RedisURL,
+        redis_url: str | RedisURL | None = None,
+        bus: Bus | None = None,
+        leases: Leases | None = None,
         lease: float = 10.0,
         max_peers: int | None = 4,
         reactor: Any = None,
+        now: Callable[[], float] | None = None,
         node_id: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         super().__init__(factory, max_peers=max_peers, clock=reactor)
         self.reactor = reactor
+        """What schedules every timer of the node (a test's `task.Clock`)."""
         self.lease = lease
-        self.now: Callable[[], float] = time.monotonic
-        """The clock of leases and timeouts (monotonic; a test's `task.Clock`)."""
+        self.now: Callable[[], float] = now or time.monotonic
+        """
+        What leases and timeouts are measured on: monotonic, or with a
+        `task.Clock` as `reactor`, its ``seconds``.
+        """
         self.keep_ms = int(lease * scripts.KEEP_LEASES * 1000)
         """How long a room's keys outlive its last renewal or write (ms)."""
         self.writes = _Writes(self)
@@ -357,8 +358,14 @@ class ClusterRooms(Rooms):
         """The last ``seq`` read in this node's inbox from each node."""
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self._incarnation = uuid.uuid4().hex
-        self.redis = RedisClient(redis_url, reactor, timeout=max(lease / 3, 0.5))
-        self._reader = RedisClient(redis_url, reactor, timeout=lease)
+        if bus is None or leases is None:
+            if redis_url is None:
+                raise TypeError("ClusterRooms needs redis_url, or both bus and leases")
+            self.redis, bus, leases = _on_redis(redis_url, reactor, lease)
+        self.bus: Bus = bus
+        """The message bus: streams between the nodes."""
+        self.leases: Leases = leases
+        """Who owns each room, its members, and which nodes are alive."""
         self._relays: dict[str, RoomRelay] = {}
         self._configured: dict[str, Callable[[], Room]] = {}
         # The node id is new at every start, so its inbox starts empty.
@@ -376,7 +383,7 @@ class ClusterRooms(Rooms):
         self._tick.clock = reactor
         self._reading = False
         self._asked: dict[str, Deferred[Any]] = {}
-        self.answerers: dict[str, Callable[[dict[str, str]], None]] = {}
+        self.answerers: dict[str, Callable[[dict[str, str]], None]] = {"claim": self._claim}
         """What this node answers when another node asks (`ask`), by ``op``."""
         self._caps: dict[str, int | None] = {}
         self.admin_timeout = max(lease / 2, 3.0)
@@ -387,10 +394,9 @@ class ClusterRooms(Rooms):
         """Peers resumed here that another node held, until they are live."""
         self._departures: dict[str, tuple[Departure, IDelayedCall]] = {}
         """Peers held here that another node has claimed, until they move."""
-        self.answerers["claim"] = self._claim
 
     def key(self, *parts: str) -> str:
-        return PREFIX + ":".join(parts)
+        return key(*parts)
 
     # The Rooms seam, as a Peer uses it.
 
@@ -560,7 +566,7 @@ class ClusterRooms(Rooms):
                 else failure.getErrorMessage(),
             )
 
-        d = self.redis.execute("EXISTS", self.key("node", origin))
+        d = self.leases.node_alive(origin)
         return d.addCallback(alive).addCallback(claimed).addErrback(failed)
 
     def _arrival_late(self, peer_id: str) -> None:
@@ -771,21 +777,8 @@ class ClusterRooms(Rooms):
         return summaries
 
     async def _owned_rooms(self) -> set[str]:
-        """The rooms that have an owner now: SCAN (never KEYS) for their owner keys."""
-        names: set[str] = set()
-        prefix, suffix = self.key("room", ""), ":owner"
-        cursor = "0"
-        while True:
-            cursor_raw, keys = await self.redis.execute(
-                "SCAN", cursor, "MATCH", self.key("room", "*", "owner"), "COUNT", 1000
-            )
-            for raw in keys:
-                name = _text(raw)[len(prefix) : -len(suffix)]
-                if is_room_name(name):
-                    names.add(name)
-            cursor = _text(cursor_raw)
-            if cursor == "0":
-                return names
+        """The rooms that have an owner now."""
+        return {name for name in await self.leases.owned_rooms() if is_room_name(name)}
 
     async def _summary_if_any(self, name: str) -> dict[str, Any] | None:
         try:
@@ -804,7 +797,7 @@ class ClusterRooms(Rooms):
         if self._owns(name):
             return await self._apply(name, action, args)
         try:
-            owner = await self.redis.execute("GET", self.key("room", name, "owner"))
+            owner = await self.leases.owner(name)
         except Exception as e:
             raise RoomUnavailable(f"cannot reach Redis: {e}") from None
         if owner is None:
@@ -914,23 +907,15 @@ class ClusterRooms(Rooms):
                 relay.room = None
                 self.forsake(room)
                 waits.append(
-                    scripts.HAND_OVER.run(
-                        self.redis,
-                        [
-                            self.key("room", relay.name, "owner"),
-                            self.key("room", relay.name, "cursor"),
-                        ],
-                        [token, relay.cursor, int(self.lease * 1000)],
+                    self.leases.hand_over(
+                        relay.name, token, relay.cursor, int(self.lease * 1000)
                     ).addErrback(lambda _: None)
                 )
-        waits.append(
-            self.redis.execute("DEL", self.key("node", self.node_id)).addErrback(lambda _: None)
-        )
+        waits.append(self.leases.unregister(self.node_id).addErrback(lambda _: None))
 
         def closed(_: object) -> None:
             self.writes.stop()
-            self.redis.close()
-            self._reader.close()
+            self.bus.close()
             self.running = False
             done.callback(None)
 
@@ -971,12 +956,10 @@ class ClusterRooms(Rooms):
             self._waiting_since = sent
         if sent - self._node_ok > self.lease * SAFE_SHARE:
             self._presumed_dead("could not renew its node lease in time")
-        d = self.redis.execute("INFO", "server").addCallback(_run_id)
+        d = self.leases.run_id()
         d.addCallback(
-            lambda run_id: scripts.NODE_RENEW.run(
-                self.redis,
-                [self.key("node", self.node_id)],
-                [self._incarnation, int(self.lease * 1000)],
+            lambda run_id: self.leases.register(
+                self.node_id, self._incarnation, int(self.lease * 1000)
             ).addCallback(self._node_renewed, sent, run_id)
         )
         d.addErrback(self._heartbeat_failed)
@@ -1040,35 +1023,19 @@ class ClusterRooms(Rooms):
         if not self._reading:
             return
         owned = [r for r in self._relays.values() if r.room is not None]
-        streams = [self.key("inbox", self.node_id)] + [
-            self.key("room", r.name, "in") for r in owned
-        ]
-        ids = [self._inbox_cursor] + [r.cursor for r in owned]
-        block = int(self.lease * 1000 / 3)
-        d = self._reader.execute(
-            "XREAD",
-            "COUNT",
-            1000,
-            "BLOCK",
-            block,
-            "STREAMS",
-            *streams,
-            *ids,
-            timeout=self.lease / 3 + 5,
-        )
+        streams = [(self.key("inbox", self.node_id), self._inbox_cursor)]
+        streams += [(self.key("room", r.name, "in"), r.cursor) for r in owned]
+        d = self.bus.read(streams, self.lease / 3)
         d.addCallbacks(self._got, self._read_failed, callbackArgs=(owned,))
 
-    def _got(self, reply: Any, owned: list[RoomRelay]) -> None:
+    def _got(self, batch: Batch, owned: list[RoomRelay]) -> None:
         inbox = self.key("inbox", self.node_id)
-        for stream, entries in reply or []:
-            name = _text(stream)
+        for name, entries in batch:
             if entries:
-                self.redis.execute("XTRIM", name, "MINID", _text(entries[-1][0])).addErrback(
-                    lambda _: None
-                )
+                self.bus.trim(name, entries[-1][0]).addErrback(lambda _: None)
             for entry_id, flat in entries:
                 try:
-                    self._entry(name, _text(entry_id), flat, inbox, owned)
+                    self._entry(name, entry_id, flat, inbox, owned)
                 except Exception:
                     # One bad entry must not stop this node's reading.
                     self._log.failure("cluster reader: an entry of {stream} failed", stream=name)
@@ -1080,10 +1047,10 @@ class ClusterRooms(Rooms):
         fields: dict[str, str] = {}
         raw = b""
         for i in range(0, len(flat), 2):
-            field = _text(flat[i])
+            field = text(flat[i])
             if field in ("data", "message"):  # a payload: its bytes go on as they are
                 raw = flat[i + 1]
-            fields[field] = _text(flat[i + 1])
+            fields[field] = text(flat[i + 1])
         if name == inbox:
             self._inbox_cursor = entry_id
             src, seq = fields.get("src"), fields.get("seq", "")
@@ -1103,5 +1070,5 @@ class ClusterRooms(Rooms):
             return
         if not failure.check(RedisRefused):  # the client has said why
             self._log.warn("cluster reader: {why}; retrying", why=failure.getErrorMessage())
-        self._reader.drop()
+        self.bus.reset()
         self.reactor.callLater(0.5, self._read)

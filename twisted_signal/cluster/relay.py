@@ -23,7 +23,6 @@ from ..context import AuthData
 from ..hooks import SerialQueue
 from ..message import InvalidMessage, Message
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
-from . import scripts
 
 if TYPE_CHECKING:
     from .node import ClusterRooms
@@ -33,10 +32,6 @@ __all__ = ["SAFE_SHARE", "RoomRelay"]
 #: The share of the lease during which an owner still acts as owner, counted
 #: on the monotonic clock from when it sent its last acquire or renew.
 SAFE_SHARE = 0.8
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RoomRelay:
@@ -133,19 +128,11 @@ class RoomRelay:
         d = self._acquire("wait" if self._rooms.settling else "take")
         return d.addCallbacks(self._acquired, self._unresolved, callbackArgs=(sent,))
 
-    def _acquire(self, mode: str) -> Deferred[Any]:
-        """Run the ACQUIRE script: the owner lease and epoch, or the owner's epoch."""
+    def _acquire(self, mode: str) -> Deferred[tuple[int, str]]:
+        """The owner lease and epoch, or the owner's epoch."""
         rooms = self._rooms
-        return scripts.ACQUIRE.run(
-            rooms.redis,
-            [
-                rooms.key("room", self.name, "owner"),
-                rooms.key("room", self.name, "epoch"),
-                rooms.key("room", self.name, "in"),
-                rooms.key("room", self.name, "cursor"),
-                rooms.key("node", rooms.node_id),
-            ],
-            [rooms.node_id, int(rooms.lease * 1000), rooms.keep_ms, mode],
+        return rooms.leases.acquire(
+            self.name, rooms.node_id, int(rooms.lease * 1000), rooms.keep_ms, mode
         )
 
     def _unresolved(self, failure: Failure) -> None:
@@ -156,18 +143,17 @@ class RoomRelay:
         )
         self._resolved = False
 
-    def _acquired(self, reply: list[Any], sent: float) -> Any:
-        epoch, detail = int(reply[0]), _text(reply[1])
+    def _acquired(self, reply: tuple[int, str], sent: float) -> Any:
+        epoch, detail = reply
         if epoch == 0:
             # Someone else owns it.  What this node has seen of its epoch is
             # what came through the inbox, in stream order (see from_inbox).
-            rooms = self._rooms
-            d = rooms.redis.execute("HGETALL", rooms.key("room", self.name, "peers"))
+            d = self._rooms.leases.members(self.name)
             return d.addCallbacks(self._members_read, lambda _: None)
         return self._become_owner(epoch, detail, sent)
 
-    def _members_read(self, flat: list[bytes]) -> None:
-        ids = [_text(flat[i]) for i in range(0, len(flat), 2)]
+    def _members_read(self, members: list[tuple[str, bytes]]) -> None:
+        ids = [peer_id for peer_id, _ in members]
         self._known = {p: PeerHandle(p, AuthData(p), _nothing, _nothing, _nothing) for p in ids}
 
     # Owning the room.
@@ -181,18 +167,19 @@ class RoomRelay:
         self.token = f"{rooms.node_id}|{epoch}"
         self._valid_until = sent + rooms.lease * SAFE_SHARE
         self._applied = {}
-        peers = rooms.key("room", self.name, "peers")
-        d = rooms.redis.execute("HGETALL", peers)
+        d = rooms.leases.members(self.name)
         if rooms.now() < rooms.judge_after:
             # Redis restarted lately (see renew): nobody is judged dead yet.
             return d.addCallback(self._take_over, [])
         # Members of a node that died while no other node was in the room
         # are still in the hash: nobody saw them go.  They must go now,
         # before anyone joins, not be restored as if they were there.
-        dead = scripts.DEAD_MEMBERS.run(rooms.redis, [peers], [rooms.key("node", "")])
-        return d.addCallback(lambda flat: dead.addCallback(lambda ids: self._take_over(flat, ids)))
+        dead = rooms.leases.dead_members(self.name)
+        return d.addCallback(
+            lambda members: dead.addCallback(lambda ids: self._take_over(members, ids))
+        )
 
-    def _take_over(self, flat: list[bytes], dead: list[bytes]) -> Any:
+    def _take_over(self, members: list[tuple[str, bytes]], dead: list[str]) -> Any:
         rooms = self._rooms
         room = rooms.make_room(self.name)
         if room is None:
@@ -206,11 +193,11 @@ class RoomRelay:
             room._on_empty = self._emptied
         # A room with members was started by a previous owner: for the
         # lifecycle events (webhooks) it goes on, it does not start again.
-        rooms.adopt(room, continued=bool(flat))
+        rooms.adopt(room, continued=bool(members))
         nodes: set[str] = set()
         gone: list[str] = []
-        for i in range(0, len(flat), 2):
-            peer_id, member = _text(flat[i]), json.loads(flat[i + 1])
+        for peer_id, raw in members:
+            member = json.loads(raw)
             node = member["node"]
             auth = AuthData(peer_id, member.get("credentials") or {}, member.get("metadata"))
             if node == rooms.node_id:
@@ -232,9 +219,7 @@ class RoomRelay:
             self._to_node(node, "", "epoch", "")
         # The members that are not there leave first (in room order), so
         # that a peer joining now neither sees them nor gets their `left`.
-        gone += [
-            _text(p) for p in dead if self._members.get(_text(p), rooms.node_id) != rooms.node_id
-        ]
+        gone += [p for p in dead if self._members.get(p, rooms.node_id) != rooms.node_id]
         for peer_id in gone:
             self._owner_leave(peer_id)
         # Local peers whose join went to an owner that is gone join again.
@@ -250,18 +235,9 @@ class RoomRelay:
         rooms = self._rooms
         sent = rooms.now()
         token = self.token
-        d = scripts.RENEW.run(
-            rooms.redis,
-            [
-                rooms.key("room", self.name, "owner"),
-                rooms.key("room", self.name, "epoch"),
-                rooms.key("room", self.name, "in"),
-                rooms.key("room", self.name, "peers"),
-            ],
-            [token, int(rooms.lease * 1000), rooms.keep_ms],
-        )
+        d = rooms.leases.renew(self.name, token, int(rooms.lease * 1000), rooms.keep_ms)
 
-        def renewed(reply: int) -> Any:
+        def renewed(reply: bool) -> Any:
             if self.token != token or self.room is None:
                 return None
             if not reply:
@@ -277,15 +253,12 @@ class RoomRelay:
                 # Redis restarted lately: the live nodes may not have
                 # registered again yet, so nobody is judged dead for now.
                 return None
-            return scripts.DEAD_MEMBERS.run(
-                rooms.redis, [rooms.key("room", self.name, "peers")], [rooms.key("node", "")]
-            ).addCallback(self._dead)
+            return rooms.leases.dead_members(self.name).addCallback(self._dead)
 
         return d.addCallback(renewed).addErrback(self._log_failure, "renew its lease")
 
-    def _dead(self, peer_ids: list[bytes]) -> None:
-        for raw in peer_ids:
-            peer_id = _text(raw)
+    def _dead(self, peer_ids: list[str]) -> None:
+        for peer_id in peer_ids:
             if self.room is not None and self._members.get(peer_id) != self._rooms.node_id:
                 self._log.info(
                     "room {room}: peer {peer_id}'s node is gone", room=self.name, peer_id=peer_id
@@ -300,8 +273,8 @@ class RoomRelay:
         sent = rooms.now()
         d = self._acquire("take")
 
-        def got(reply: list[Any]) -> Any:
-            epoch = int(reply[0])
+        def got(reply: tuple[int, str]) -> Any:
+            epoch = reply[0]
             if not epoch:
                 self.step_down()
                 return None
@@ -364,7 +337,7 @@ class RoomRelay:
 
     def _let_go(self) -> None:
         """Delete the owner key and the members (owner-checked): nobody owns it now."""
-        self._members_script(scripts.RELEASE).addErrback(lambda _: None)
+        self._rooms.leases.release(self.name, self.token).addErrback(lambda _: None)
         self.room, self.token, self._resolved = None, "", False
 
     def _guarded(self, local: PeerHandle) -> PeerHandle:
@@ -470,29 +443,17 @@ class RoomRelay:
         member = json.dumps(
             {"node": node, "credentials": auth.credentials, "metadata": auth.metadata}
         )
-        self._members_script(scripts.MEMBER_ADD, self._rooms.keep_ms, peer_id, member).addErrback(
-            self._log_failure, "record a member"
-        )
+        rooms = self._rooms
+        d = rooms.leases.add_member(self.name, self.token, rooms.keep_ms, peer_id, member)
+        d.addErrback(self._log_failure, "record a member")
 
     def _owner_leave(self, peer_id: str) -> None:
         if self.room is not None:
             self.room.leave(peer_id)
         self._members.pop(peer_id, None)
-        self._members_script(scripts.MEMBER_DEL, peer_id).addErrback(
-            self._log_failure, "forget a member"
-        )
-
-    def _members_script(self, script: scripts.Script, *args: Any) -> Deferred[Any]:
-        """
-        Run `script` on the room's owner key and members hash, as this
-        node's owner token: it changes nothing unless that token still holds.
-        """
-        rooms = self._rooms
-        return script.run(
-            rooms.redis,
-            [rooms.key("room", self.name, "owner"), rooms.key("room", self.name, "peers")],
-            [self.token, *args],
-        )
+        # As this node's owner token: it changes nothing unless that holds.
+        d = self._rooms.leases.remove_member(self.name, self.token, peer_id)
+        d.addErrback(self._log_failure, "forget a member")
 
     def _join_room(self, handle: PeerHandle, node: str) -> None:
         room = self.room
