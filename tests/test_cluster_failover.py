@@ -11,11 +11,23 @@ from __future__ import annotations
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_signal.events import Events
 from twisted_signal.room import CLOSE_GOING_AWAY
 
 from .support.memory_cluster import LEASE, Cluster
 
 pytestmark = pytest.mark.memory
+
+
+class Counted(Events):
+    """The errors a node counted."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error_sent(self, description: str) -> None:
+        self.errors.append(description)
+
 
 #: How long a room may go without an owner when its owner dies: its lease,
 #: and a tick (lease/3) until a node with members finds it gone.
@@ -192,11 +204,15 @@ class RestartTests(_ThreeNodes):
     def test_an_owner_shut_down_hands_its_room_over_and_loses_nothing(self) -> None:
         c = self.cluster
         n = self.flow(0.3)
+        counted = Counted()
+        c.nodes["a"].events = counted
         c.nodes["a"].stopService()  # SIGTERM; the test goes on meanwhile
         n = self.flow(LEASE / 3 + 0.5, n)
+        # One shutdown path: the notice, and its count, as on one server.
         self.assertEqual(
             self.x.events("error"), [{"description": "Room closed", "details": "shutdown"}]
         )
+        self.assertEqual(counted.errors, ["Room closed"])
         self.assertEqual(self.x.closed, CLOSE_GOING_AWAY)
         del c.nodes["a"]
         (owner,) = c.owners()
@@ -215,9 +231,15 @@ class RestartTests(_ThreeNodes):
 
     def test_a_relay_restarted_comes_back_as_a_new_node(self) -> None:
         c = self.cluster
+        counted = Counted()
+        c.nodes["c"].events = counted
         c.stop("c")
         c.until(lambda: self.y.left() == ["z"], LEASE)
         self.assertEqual(self.z.closed, CLOSE_GOING_AWAY)
+        self.assertEqual(
+            self.z.events("error"), [{"description": "Room closed", "details": "shutdown"}]
+        )
+        self.assertEqual(counted.errors, ["Room closed"])
         c.start("c2")
         z2 = c.join("c2", "z2")
         c.until(lambda: z2.admitted is not None, LEASE)

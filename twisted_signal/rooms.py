@@ -13,10 +13,11 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
+from . import message as wire
 from .errors import NoSuchRoom
 from .events import NO_EVENTS, Events
 from .message import Message
-from .room import Room, RoomAccess
+from .room import CLOSE_GOING_AWAY, PeerHandle, Room, RoomAccess
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -24,7 +25,14 @@ if TYPE_CHECKING:
     from .context import AuthData
     from .resume import GiveAway
 
-__all__ = ["ROOM_NAME", "RoomFactory", "Rooms", "is_room_name", "room_summary"]
+__all__ = [
+    "ROOM_NAME",
+    "RoomFactory",
+    "Rooms",
+    "close_for_shutdown",
+    "is_room_name",
+    "room_summary",
+]
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.~-]{1,64}\Z")
 
@@ -48,6 +56,19 @@ def room_summary(room: Room) -> dict[str, Any]:
     A room as the admin API shows it.
     """
     return {"name": room.name, "peers": list(room.peers), "max_peers": room.max_peers}
+
+
+def close_for_shutdown(handle: PeerHandle, events: Events) -> None:
+    """
+    What a server that shuts down does to a peer connected to it, as
+    `Room.stopService` does once ``close_reason`` is ``"shutdown"``: it
+    sends ``"Room closed"`` (details ``"shutdown"``), counts that error,
+    and closes the connection with 1001 (going away).  A cluster node
+    does it for its own peers, whichever node runs their room.
+    """
+    handle.send(wire.error(handle.peer_id, "Room closed", "shutdown").to_bytes())
+    events.error_sent("Room closed")
+    handle.close(CLOSE_GOING_AWAY)
 
 
 class Rooms(MultiService):

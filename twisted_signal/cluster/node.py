@@ -21,14 +21,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .. import message as wire
 from ..context import AuthData
 from ..errors import NoSuchPeer, NoSuchRoom, RoomUnavailable
 from ..events import Events
 from ..message import Message
 from ..resume import MAX_QUEUED, Departure, GiveAway
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
-from ..rooms import RoomFactory, Rooms, is_room_name
+from ..rooms import RoomFactory, Rooms, close_for_shutdown, is_room_name
 from . import scripts
 from .backend import Batch, Bus, Leases, RedisBus, RedisLeases, key, text
 from .relay import SAFE_SHARE, RoomRelay
@@ -879,8 +878,7 @@ class ClusterRooms(Rooms):
             departure.lost()
         for relay in list(self._relays.values()):
             for handle in list(relay._local.values()):
-                handle.send(wire.error(handle.peer_id, "Room closed", "shutdown").to_bytes())
-                handle.close(CLOSE_GOING_AWAY)
+                close_for_shutdown(handle, self.events)
         d: Deferred[None] = Deferred()
         self._when_settled(d, self.now() + self.lease * SAFE_SHARE / 2)
         return d
