@@ -141,7 +141,6 @@ class _OwnerCase(SynchronousTestCase):
             leases=RedisLeases(self.redis),
             lease=LEASE,
             reactor=self.clock,
-            now=self.clock.seconds,
             node_id="owner",
         )
         self.rooms.startService()

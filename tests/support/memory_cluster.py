@@ -85,7 +85,6 @@ class Cluster:
             lease=self.lease,
             max_peers=None,
             reactor=self.clock,
-            now=self.clock.seconds,
             node_id=name,
         )
         for room in rooms:

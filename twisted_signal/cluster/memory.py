@@ -17,7 +17,7 @@ command timed out is dropped, but the command took effect.
     store = MemoryRedis(clock)
     link = store.connect(timeout=lease / 3)
     rooms = ClusterRooms(factory, bus=link.bus, leases=link.leases,
-                         lease=lease, reactor=clock, now=clock.seconds)
+                         lease=lease, reactor=clock)
 """
 
 from __future__ import annotations

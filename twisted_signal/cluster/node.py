@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -311,6 +312,18 @@ class _NotStartedAgain(Events):
         return getattr(object.__getattribute__(self, "_inner"), name)
 
 
+def _monotonic(reactor: Any) -> Callable[[], float]:
+    """
+    The clock that goes with `reactor`: a real reactor's time is the wall
+    clock, which may jump, so leases are measured on `time.monotonic`;
+    a reactor that is not real (`task.Clock`) is the only time there is.
+    """
+    if IReactorCore.providedBy(reactor):
+        return time.monotonic
+    seconds: Callable[[], float] = reactor.seconds
+    return seconds
+
+
 def _on_redis(url: str | RedisURL, reactor: Any, lease: float) -> tuple[RedisClient, Bus, Leases]:
     """A client for commands, and the bus and leases on Redis at `url`."""
     redis = RedisClient(url, reactor, timeout=max(lease / 3, 0.5))
@@ -345,10 +358,11 @@ class ClusterRooms(Rooms):
         self.reactor = reactor
         """What schedules every timer of the node (a test's `task.Clock`)."""
         self.lease = lease
-        self.now: Callable[[], float] = now or time.monotonic
+        self.now: Callable[[], float] = now or _monotonic(reactor)
         """
-        What leases and timeouts are measured on: monotonic, or with a
-        `task.Clock` as `reactor`, its ``seconds``.
+        What leases and timeouts are measured on: the monotonic clock with
+        a real reactor, the reactor's own time with any other (a test's
+        `task.Clock`), unless `now` says otherwise.
         """
         self.keep_ms = int(lease * scripts.KEEP_LEASES * 1000)
         """How long a room's keys outlive its last renewal or write (ms)."""
