@@ -677,9 +677,7 @@ class ClusterRooms(Rooms):
             n=len(queue),
         )
         queue.clear()
-        relay._local.pop(peer_id, None)
-        relay._answered.discard(peer_id)
-        relay._sent.discard(peer_id)
+        relay.moved_away(peer_id)
         departure.moved()
         self.forget_if_idle(relay)
 
@@ -861,11 +859,7 @@ class ClusterRooms(Rooms):
         relay = self.access(name)
         if relay is None:
             return
-        if relay.room is None:
-            relay._resolved = False
-        taken: Deferred[None] = Deferred()
-        relay._run(lambda: taken.callback(None))
-        await taken
+        await relay.take()
         self.forget_if_idle(relay)
 
     # The node's life.
@@ -891,7 +885,7 @@ class ClusterRooms(Rooms):
                 late.cancel()
             departure.lost()
         for relay in list(self._relays.values()):
-            for handle in list(relay._local.values()):
+            for handle in list(relay.local_peers.values()):
                 close_for_shutdown(handle, self.events)
         d: Deferred[None] = Deferred()
         self._when_settled(d, self.now() + self.lease * SAFE_SHARE / 2)
@@ -902,10 +896,7 @@ class ClusterRooms(Rooms):
         Hand the rooms over once this node's peers have left them and the
         rooms have sent every ``left`` (or when the deadline comes).
         """
-        busy = any(
-            relay._local or not relay._queue.idle or (relay.room and not relay.room._queue.idle)
-            for relay in self._relays.values()
-        )
+        busy = any(not relay.settled for relay in self._relays.values())
         if busy and self.now() < deadline:
             self.reactor.callLater(0.05, self._when_settled, done, deadline)
         else:
@@ -1004,7 +995,7 @@ class ClusterRooms(Rooms):
         for relay in list(self._relays.values()):
             if relay.room is not None:
                 waits.append(relay.renew())
-            elif relay._local and not quiet:
+            elif relay.local_peers and not quiet:
                 waits.append(relay.resolve())
         return DeferredList(waits, consumeErrors=True)
 
@@ -1017,7 +1008,7 @@ class ClusterRooms(Rooms):
         The other nodes take this node for dead: its peers have left their
         rooms there.  Let them go here too; their clients reconnect.
         """
-        had = [r for r in self._relays.values() if r._local or r.room is not None]
+        had = [r for r in self._relays.values() if r.local_peers or r.room is not None]
         if not had:
             return
         # What waited for Redis is stale now: the others let go of this
@@ -1026,7 +1017,7 @@ class ClusterRooms(Rooms):
         self._log.warn("this node {why}: closing its peers", why=why)
         for relay in had:
             relay.step_down()
-            for handle in list(relay._local.values()):
+            for handle in list(relay.local_peers.values()):
                 handle.close(CLOSE_GOING_AWAY)
 
     # Reading the streams.

@@ -85,6 +85,11 @@ class RoomRelay:
             return self._local_view
         return MappingProxyType({**self._known, **self._local})
 
+    @property
+    def local_peers(self) -> Mapping[str, PeerHandle]:
+        """This node's own connections to the room (a read-only view)."""
+        return self._local_view
+
     def join(self, handle: PeerHandle) -> None:
         arrival = self._rooms.arrivals.get(handle.peer_id)
         if arrival is not None and arrival.handle is None:
@@ -105,6 +110,15 @@ class RoomRelay:
         self._rooms.drop_arrival(peer_id)
         self._run(lambda: self._leave(peer_id))
 
+    def moved_away(self, peer_id: str) -> None:
+        """
+        A peer held here now lives on another node (its queue went there):
+        it is no longer this node's, and it does not leave.
+        """
+        self._local.pop(peer_id, None)
+        self._answered.discard(peer_id)
+        self._sent.discard(peer_id)
+
     def _moved(self, peer_id: str, peer: Any) -> None:
         if self.room is not None:
             self.room._moved(peer_id, peer)
@@ -116,6 +130,17 @@ class RoomRelay:
             self._resolved = True
             self._queue.run(self.resolve)
         self._queue.run(job)
+
+    def take(self) -> Deferred[None]:
+        """
+        Find the room's owner now, and take the room if it has none; fires
+        once that is done (whatever came of it).
+        """
+        if self.room is None:
+            self._resolved = False
+        taken: Deferred[None] = Deferred()
+        self._run(lambda: taken.callback(None))
+        return taken
 
     def resolve(self) -> Deferred[None]:
         """
@@ -703,6 +728,16 @@ class RoomRelay:
             handle.close(int(fields.get("data", "1000")))
         elif kind == "admitted":
             handle.admitted(json.loads(fields.get("data", "[]")))
+
+    @property
+    def settled(self) -> bool:
+        """
+        Nothing left to do here before the room can be handed over: no
+        connection here, and neither this relay nor the room has work
+        waiting (every ``left`` has gone out).
+        """
+        room = self.room
+        return not self._local and self._queue.idle and (room is None or room._queue.idle)
 
     @property
     def idle(self) -> bool:
