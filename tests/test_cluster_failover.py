@@ -65,7 +65,7 @@ class _ThreeNodes(SynchronousTestCase):
         return n
 
     def epoch(self, node: str) -> int:
-        relay = self.cluster.nodes[node].find("r")
+        relay = self.cluster.nodes[node].node.find("r")
         assert relay is not None
         return relay.epoch
 
@@ -86,7 +86,7 @@ class OwnerDiesTests(_ThreeNodes):
         # The survivors keep their ids and their room; the dead node's
         # peer leaves, once, as on one server.
         c.until(lambda: self.y.left() == ["x"] and self.z.left() == ["x"], LEASE)
-        relay = c.nodes[owner].find("r")
+        relay = c.nodes[owner].node.find("r")
         assert relay is not None
         self.assertEqual(set(relay.peers), {"y", "z"})
         n = self.flow(1.0)

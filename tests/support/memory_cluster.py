@@ -96,7 +96,7 @@ class Cluster:
         return node
 
     def join(self, node: str, peer_id: str, room: str = "r") -> Peer:
-        relay = self.nodes[node].access(room)
+        relay = self.nodes[node].node.access(room)
         assert relay is not None
         peer = Peer(peer_id, relay)
         relay.join(peer.handle)
@@ -106,7 +106,7 @@ class Cluster:
         """The nodes that act as the room's owner now (their lease holds)."""
         owners = set()
         for name, node in self.nodes.items():
-            relay = node.find(room)
+            relay = node.node.find(room)
             if relay is not None and relay.lease_valid():
                 owners.add(name)
         return owners

@@ -24,11 +24,17 @@ from twisted.python.failure import Failure
 
 from ..context import AuthData
 from ..errors import NoSuchPeer, NoSuchRoom, RoomUnavailable
-from ..events import Events
 from ..message import Message
 from ..resume import MAX_QUEUED, Departure, GiveAway
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
-from ..rooms import RoomFactory, Rooms, close_for_shutdown, is_room_name
+from ..rooms import (
+    RoomFactory,
+    Rooms,
+    close_for_shutdown,
+    is_room_name,
+    on_room,
+    room_summary,
+)
 from . import scripts
 from .backend import Batch, Bus, Leases, RedisBus, RedisLeases, key, text
 from .relay import SAFE_SHARE, RoomRelay
@@ -37,17 +43,17 @@ from .resp import RedisClient, RedisError, RedisRefused, RedisURL
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
-__all__ = ["ClusterRooms", "RoomRelay"]
+__all__ = ["ClusterNode", "ClusterRooms", "RoomRelay"]
 
 #: The most entries, and bytes of them, that a node keeps to write again
-#: while Redis does not take them (`ClusterRooms.xadd`); beyond either the
+#: while Redis does not take them (`ClusterNode.xadd`); beyond either the
 #: oldest go.  (A node lets them all go once it closes its peers, a lease
 #: into an outage at most.)
 MAX_OUTBOX = 1_000_000
 MAX_OUTBOX_BYTES = 64 * 1024 * 1024
 #: How soon a node writes its waiting entries again (seconds).
 RETRY_DELAY = 0.2
-#: What a node id in a resume token may look like (`ClusterRooms.claim_elsewhere`).
+#: What a node id in a resume token may look like (`ClusterNode.claim`).
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
@@ -149,20 +155,20 @@ class _Arrival:
 
 class _Writes:
     """
-    A node's writes to streams (`ClusterRooms.xadd`), numbered and in order.
+    A node's writes to streams (`ClusterNode.xadd`), numbered and in order.
     One that Redis does not take (no connection, or no answer in time) is
     written again once Redis answers, with every one after it, in order; a
     copy that reaches a stream twice (Redis took it after all) is skipped by
     its reader (``seq``).
 
-    Each stream it writes to expires `ClusterRooms.keep_ms` after it last
+    Each stream it writes to expires `ClusterNode.keep_ms` after it last
     set that: a ``PEXPIRE`` after a write, at most once a lease per stream
     (a plain ``XADD`` costs Redis half what a script doing both does).
     """
 
     _log = Logger()
 
-    def __init__(self, rooms: ClusterRooms) -> None:
+    def __init__(self, rooms: ClusterNode) -> None:
         self._rooms = rooms
         self.seq = 0
         """The number of the last entry written."""
@@ -297,21 +303,6 @@ def _size(args: tuple[Any, ...]) -> int:
     return sum(len(a) if isinstance(a, bytes | str) else 8 for a in args)
 
 
-class _NotStartedAgain(Events):
-    """`Events` that pass everything on but a room's start."""
-
-    def __init__(self, inner: Events) -> None:
-        self._inner = inner
-
-    def room_started(self, room: str) -> None:
-        pass
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in ("room_started", "_inner", "__class__"):
-            return object.__getattribute__(self, name)
-        return getattr(object.__getattribute__(self, "_inner"), name)
-
-
 def _monotonic(reactor: Any) -> Callable[[], float]:
     """
     The clock that goes with `reactor`: a real reactor's time is the wall
@@ -331,30 +322,31 @@ def _on_redis(url: str | RedisURL, reactor: Any, lease: float) -> tuple[RedisCli
     return redis, RedisBus(redis, reader), RedisLeases(redis)
 
 
-class ClusterRooms(Rooms):
+class ClusterNode:
     """
-    The rooms of one node of a cluster.  `get_or_create` gives a `RoomRelay`;
-    the `Room` objects (iteration, `get`) are those this node owns now.
+    One node of a cluster: the `rooms.Backend` of its registry (`Rooms`),
+    which runs the rooms this node owns now.  `access` gives a `RoomRelay`
+    for any room of the cluster; the node's life, asking other nodes, the
+    admin API's calls and resume across nodes (`rooms.OtherNodes`) are here.
     """
 
     _log = Logger()
 
     def __init__(
         self,
-        factory: RoomFactory | None = None,
+        rooms: Rooms,
         *,
         redis_url: str | RedisURL | None = None,
         bus: Bus | None = None,
         leases: Leases | None = None,
         lease: float = 10.0,
-        max_peers: int | None = 4,
         reactor: Any = None,
         now: Callable[[], float] | None = None,
         node_id: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
-        super().__init__(factory, max_peers=max_peers, clock=reactor)
+        self.rooms = rooms  # the registry: the rooms that run here
         self.reactor = reactor
         """What schedules every timer of the node (a test's `task.Clock`)."""
         self.lease = lease
@@ -411,31 +403,34 @@ class ClusterRooms(Rooms):
     def key(self, *parts: str) -> str:
         return key(*parts)
 
-    # The Rooms seam, as a Peer uses it.
+    # The registry's backend, as a Peer uses it.
 
-    def start_room(
-        self, name: str, room_class: type[Room] = Room, options: Any = None, **kw: Any
-    ) -> Room:
+    @property
+    def other_nodes(self) -> ClusterNode:
+        return self
+
+    @property
+    def creates_on_demand(self) -> bool:
+        return self.rooms.creates_on_demand
+
+    def configure(self, name: str, make: Callable[[], Room], cap: int | None) -> Room:
         """
         Every node is started with the same rooms; each one runs the `Room`
         only while it owns it.
         """
-        cap = kw.get("max_peers", self.max_peers)
-        if not isinstance(cap, int | type(None)):
-            cap = self.max_peers
-        self._configured[name] = lambda: room_class(name, options, max_peers=cap, clock=self._clock)
+        self._configured[name] = make
         self._caps[name] = cap
-        return room_class(name, options, max_peers=cap, clock=self._clock)
+        return make()
 
     def is_configured(self, name: str) -> bool:
         return name in self._configured
 
-    def __contains__(self, name: object) -> bool:
+    def knows(self, name: str) -> bool:
         return name in self._configured or name in self._relays
 
     def access(self, name: str) -> RoomRelay | None:
         relay = self._relays.get(name)
-        if relay is None and (name in self._configured or self.factory is not None):
+        if relay is None and (name in self._configured or self.rooms.factory is not None):
             relay = self._relays[name] = RoomRelay(self, name)
         return relay
 
@@ -445,35 +440,26 @@ class ClusterRooms(Rooms):
     def make_room(self, name: str) -> Room | None:
         if name in self._configured:
             return self._configured[name]()
-        if self.factory is not None:
-            return self.factory(name)
+        factory = self.rooms.factory
+        if factory is not None:
+            return factory(name)
         return None
 
     def adopt(self, room: Room, *, continued: bool = False) -> None:
         """Run `room` here (this node owns it now)."""
-        if not continued:
-            self._add(room)
-            return
-        events = self.events
-        self._events = _NotStartedAgain(events)
-        try:
-            self._add(room)
-        finally:
-            self._events = events
-            room.events = events
+        self.rooms.add(room, continued=continued)
 
     def forsake(self, room: Room) -> None:
         """Drop `room` without stopping it: another node owns it now."""
-        room._queue.cancel()
-        if room in self.services:
-            self.services.remove(room)
-            self.namedServices.pop(room.name, None)
-            room.parent = None
-            room.running = False
+        self.rooms.forsake(room)
+
+    def stop_here(self, room: Room) -> Deferred[None]:
+        """Stop `room`, which runs here (its peers get "Room closed")."""
+        return self.rooms.remove(room)
 
     def release(self, relay: RoomRelay, room: Room) -> None:
-        if self.get(room.name) is room:
-            self._remove(room)
+        if self.rooms.get(room.name) is room:
+            self.rooms.remove(room)
         self.forget_if_idle(relay)
 
     def forget_if_idle(self, relay: RoomRelay) -> None:
@@ -530,7 +516,7 @@ class ClusterRooms(Rooms):
     def give_away_with(self, give_away: GiveAway) -> None:
         self._give_away = give_away
 
-    def claim_elsewhere(
+    def claim(
         self, token: str, room: str, identity: str | None
     ) -> Deferred[AuthData | None] | None:
         """
@@ -844,14 +830,17 @@ class ClusterRooms(Rooms):
         """An admin call on a room this node owns: what one server does."""
         if not self._owns(name):
             raise NoSuchRoom(name)
+        rooms = self.rooms
         if action == "summary":
-            return await super().summary(name)
+            return await on_room(rooms, name, room_summary)
         if action == "stop":
-            return await super().stop(name)
+            return await on_room(rooms, name, lambda room: self.stop_room(room.name))
         if action == "disconnect":
-            return await super().disconnect(name, str(args.get("peer")))
+            peer_id = str(args.get("peer"))
+            return await on_room(rooms, name, lambda room: room.disconnect(peer_id))
         if action == "post":
-            return await super().post(name, Message.from_json(args.get("message", "")))
+            message = Message.from_json(args.get("message", ""))
+            return await on_room(rooms, name, lambda room: room.forward(message))
         raise ValueError(f"unknown admin action {action!r}")
 
     async def _take(self, name: str) -> None:
@@ -864,14 +853,19 @@ class ClusterRooms(Rooms):
 
     # The node's life.
 
-    def startService(self) -> None:
-        super().startService()
+    def start(self) -> None:
+        """The registry has started: register, tick, read."""
         self._node_ok = self.now()
         self._tick.start(self.lease / 3, now=True)
         self._reading = True
         self._read()
 
-    def stopService(self) -> Deferred[None]:
+    def shut_down(self) -> Deferred[None]:
+        """
+        Close this node's peers (``"Room closed"``, ``"shutdown"``: the
+        registry's one shutdown path), let their rooms send every ``left``,
+        then hand the rooms over and leave the cluster.
+        """
         self._reading = False
         if self._tick.running:
             self._tick.stop()
@@ -886,7 +880,7 @@ class ClusterRooms(Rooms):
             departure.lost()
         for relay in list(self._relays.values()):
             for handle in list(relay.local_peers.values()):
-                close_for_shutdown(handle, self.events)
+                close_for_shutdown(handle, self.rooms.events)
         d: Deferred[None] = Deferred()
         self._when_settled(d, self.now() + self.lease * SAFE_SHARE / 2)
         return d
@@ -919,7 +913,6 @@ class ClusterRooms(Rooms):
         def closed(_: object) -> None:
             self.writes.stop()
             self.bus.close()
-            self.running = False
             done.callback(None)
 
         DeferredList(waits).addBoth(closed)
@@ -1075,3 +1068,47 @@ class ClusterRooms(Rooms):
             self._log.warn("cluster reader: {why}; retrying", why=failure.getErrorMessage())
         self.bus.reset()
         self.reactor.callLater(0.5, self._read)
+
+
+class ClusterRooms(Rooms):
+    """
+    The rooms of one node of a cluster: a `Rooms` composed with a
+    `ClusterNode` (`node`) as its backend.  It only puts the two together;
+    every method is the registry's.
+    """
+
+    def __init__(
+        self,
+        factory: RoomFactory | None = None,
+        *,
+        redis_url: str | RedisURL | None = None,
+        bus: Bus | None = None,
+        leases: Leases | None = None,
+        lease: float = 10.0,
+        max_peers: int | None = 4,
+        reactor: Any = None,
+        now: Callable[[], float] | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        made: list[ClusterNode] = []
+
+        def node(rooms: Rooms) -> ClusterNode:
+            made.append(
+                ClusterNode(
+                    rooms,
+                    redis_url=redis_url,
+                    bus=bus,
+                    leases=leases,
+                    lease=lease,
+                    reactor=reactor,
+                    now=now,
+                    node_id=node_id,
+                )
+            )
+            return made[0]
+
+        super().__init__(factory, max_peers=max_peers, clock=reactor, backend=node)
+        self.node: ClusterNode = made[0]
+        """This node: its id, lease, streams and the other nodes."""

@@ -25,7 +25,7 @@ from ..message import InvalidMessage, Message
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
 
 if TYPE_CHECKING:
-    from .node import ClusterRooms
+    from .node import ClusterNode
 
 __all__ = ["SAFE_SHARE", "RoomRelay"]
 
@@ -42,9 +42,9 @@ class RoomRelay:
 
     _log = Logger()
 
-    def __init__(self, rooms: ClusterRooms, name: str) -> None:
+    def __init__(self, node: ClusterNode, name: str) -> None:
         self.name = name
-        self._rooms = rooms
+        self._node = node
         self._local: dict[str, PeerHandle] = {}
         self._local_view = MappingProxyType(self._local)
         self._sent: set[str] = set()
@@ -91,7 +91,7 @@ class RoomRelay:
         return self._local_view
 
     def join(self, handle: PeerHandle) -> None:
-        arrival = self._rooms.arrivals.get(handle.peer_id)
+        arrival = self._node.arrivals.get(handle.peer_id)
         if arrival is not None and arrival.handle is None:
             # Resumed here, held on another node: it moves, it does not join.
             handle = arrival.wrap(handle)
@@ -107,7 +107,7 @@ class RoomRelay:
     def leave(self, peer_id: str) -> None:
         self._local.pop(peer_id, None)
         self._answered.discard(peer_id)
-        self._rooms.drop_arrival(peer_id)
+        self._node.drop_arrival(peer_id)
         self._run(lambda: self._leave(peer_id))
 
     def moved_away(self, peer_id: str) -> None:
@@ -146,16 +146,16 @@ class RoomRelay:
         """
         Take the room if it has no owner; otherwise learn the owner's epoch.
         """
-        sent = self._rooms.now()
+        sent = self._node.now()
         # Right after a Redis restart, the rooms' previous owners take them
         # back first: a join here meanwhile goes to the room's stream, which
         # the owner reads anew once it has the room again.
-        d = self._acquire("wait" if self._rooms.settling else "take")
+        d = self._acquire("wait" if self._node.settling else "take")
         return d.addCallbacks(self._acquired, self._unresolved, callbackArgs=(sent,))
 
     def _acquire(self, mode: str) -> Deferred[tuple[int, str]]:
         """The owner lease and epoch, or the owner's epoch."""
-        rooms = self._rooms
+        rooms = self._node
         return rooms.leases.acquire(
             self.name, rooms.node_id, int(rooms.lease * 1000), rooms.keep_ms, mode
         )
@@ -173,7 +173,7 @@ class RoomRelay:
         if epoch == 0:
             # Someone else owns it.  What this node has seen of its epoch is
             # what came through the inbox, in stream order (see from_inbox).
-            d = self._rooms.leases.members(self.name)
+            d = self._node.leases.members(self.name)
             return d.addCallbacks(self._members_read, lambda _: None)
         return self._become_owner(epoch, detail, sent)
 
@@ -184,10 +184,10 @@ class RoomRelay:
     # Owning the room.
 
     def lease_valid(self) -> bool:
-        return self.room is not None and self._rooms.now() < self._valid_until
+        return self.room is not None and self._node.now() < self._valid_until
 
     def _become_owner(self, epoch: int, cursor: str, sent: float) -> Deferred[None]:
-        rooms = self._rooms
+        rooms = self._node
         self.epoch, self.cursor = epoch, cursor
         self.token = f"{rooms.node_id}|{epoch}"
         self._valid_until = sent + rooms.lease * SAFE_SHARE
@@ -205,7 +205,7 @@ class RoomRelay:
         )
 
     def _take_over(self, members: list[tuple[str, bytes]], dead: list[str]) -> Any:
-        rooms = self._rooms
+        rooms = self._node
         room = rooms.make_room(self.name)
         if room is None:
             return None
@@ -257,7 +257,7 @@ class RoomRelay:
 
     def renew(self) -> Deferred[None]:
         """Keep the lease, and let the members of dead nodes go."""
-        rooms = self._rooms
+        rooms = self._node
         sent = rooms.now()
         token = self.token
         d = rooms.leases.renew(self.name, token, int(rooms.lease * 1000), rooms.keep_ms)
@@ -284,7 +284,7 @@ class RoomRelay:
 
     def _dead(self, peer_ids: list[str]) -> None:
         for peer_id in peer_ids:
-            if self.room is not None and self._members.get(peer_id) != self._rooms.node_id:
+            if self.room is not None and self._members.get(peer_id) != self._node.node_id:
                 self._log.info(
                     "room {room}: peer {peer_id}'s node is gone", room=self.name, peer_id=peer_id
                 )
@@ -292,7 +292,7 @@ class RoomRelay:
 
     def reacquire(self) -> Deferred[None]:
         """Redis lost its keys: take the room again and write its members back."""
-        rooms = self._rooms
+        rooms = self._node
         room = self.room
         assert room is not None
         sent = rooms.now()
@@ -334,7 +334,7 @@ class RoomRelay:
         self._held = None
         if room is None:
             return
-        self._rooms.forsake(room)
+        self._node.forsake(room)
         for handle in list(self._local.values()):
             handle.close(CLOSE_GOING_AWAY)
 
@@ -342,7 +342,7 @@ class RoomRelay:
         if self.room is not room:
             return
         self._let_go()
-        self._rooms.release(self, room)
+        self._node.release(self, room)
 
     def stop(self) -> Deferred[None]:
         """
@@ -356,13 +356,13 @@ class RoomRelay:
         def gone(_: object) -> None:
             if self.room is room:
                 self._let_go()
-            self._rooms.forget_if_idle(self)
+            self._node.forget_if_idle(self)
 
-        return self._rooms._remove(room).addCallback(gone)
+        return self._node.stop_here(room).addCallback(gone)
 
     def _let_go(self) -> None:
         """Delete the owner key and the members (owner-checked): nobody owns it now."""
-        self._rooms.leases.release(self.name, self.token).addErrback(lambda _: None)
+        self._node.leases.release(self.name, self.token).addErrback(lambda _: None)
         self.room, self.token, self._resolved = None, "", False
 
     def _guarded(self, local: PeerHandle) -> PeerHandle:
@@ -377,7 +377,7 @@ class RoomRelay:
             local.close(code)
 
         def recorded(peer_ids: list[str]) -> None:
-            self._record(local.peer_id, self._rooms.node_id, local.auth)
+            self._record(local.peer_id, self._node.node_id, local.auth)
             self._deliver(lambda: admitted(peer_ids))
 
         return PeerHandle(
@@ -407,7 +407,7 @@ class RoomRelay:
         that nobody else owned the room meanwhile (the key never lapsed),
         and they go out (`_release_held`); a lost lease drops them with
         the room (`step_down`); a node that cannot renew for longer gives
-        up its rooms (`ClusterRooms._presumed_dead`).
+        up its rooms (`ClusterNode._presumed_dead`).
         """
         if self.room is None:
             self._held = None
@@ -448,8 +448,8 @@ class RoomRelay:
 
     def _to_node(self, node: str, peer_id: str, kind: str, data: bytes | str) -> None:
         def write() -> None:
-            self._rooms.xadd(
-                self._rooms.key("inbox", node),
+            self._node.xadd(
+                self._node.key("inbox", node),
                 room=self.name,
                 epoch=self.epoch,
                 peer=peer_id,
@@ -468,7 +468,7 @@ class RoomRelay:
         member = json.dumps(
             {"node": node, "credentials": auth.credentials, "metadata": auth.metadata}
         )
-        rooms = self._rooms
+        rooms = self._node
         d = rooms.leases.add_member(self.name, self.token, rooms.keep_ms, peer_id, member)
         d.addErrback(self._log_failure, "record a member")
 
@@ -477,7 +477,7 @@ class RoomRelay:
             self.room.leave(peer_id)
         self._members.pop(peer_id, None)
         # As this node's owner token: it changes nothing unless that holds.
-        d = self._rooms.leases.remove_member(self.name, self.token, peer_id)
+        d = self._node.leases.remove_member(self.name, self.token, peer_id)
         d.addErrback(self._log_failure, "forget a member")
 
     def _join_room(self, handle: PeerHandle, node: str) -> None:
@@ -503,17 +503,17 @@ class RoomRelay:
             return
         self._sent.add(peer_id)
         if self.room is not None:
-            self._join_room(self._guarded(handle), self._rooms.node_id)
+            self._join_room(self._guarded(handle), self._node.node_id)
             return
         auth = handle.auth
-        self._rooms.xadd(
-            self._rooms.key("room", self.name, "in"),
+        self._node.xadd(
+            self._node.key("room", self.name, "in"),
             op="join",
             peer=peer_id,
-            node=self._rooms.node_id,
+            node=self._node.node_id,
             auth=json.dumps({"credentials": auth.credentials, "metadata": auth.metadata}),
         )
-        self._rooms.reactor.callLater(self._rooms.lease, self._check_answered, handle)
+        self._node.reactor.callLater(self._node.lease, self._check_answered, handle)
 
     def _check_answered(self, handle: PeerHandle) -> None:
         """
@@ -533,8 +533,8 @@ class RoomRelay:
         if self.room is not None:
             self.room.submit(message, received)
             return
-        self._rooms.xadd(
-            self._rooms.key("room", self.name, "in"),
+        self._node.xadd(
+            self._node.key("room", self.name, "in"),
             op="submit",
             peer=message.from_ or "",
             # The bytes a single server would send: a lone surrogate, which
@@ -544,15 +544,15 @@ class RoomRelay:
 
     def _leave(self, peer_id: str) -> None:
         self._sent.discard(peer_id)
-        node = self._rooms.node_id
+        node = self._node.node_id
         if self.room is not None:
             if self._members.get(peer_id, node) == node:
                 self._owner_leave(peer_id)
         else:
-            self._rooms.xadd(
-                self._rooms.key("room", self.name, "in"), op="leave", peer=peer_id, node=node
+            self._node.xadd(
+                self._node.key("room", self.name, "in"), op="leave", peer=peer_id, node=node
             )
-        self._rooms.forget_if_idle(self)
+        self._node.forget_if_idle(self)
 
     # Resume across nodes (docs/cluster.md, "Resume on another node").
 
@@ -565,13 +565,13 @@ class RoomRelay:
         if peer_id not in self._local:
             return
         self._sent.add(peer_id)
-        node = self._rooms.node_id
+        node = self._node.node_id
         if self.room is not None:
             self.room._queue.run(self._move_in, peer_id, node, self._guarded(handle))
             return
         auth = handle.auth
-        self._rooms.xadd(
-            self._rooms.key("room", self.name, "in"),
+        self._node.xadd(
+            self._node.key("room", self.name, "in"),
             op="move",
             peer=peer_id,
             node=node,
@@ -599,7 +599,7 @@ class RoomRelay:
             )
             self._members.pop(peer_id, None)
             self._join_room(handle, node)
-            self._rooms.handover(node, self.name, peer_id, [])
+            self._node.handover(node, self.name, peer_id, [])
             return
         origin = self._members.get(peer_id, "")
         room._restore(handle)
@@ -611,12 +611,12 @@ class RoomRelay:
             origin=origin,
             node=node,
         )
-        if origin == self._rooms.node_id:
-            self._rooms.departed(self, peer_id, node)
+        if origin == self._node.node_id:
+            self._node.departed(self, peer_id, node)
         elif origin and origin != node:
             self._to_node(origin, peer_id, "moved", node)
         else:
-            self._rooms.handover(node, self.name, peer_id, [])
+            self._node.handover(node, self.name, peer_id, [])
 
     # Entries from the room's stream (while owner) and from this node's inbox.
 
@@ -647,7 +647,7 @@ class RoomRelay:
         elif op == "move":
             self._move(room, peer_id, fields)
         elif op == "control":
-            self._rooms.answer_control(self.name, fields)
+            self._node.answer_control(self.name, fields)
 
     def _first_time(self, fields: dict[str, str]) -> bool:
         """
@@ -694,7 +694,7 @@ class RoomRelay:
         else:
             auth = json.loads(fields.get("auth", "{}"))
             auth_data = AuthData(peer_id, auth.get("credentials") or {}, auth.get("metadata"))
-        local = self._local.get(peer_id) if node == self._rooms.node_id else None
+        local = self._local.get(peer_id) if node == self._node.node_id else None
         if local is not None:
             # Its own move, written before this node took the room over.
             handle = self._guarded(local)
@@ -715,7 +715,7 @@ class RoomRelay:
         self.seen_epoch = epoch
         kind = fields.get("kind")
         if kind == "moved":
-            self._rooms.departed(self, fields.get("peer", ""), fields.get("data", ""))
+            self._node.departed(self, fields.get("peer", ""), fields.get("data", ""))
             return
         handle = self._local.get(fields.get("peer", ""))
         if handle is None:
