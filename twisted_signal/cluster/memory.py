@@ -203,7 +203,8 @@ class MemoryRedis:
     def get(self, name: str) -> Any:
         due = self._expires.get(name)
         if due is not None and due <= self.clock.seconds():
-            self.delete(name)
+            self._values.pop(name, None)
+            self._expires.pop(name, None)
         return self._values.get(name)
 
     def set(self, name: str, value: Any, px: int | None = None) -> None:
@@ -212,10 +213,14 @@ class MemoryRedis:
         if px is not None:
             self.pexpire(name, px)
 
-    def delete(self, *names: str) -> None:
+    def delete(self, *names: str) -> int:
+        """Forget `names`; how many there were."""
+        deleted = 0
         for name in names:
+            deleted += self.get(name) is not None
             self._values.pop(name, None)
             self._expires.pop(name, None)
+        return deleted
 
     def pexpire(self, name: str, ms: int) -> int:
         if self.get(name) is None:
