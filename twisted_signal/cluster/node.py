@@ -409,10 +409,6 @@ class ClusterNode:
     def other_nodes(self) -> ClusterNode:
         return self
 
-    @property
-    def creates_on_demand(self) -> bool:
-        return self.rooms.creates_on_demand
-
     def configure(self, name: str, make: Callable[[], Room], cap: int | None) -> Room:
         """
         Every node is started with the same rooms; each one runs the `Room`
@@ -422,8 +418,9 @@ class ClusterNode:
         self._caps[name] = cap
         return make()
 
-    def is_configured(self, name: str) -> bool:
-        return name in self._configured
+    def stops_when_empty(self, name: str) -> bool:
+        """Whether the room stops when it empties: made on demand, not configured."""
+        return self.rooms.creates_on_demand and name not in self._configured
 
     def knows(self, name: str) -> bool:
         return name in self._configured or name in self._relays
@@ -592,6 +589,17 @@ class ClusterNode:
                 t=self.lease,
             )
             arrival.handed_over([])
+
+    def arriving(self, handle: PeerHandle) -> PeerHandle | None:
+        """
+        The handle through which the room reaches `handle`'s peer, if it
+        resumed here while another node held it (it moves, it does not
+        join); None for a peer that joins.
+        """
+        arrival = self.arrivals.get(handle.peer_id)
+        if arrival is None or arrival.handle is not None:
+            return None
+        return arrival.wrap(handle)
 
     def drop_arrival(self, peer_id: str) -> None:
         arrival = self.arrivals.pop(peer_id, None)

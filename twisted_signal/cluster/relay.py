@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -25,13 +25,63 @@ from ..message import InvalidMessage, Message
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
 
 if TYPE_CHECKING:
-    from .node import ClusterNode
+    from .backend import Leases
 
-__all__ = ["SAFE_SHARE", "RoomRelay"]
+__all__ = ["SAFE_SHARE", "Node", "RoomRelay"]
 
 #: The share of the lease during which an owner still acts as owner, counted
 #: on the monotonic clock from when it sent its last acquire or renew.
 SAFE_SHARE = 0.8
+
+
+class Node(Protocol):
+    """
+    What a relay needs of its node (`node.ClusterNode`): who it is, its
+    clock and lease, the leases and the bus, the registry's rooms, and
+    resume across nodes.
+    """
+
+    node_id: str
+    lease: float
+    keep_ms: int
+    judge_after: float
+    reactor: Any
+    leases: Leases
+
+    def now(self) -> float: ...
+
+    @property
+    def settling(self) -> bool: ...
+
+    def key(self, *parts: str) -> str: ...
+
+    def xadd(self, stream: str, **fields: Any) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def make_room(self, name: str) -> Room | None: ...
+
+    def stops_when_empty(self, name: str) -> bool: ...
+
+    def adopt(self, room: Room, *, continued: bool = False) -> None: ...
+
+    def forsake(self, room: Room) -> None: ...
+
+    def stop_here(self, room: Room) -> Deferred[None]: ...
+
+    def release(self, relay: RoomRelay, room: Room) -> None: ...
+
+    def forget_if_idle(self, relay: RoomRelay) -> None: ...
+
+    def answer_control(self, name: str, fields: dict[str, str]) -> None: ...
+
+    def arriving(self, handle: PeerHandle) -> PeerHandle | None: ...
+
+    def drop_arrival(self, peer_id: str) -> None: ...
+
+    def handover(self, node: str, room: str, peer_id: str, payloads: list[bytes]) -> None: ...
+
+    def departed(self, relay: RoomRelay, peer_id: str, node: str) -> None: ...
 
 
 class RoomRelay:
@@ -42,7 +92,7 @@ class RoomRelay:
 
     _log = Logger()
 
-    def __init__(self, node: ClusterNode, name: str) -> None:
+    def __init__(self, node: Node, name: str) -> None:
         self.name = name
         self._node = node
         self._local: dict[str, PeerHandle] = {}
@@ -91,12 +141,11 @@ class RoomRelay:
         return self._local_view
 
     def join(self, handle: PeerHandle) -> None:
-        arrival = self._node.arrivals.get(handle.peer_id)
-        if arrival is not None and arrival.handle is None:
+        arriving = self._node.arriving(handle)
+        if arriving is not None:
             # Resumed here, held on another node: it moves, it does not join.
-            handle = arrival.wrap(handle)
-            self._local[handle.peer_id] = handle
-            self._run(lambda: self._move_here(handle))
+            self._local[arriving.peer_id] = arriving
+            self._run(lambda: self._move_here(arriving))
             return
         self._local[handle.peer_id] = handle
         self._run(lambda: self._join(handle))
@@ -214,7 +263,7 @@ class RoomRelay:
         )
         self.room = room
         self._members = {}
-        if rooms.creates_on_demand and not rooms.is_configured(self.name):
+        if rooms.stops_when_empty(self.name):
             room._on_empty = self._emptied
         # A room with members was started by a previous owner: for the
         # lifecycle events (webhooks) it goes on, it does not start again.
