@@ -55,17 +55,22 @@ def _until(condition: Callable[[], bool], timeout: float = 10) -> Any:
 def test_a_node_answers_what_another_asks(redis: Redis) -> Any:
     a = ClusterRooms(redis_url=redis.url, lease=1.0, node_id="asker")
     b = ClusterRooms(redis_url=redis.url, lease=1.0, node_id="answerer")
-    b.answerers["echo"] = lambda fields: b.answer(fields, {"said": fields["what"]})
+    b.node.answerers["echo"] = lambda fields: b.node.answer(fields, {"said": fields["what"]})
     a.startService()
     b.startService()
     try:
-        answer = yield a.ask(b.key("inbox", "answerer"), 5, kind="ask", op="echo", what="hi")
+        answer = yield a.node.ask(
+            b.node.key("inbox", "answerer"), 5, kind="ask", op="echo", what="hi"
+        )
         assert answer == {"said": "hi"}
         # An op nobody knows, or a node that is not there, gets no answer.
-        for stream, op in [(b.key("inbox", "answerer"), "unknown"), (b.key("inbox", "x"), "echo")]:
+        for stream, op in [
+            (b.node.key("inbox", "answerer"), "unknown"),
+            (b.node.key("inbox", "x"), "echo"),
+        ]:
             with pytest.raises(TimeoutError):
-                yield a.ask(stream, 0.3, kind="ask", op=op)
-        assert a._asked == {}
+                yield a.node.ask(stream, 0.3, kind="ask", op=op)
+        assert a.node._asked == {}
     finally:
         yield a.stopService()
         yield b.stopService()
@@ -77,11 +82,11 @@ def test_a_redis_restart_is_seen_even_if_the_first_tick_after_it_fails(redis: Re
     node = ClusterRooms(redis_url=redis.url, lease=1.0, node_id="n")
     node.startService()
     try:
-        yield _until(lambda: node._registered)
-        assert node.judge_after == 0
+        yield _until(lambda: node.node._registered)
+        assert node.node.judge_after == 0
         # The first registration after the restart fails, after INFO has
         # already shown the new run id.
-        execute = node.redis.execute
+        execute = node.node.redis.execute
         failed: list[tuple[Any, ...]] = []
 
         def flaky(*args: Any, **kw: Any) -> Deferred[Any]:
@@ -90,10 +95,10 @@ def test_a_redis_restart_is_seen_even_if_the_first_tick_after_it_fails(redis: Re
                 return fail(RedisUnavailable("the test failed this one"))
             return execute(*args, **kw)
 
-        node.redis.execute = flaky  # type: ignore[method-assign]
+        node.node.redis.execute = flaky  # type: ignore[method-assign]
         redis.stop()
         redis.start()
-        yield _until(lambda: node.judge_after > 0)
+        yield _until(lambda: node.node.judge_after > 0)
         assert failed
     finally:
         yield node.stopService()
@@ -108,8 +113,8 @@ def test_an_entry_that_fails_does_not_stop_the_reader(redis: Redis) -> Any:
     def boom(fields: dict[str, str]) -> None:
         raise ValueError("a bad entry")
 
-    b.answerers["boom"] = boom
-    b.answerers["echo"] = lambda fields: b.answer(fields, "still reading")
+    b.node.answerers["boom"] = boom
+    b.node.answerers["echo"] = lambda fields: b.node.answer(fields, "still reading")
     failures: list[Any] = []
 
     @implementer(ILogObserver)
@@ -121,10 +126,10 @@ def test_an_entry_that_fails_does_not_stop_the_reader(redis: Redis) -> Any:
     a.startService()
     b.startService()
     try:
-        inbox = b.key("inbox", "answerer")
+        inbox = b.node.key("inbox", "answerer")
         with pytest.raises(TimeoutError):
-            yield a.ask(inbox, 0.3, kind="ask", op="boom")
-        assert (yield a.ask(inbox, 5, kind="ask", op="echo")) == "still reading"
+            yield a.node.ask(inbox, 0.3, kind="ask", op="boom")
+        assert (yield a.node.ask(inbox, 5, kind="ask", op="echo")) == "still reading"
     finally:
         yield a.stopService()
         yield b.stopService()

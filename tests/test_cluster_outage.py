@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_signal.cluster import scripts
+from twisted_signal.cluster.backend import RedisBus, RedisLeases
 from twisted_signal.cluster.node import ClusterRooms
 from twisted_signal.cluster.relay import RoomRelay
 from twisted_signal.cluster.resp import RedisUnavailable
@@ -60,6 +61,12 @@ class FakeRedis:
             d.callback(self.reply(args))
         return d.addTimeout(timeout if timeout is not None else self.timeout, self.clock)
 
+    def drop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
     def resume(self) -> None:
         self.paused = False
         pending, self.pending = self.pending, []
@@ -89,6 +96,12 @@ class Reader:
 
     def execute(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
         return Deferred()
+
+    def drop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class Local:
@@ -121,20 +134,18 @@ class _OwnerCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(100)
+        self.redis = FakeRedis(self.clock, timeout=LEASE / 3)
         self.rooms = ClusterRooms(
             lambda name: Room(name, clock=self.clock),
-            redis_url="redis://127.0.0.1:1/0",
+            bus=RedisBus(self.redis, Reader()),
+            leases=RedisLeases(self.redis),
             lease=LEASE,
             reactor=self.clock,
             node_id="owner",
         )
-        self.rooms.now = self.clock.seconds
-        self.redis = FakeRedis(self.clock, timeout=LEASE / 3)
-        self.rooms.redis = self.redis  # type: ignore[assignment]
-        self.rooms._reader = Reader()  # type: ignore[assignment]
         self.rooms.startService()
-        self.addCleanup(self.rooms._tick.stop)
-        relay = self.rooms.access("r")
+        self.addCleanup(self.rooms.node._tick.stop)
+        relay = self.rooms.node.access("r")
         assert relay is not None
         self.relay: RoomRelay = relay
         self.x, self.y = Local("x"), Local("y")
@@ -159,7 +170,7 @@ class _OwnerCase(SynchronousTestCase):
 
     def just_before_tick(self) -> None:
         """Let x send until a hundredth of a second before the next tick."""
-        due = self.rooms._tick.call.getTime()  # type: ignore[union-attr]
+        due = self.rooms.node._tick.call.getTime()  # type: ignore[union-attr]
         self.send_for(due - self.clock.seconds() - 0.01, every=0.01)
 
     def pause(self, seconds: float) -> None:
@@ -277,16 +288,16 @@ class WritesTests(_OwnerCase):
     def write(self, n: int) -> None:
         """Write a delivery of n to y through this node's own inbox."""
         data = json.dumps({"event": "n", "data": n})
-        self.rooms.xadd(self.inbox, room="r", epoch=7, peer="y", kind="send", data=data)
+        self.rooms.node.xadd(self.inbox, room="r", epoch=7, peer="y", kind="send", data=data)
 
     def read_inbox(self) -> None:
         """Read this node's inbox as its reader does."""
         for i, flat in enumerate(self.redis.streams.pop(self.inbox, [])):
-            self.rooms._entry(self.inbox, f"1-{i}", flat, self.inbox, [])
+            self.rooms.node._entry(self.inbox, f"1-{i}", flat, self.inbox, [])
 
     def setUp(self) -> None:
         super().setUp()
-        self.inbox = self.rooms.key("inbox", "owner")
+        self.inbox = self.rooms.node.key("inbox", "owner")
         self.read_inbox()
 
     def test_writes_refused_meanwhile_are_written_again_in_order(self) -> None:
@@ -301,7 +312,7 @@ class WritesTests(_OwnerCase):
         self.write(6)
         self.read_inbox()
         self.assertEqual(self.y.numbers(), [1, 2, 3, 4, 5, 6])
-        self.assertFalse(self.rooms.writes.waiting)
+        self.assertFalse(self.rooms.node.writes.waiting)
 
     def test_a_write_that_timed_out_but_was_taken_is_read_once(self) -> None:
         self.redis.paused = True
@@ -351,7 +362,7 @@ class WritesTests(_OwnerCase):
         self.redis.down = True
         for n in range(100):
             self.write(n)
-        waiting = self.rooms.writes.waiting
+        waiting = self.rooms.node.writes.waiting
         self.assertLess(sum(node._size(e) for e in waiting), 10_000)
         self.assertEqual(waiting[-1][-1], json.dumps({"event": "n", "data": 99}))  # the newest
         self.redis.down = False
@@ -363,9 +374,9 @@ class WritesTests(_OwnerCase):
     def test_a_stopped_node_writes_nothing_again(self) -> None:
         self.redis.down = True
         self.write(1)
-        self.rooms.writes.stop()
+        self.rooms.node.writes.stop()
         self.wait(1)
-        self.assertEqual(self.clock.getDelayedCalls(), [self.rooms._tick.call])
+        self.assertEqual(self.clock.getDelayedCalls(), [self.rooms.node._tick.call])
 
     def test_an_entry_that_cannot_be_encoded_is_dropped_not_written_again(self) -> None:
         execute = self.redis.execute
@@ -377,9 +388,9 @@ class WritesTests(_OwnerCase):
 
         self.redis.execute = refuse_surrogates  # type: ignore[method-assign]
         self.write(1)
-        self.rooms.xadd(self.inbox, room="r", epoch=7, peer="y", kind="send", data="\ud800")
+        self.rooms.node.xadd(self.inbox, room="r", epoch=7, peer="y", kind="send", data="\ud800")
         self.write(2)
         self.wait(1)
         self.read_inbox()
         self.assertEqual(self.y.numbers(), [1, 2])
-        self.assertFalse(self.rooms.writes.waiting)
+        self.assertFalse(self.rooms.node.writes.waiting)

@@ -15,7 +15,7 @@ import pytest
 from twisted.internet.testing import StringTransport
 
 from twisted_signal.cluster import scripts
-from twisted_signal.cluster.node import PREFIX
+from twisted_signal.cluster.backend import PREFIX
 from twisted_signal.cluster.resp import RedisError, RedisUnavailable, encode
 from twisted_signal.cluster.scripts import Script
 

@@ -274,11 +274,11 @@ def test_a_node_with_the_password_from_a_file_over_tls(server: Server, tmp_path:
     node.startService()
     try:
         for _ in range(50):
-            if node._registered:
+            if node.node._registered:
                 break
             yield _sleep(0.1)
-        assert node._registered
-        assert (yield node.redis.execute("EXISTS", node.key("node", "tls-node"))) == 1
+        assert node.node._registered
+        assert (yield node.node.redis.execute("EXISTS", node.node.key("node", "tls-node"))) == 1
     finally:
         yield node.stopService()
         yield _sleep(0)
@@ -341,7 +341,7 @@ def test_a_node_whose_redis_certificate_does_not_verify_says_so_once(server: Ser
     # One line from each of its two connections (commands, stream reader).
     assert texts.count(texts[0]) == len(texts) == 2, texts
     assert texts[0].startswith("TLS: the server's certificate does not verify with the trusted CAs")
-    assert not node._registered
+    assert not node.node._registered
 
 
 @pytest_twisted.inlineCallbacks

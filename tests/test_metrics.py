@@ -145,7 +145,7 @@ class MetricsTests(SynchronousTestCase):
                 return deferLater(clock, 0.2, lambda: message)
 
         room = Slow("slow", clock=clock)
-        self.rooms._add(room)
+        self.rooms.add(room)
         room.join(FakeConnection("p1").handle())
         room.join(FakeConnection("p2").handle())
         now = clock.seconds()

@@ -332,7 +332,8 @@ class Admission:
             return None
         with_tokens = server.settings.token_verifier is not None
         identity = AuthData("", credentials).identity if with_tokens else None
-        claim = server.rooms.claim_elsewhere(token, room, identity)
+        other_nodes = server.rooms.other_nodes
+        claim = other_nodes.claim(token, room, identity) if other_nodes is not None else None
         auth = None if claim is None else await claim
         if auth is None:
             return None

@@ -512,8 +512,11 @@ class PeerFactory(WebSocketFactory):
         self.rooms = rooms
         self.accepting = True
         """False once the server is shutting down: new peers get 503."""
-        self.resumption = Resumption(settings.resume_window, self.clock, rooms.token_prefix)
-        rooms.give_away_with(self._give_away)
+        other_nodes = rooms.other_nodes
+        prefix = other_nodes.token_prefix if other_nodes is not None else ""
+        self.resumption = Resumption(settings.resume_window, self.clock, prefix)
+        if other_nodes is not None:
+            other_nodes.give_away_with(self._give_away)
         self.admission = Admission(self)
         """Whether an upgrade request may become a peer (SPEC 1.4 step 2)."""
 

@@ -17,50 +17,44 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .. import message as wire
 from ..context import AuthData
 from ..errors import NoSuchPeer, NoSuchRoom, RoomUnavailable
-from ..events import Events
 from ..message import Message
 from ..resume import MAX_QUEUED, Departure, GiveAway
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
-from ..rooms import RoomFactory, Rooms, is_room_name
+from ..rooms import (
+    RoomFactory,
+    Rooms,
+    close_for_shutdown,
+    is_room_name,
+    on_room,
+    room_summary,
+)
 from . import scripts
-from .relay import SAFE_SHARE, RoomRelay, _text
+from .backend import Batch, Bus, Leases, RedisBus, RedisLeases, key, text
+from .relay import SAFE_SHARE, RoomRelay
 from .resp import RedisClient, RedisError, RedisRefused, RedisURL
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
-__all__ = ["ClusterRooms", "RoomRelay"]
+__all__ = ["ClusterNode", "ClusterRooms", "RoomRelay"]
 
-PREFIX = "rtcsignal:"
-#: Readers trim what they have read (XTRIM MINID); this bound only caps the
-#: memory of a stream whose reader is gone.  Trimming by length alone would
-#: drop entries that a reader under load has not read yet.
-STREAM_MAXLEN = 1_000_000
 #: The most entries, and bytes of them, that a node keeps to write again
-#: while Redis does not take them (`ClusterRooms.xadd`); beyond either the
+#: while Redis does not take them (`ClusterNode.xadd`); beyond either the
 #: oldest go.  (A node lets them all go once it closes its peers, a lease
 #: into an outage at most.)
 MAX_OUTBOX = 1_000_000
 MAX_OUTBOX_BYTES = 64 * 1024 * 1024
 #: How soon a node writes its waiting entries again (seconds).
 RETRY_DELAY = 0.2
-#: What a node id in a resume token may look like (`ClusterRooms.claim_elsewhere`).
+#: What a node id in a resume token may look like (`ClusterNode.claim`).
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-
-
-def _run_id(info: bytes) -> str:
-    """The ``run_id`` of Redis's ``INFO server``: new at every start."""
-    for line in _text(info).splitlines():
-        if line.startswith("run_id:"):
-            return line.partition(":")[2].strip()
-    return ""
 
 
 class _Arrival:
@@ -161,20 +155,20 @@ class _Arrival:
 
 class _Writes:
     """
-    A node's writes to streams (`ClusterRooms.xadd`), numbered and in order.
+    A node's writes to streams (`ClusterNode.xadd`), numbered and in order.
     One that Redis does not take (no connection, or no answer in time) is
     written again once Redis answers, with every one after it, in order; a
     copy that reaches a stream twice (Redis took it after all) is skipped by
     its reader (``seq``).
 
-    Each stream it writes to expires `ClusterRooms.keep_ms` after it last
+    Each stream it writes to expires `ClusterNode.keep_ms` after it last
     set that: a ``PEXPIRE`` after a write, at most once a lease per stream
     (a plain ``XADD`` costs Redis half what a script doing both does).
     """
 
     _log = Logger()
 
-    def __init__(self, rooms: ClusterRooms) -> None:
+    def __init__(self, rooms: ClusterNode) -> None:
         self._rooms = rooms
         self.seq = 0
         """The number of the last entry written."""
@@ -192,8 +186,7 @@ class _Writes:
     def add(self, stream: str, fields: Mapping[str, Any]) -> None:
         rooms = self._rooms
         self.seq += 1
-        args: list[Any] = ["XADD", stream, "MAXLEN", "~", STREAM_MAXLEN, "*"]
-        args += ["src", rooms.node_id, "seq", self.seq]
+        args: list[Any] = [stream, "src", rooms.node_id, "seq", self.seq]
         for name, value in fields.items():
             args += [name, value]
         if self.waiting or self._flushing:
@@ -201,7 +194,7 @@ class _Writes:
             self._keep(tuple(args))
             return
         self._writing += 1
-        rooms.redis.execute(*args).addBoth(self._written, tuple(args))
+        rooms.bus.add(stream, args[1:]).addBoth(self._written, tuple(args))
 
     def clear(self) -> None:
         self.waiting.clear()
@@ -222,25 +215,25 @@ class _Writes:
     def _written(self, result: Any, args: tuple[Any, ...]) -> None:
         self._writing -= 1
         if not isinstance(result, Failure):
-            self._taken(args[1])
+            self._taken(args[0])
         elif result.check(RedisError):
             self._log.warn(
                 "Redis refused an entry for {stream}: {why}",
-                stream=args[1],
+                stream=args[0],
                 why=result.getErrorMessage(),
             )
         elif result.check(ValueError):
             # The client could not encode it: writing it again cannot help.
             self._log.error(
                 "an entry for {stream} cannot be encoded for Redis, dropped: {why}",
-                stream=args[1],
+                stream=args[0],
                 why=result.getErrorMessage(),
             )
         else:
             if not self.waiting:
                 self._log.warn(
                     "could not write to {stream}: {why}; writing it again when Redis answers",
-                    stream=args[1],
+                    stream=args[0],
                     why=result.getErrorMessage(),
                 )
             self._keep(args)
@@ -259,7 +252,7 @@ class _Writes:
         def failed(_: Failure) -> None:
             self._expiring.pop(stream, None)  # the next write tries again
 
-        rooms.redis.execute("PEXPIRE", stream, rooms.keep_ms).addErrback(failed)
+        rooms.bus.expire(stream, rooms.keep_ms).addErrback(failed)
 
     def _keep(self, args: tuple[Any, ...]) -> None:
         self.waiting.append(args)
@@ -284,7 +277,7 @@ class _Writes:
         self._flushing = True
         # After a failed try, one entry finds out whether Redis answers.
         batch = [self.waiting[0]] if self._failed else list(self.waiting)
-        writes = [self._rooms.redis.execute(*args) for args in batch]
+        writes = [self._rooms.bus.add(args[0], args[1:]) for args in batch]
 
         def done(results: list[tuple[bool, Any]]) -> None:
             self._flushing = False
@@ -296,7 +289,7 @@ class _Writes:
             for args in batch[:taken]:
                 if self.waiting and self.waiting[0] is args:
                     self._drop_first()
-                self._taken(args[1])
+                self._taken(args[0])
             self._failed = taken < len(batch)
             if not self._failed and not self.waiting:
                 self._log.info("Redis took the entries that waited for it")
@@ -310,46 +303,59 @@ def _size(args: tuple[Any, ...]) -> int:
     return sum(len(a) if isinstance(a, bytes | str) else 8 for a in args)
 
 
-class _NotStartedAgain(Events):
-    """`Events` that pass everything on but a room's start."""
-
-    def __init__(self, inner: Events) -> None:
-        self._inner = inner
-
-    def room_started(self, room: str) -> None:
-        pass
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in ("room_started", "_inner", "__class__"):
-            return object.__getattribute__(self, name)
-        return getattr(object.__getattribute__(self, "_inner"), name)
-
-
-class ClusterRooms(Rooms):
+def _monotonic(reactor: Any) -> Callable[[], float]:
     """
-    The rooms of one node of a cluster.  `get_or_create` gives a `RoomRelay`;
-    the `Room` objects (iteration, `get`) are those this node owns now.
+    The clock that goes with `reactor`: a real reactor's time is the wall
+    clock, which may jump, so leases are measured on `time.monotonic`;
+    a reactor that is not real (`task.Clock`) is the only time there is.
+    """
+    if IReactorCore.providedBy(reactor):
+        return time.monotonic
+    seconds: Callable[[], float] = reactor.seconds
+    return seconds
+
+
+def _on_redis(url: str | RedisURL, reactor: Any, lease: float) -> tuple[RedisClient, Bus, Leases]:
+    """A client for commands, and the bus and leases on Redis at `url`."""
+    redis = RedisClient(url, reactor, timeout=max(lease / 3, 0.5))
+    reader = RedisClient(url, reactor, timeout=lease)
+    return redis, RedisBus(redis, reader), RedisLeases(redis)
+
+
+class ClusterNode:
+    """
+    One node of a cluster: the `rooms.Backend` of its registry (`Rooms`),
+    which runs the rooms this node owns now.  `access` gives a `RoomRelay`
+    for any room of the cluster; the node's life, asking other nodes, the
+    admin API's calls and resume across nodes (`rooms.OtherNodes`) are here.
     """
 
     _log = Logger()
 
     def __init__(
         self,
-        factory: RoomFactory | None = None,
+        rooms: Rooms,
         *,
-        redis_url: str | RedisURL,
+        redis_url: str | RedisURL | None = None,
+        bus: Bus | None = None,
+        leases: Leases | None = None,
         lease: float = 10.0,
-        max_peers: int | None = 4,
         reactor: Any = None,
+        now: Callable[[], float] | None = None,
         node_id: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
-        super().__init__(factory, max_peers=max_peers, clock=reactor)
+        self.rooms = rooms  # the registry: the rooms that run here
         self.reactor = reactor
+        """What schedules every timer of the node (a test's `task.Clock`)."""
         self.lease = lease
-        self.now: Callable[[], float] = time.monotonic
-        """The clock of leases and timeouts (monotonic; a test's `task.Clock`)."""
+        self.now: Callable[[], float] = now or _monotonic(reactor)
+        """
+        What leases and timeouts are measured on: the monotonic clock with
+        a real reactor, the reactor's own time with any other (a test's
+        `task.Clock`), unless `now` says otherwise.
+        """
         self.keep_ms = int(lease * scripts.KEEP_LEASES * 1000)
         """How long a room's keys outlive its last renewal or write (ms)."""
         self.writes = _Writes(self)
@@ -357,8 +363,14 @@ class ClusterRooms(Rooms):
         """The last ``seq`` read in this node's inbox from each node."""
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self._incarnation = uuid.uuid4().hex
-        self.redis = RedisClient(redis_url, reactor, timeout=max(lease / 3, 0.5))
-        self._reader = RedisClient(redis_url, reactor, timeout=lease)
+        if bus is None or leases is None:
+            if redis_url is None:
+                raise TypeError("ClusterRooms needs redis_url, or both bus and leases")
+            self.redis, bus, leases = _on_redis(redis_url, reactor, lease)
+        self.bus: Bus = bus
+        """The message bus: streams between the nodes."""
+        self.leases: Leases = leases
+        """Who owns each room, its members, and which nodes are alive."""
         self._relays: dict[str, RoomRelay] = {}
         self._configured: dict[str, Callable[[], Room]] = {}
         # The node id is new at every start, so its inbox starts empty.
@@ -376,7 +388,7 @@ class ClusterRooms(Rooms):
         self._tick.clock = reactor
         self._reading = False
         self._asked: dict[str, Deferred[Any]] = {}
-        self.answerers: dict[str, Callable[[dict[str, str]], None]] = {}
+        self.answerers: dict[str, Callable[[dict[str, str]], None]] = {"claim": self._claim}
         """What this node answers when another node asks (`ask`), by ``op``."""
         self._caps: dict[str, int | None] = {}
         self.admin_timeout = max(lease / 2, 3.0)
@@ -387,36 +399,35 @@ class ClusterRooms(Rooms):
         """Peers resumed here that another node held, until they are live."""
         self._departures: dict[str, tuple[Departure, IDelayedCall]] = {}
         """Peers held here that another node has claimed, until they move."""
-        self.answerers["claim"] = self._claim
 
     def key(self, *parts: str) -> str:
-        return PREFIX + ":".join(parts)
+        return key(*parts)
 
-    # The Rooms seam, as a Peer uses it.
+    # The registry's backend, as a Peer uses it.
 
-    def start_room(
-        self, name: str, room_class: type[Room] = Room, options: Any = None, **kw: Any
-    ) -> Room:
+    @property
+    def other_nodes(self) -> ClusterNode:
+        return self
+
+    def configure(self, name: str, make: Callable[[], Room], cap: int | None) -> Room:
         """
         Every node is started with the same rooms; each one runs the `Room`
         only while it owns it.
         """
-        cap = kw.get("max_peers", self.max_peers)
-        if not isinstance(cap, int | type(None)):
-            cap = self.max_peers
-        self._configured[name] = lambda: room_class(name, options, max_peers=cap, clock=self._clock)
+        self._configured[name] = make
         self._caps[name] = cap
-        return room_class(name, options, max_peers=cap, clock=self._clock)
+        return make()
 
-    def is_configured(self, name: str) -> bool:
-        return name in self._configured
+    def stops_when_empty(self, name: str) -> bool:
+        """Whether the room stops when it empties: made on demand, not configured."""
+        return self.rooms.creates_on_demand and name not in self._configured
 
-    def __contains__(self, name: object) -> bool:
+    def knows(self, name: str) -> bool:
         return name in self._configured or name in self._relays
 
     def access(self, name: str) -> RoomRelay | None:
         relay = self._relays.get(name)
-        if relay is None and (name in self._configured or self.factory is not None):
+        if relay is None and (name in self._configured or self.rooms.factory is not None):
             relay = self._relays[name] = RoomRelay(self, name)
         return relay
 
@@ -426,35 +437,26 @@ class ClusterRooms(Rooms):
     def make_room(self, name: str) -> Room | None:
         if name in self._configured:
             return self._configured[name]()
-        if self.factory is not None:
-            return self.factory(name)
+        factory = self.rooms.factory
+        if factory is not None:
+            return factory(name)
         return None
 
     def adopt(self, room: Room, *, continued: bool = False) -> None:
         """Run `room` here (this node owns it now)."""
-        if not continued:
-            self._add(room)
-            return
-        events = self.events
-        self._events = _NotStartedAgain(events)
-        try:
-            self._add(room)
-        finally:
-            self._events = events
-            room.events = events
+        self.rooms.add(room, continued=continued)
 
     def forsake(self, room: Room) -> None:
         """Drop `room` without stopping it: another node owns it now."""
-        room._queue.cancel()
-        if room in self.services:
-            self.services.remove(room)
-            self.namedServices.pop(room.name, None)
-            room.parent = None
-            room.running = False
+        self.rooms.forsake(room)
+
+    def stop_here(self, room: Room) -> Deferred[None]:
+        """Stop `room`, which runs here (its peers get "Room closed")."""
+        return self.rooms.remove(room)
 
     def release(self, relay: RoomRelay, room: Room) -> None:
-        if self.get(room.name) is room:
-            self._remove(room)
+        if self.rooms.get(room.name) is room:
+            self.rooms.remove(room)
         self.forget_if_idle(relay)
 
     def forget_if_idle(self, relay: RoomRelay) -> None:
@@ -511,7 +513,7 @@ class ClusterRooms(Rooms):
     def give_away_with(self, give_away: GiveAway) -> None:
         self._give_away = give_away
 
-    def claim_elsewhere(
+    def claim(
         self, token: str, room: str, identity: str | None
     ) -> Deferred[AuthData | None] | None:
         """
@@ -560,7 +562,7 @@ class ClusterRooms(Rooms):
                 else failure.getErrorMessage(),
             )
 
-        d = self.redis.execute("EXISTS", self.key("node", origin))
+        d = self.leases.node_alive(origin)
         return d.addCallback(alive).addCallback(claimed).addErrback(failed)
 
     def _arrival_late(self, peer_id: str) -> None:
@@ -587,6 +589,17 @@ class ClusterRooms(Rooms):
                 t=self.lease,
             )
             arrival.handed_over([])
+
+    def arriving(self, handle: PeerHandle) -> PeerHandle | None:
+        """
+        The handle through which the room reaches `handle`'s peer, if it
+        resumed here while another node held it (it moves, it does not
+        join); None for a peer that joins.
+        """
+        arrival = self.arrivals.get(handle.peer_id)
+        if arrival is None or arrival.handle is not None:
+            return None
+        return arrival.wrap(handle)
 
     def drop_arrival(self, peer_id: str) -> None:
         arrival = self.arrivals.pop(peer_id, None)
@@ -658,9 +671,7 @@ class ClusterRooms(Rooms):
             n=len(queue),
         )
         queue.clear()
-        relay._local.pop(peer_id, None)
-        relay._answered.discard(peer_id)
-        relay._sent.discard(peer_id)
+        relay.moved_away(peer_id)
         departure.moved()
         self.forget_if_idle(relay)
 
@@ -771,21 +782,8 @@ class ClusterRooms(Rooms):
         return summaries
 
     async def _owned_rooms(self) -> set[str]:
-        """The rooms that have an owner now: SCAN (never KEYS) for their owner keys."""
-        names: set[str] = set()
-        prefix, suffix = self.key("room", ""), ":owner"
-        cursor = "0"
-        while True:
-            cursor_raw, keys = await self.redis.execute(
-                "SCAN", cursor, "MATCH", self.key("room", "*", "owner"), "COUNT", 1000
-            )
-            for raw in keys:
-                name = _text(raw)[len(prefix) : -len(suffix)]
-                if is_room_name(name):
-                    names.add(name)
-            cursor = _text(cursor_raw)
-            if cursor == "0":
-                return names
+        """The rooms that have an owner now."""
+        return {name for name in await self.leases.owned_rooms() if is_room_name(name)}
 
     async def _summary_if_any(self, name: str) -> dict[str, Any] | None:
         try:
@@ -804,7 +802,7 @@ class ClusterRooms(Rooms):
         if self._owns(name):
             return await self._apply(name, action, args)
         try:
-            owner = await self.redis.execute("GET", self.key("room", name, "owner"))
+            owner = await self.leases.owner(name)
         except Exception as e:
             raise RoomUnavailable(f"cannot reach Redis: {e}") from None
         if owner is None:
@@ -840,14 +838,17 @@ class ClusterRooms(Rooms):
         """An admin call on a room this node owns: what one server does."""
         if not self._owns(name):
             raise NoSuchRoom(name)
+        rooms = self.rooms
         if action == "summary":
-            return await super().summary(name)
+            return await on_room(rooms, name, room_summary)
         if action == "stop":
-            return await super().stop(name)
+            return await on_room(rooms, name, lambda room: self.stop_room(room.name))
         if action == "disconnect":
-            return await super().disconnect(name, str(args.get("peer")))
+            peer_id = str(args.get("peer"))
+            return await on_room(rooms, name, lambda room: room.disconnect(peer_id))
         if action == "post":
-            return await super().post(name, Message.from_json(args.get("message", "")))
+            message = Message.from_json(args.get("message", ""))
+            return await on_room(rooms, name, lambda room: room.forward(message))
         raise ValueError(f"unknown admin action {action!r}")
 
     async def _take(self, name: str) -> None:
@@ -855,23 +856,24 @@ class ClusterRooms(Rooms):
         relay = self.access(name)
         if relay is None:
             return
-        if relay.room is None:
-            relay._resolved = False
-        taken: Deferred[None] = Deferred()
-        relay._run(lambda: taken.callback(None))
-        await taken
+        await relay.take()
         self.forget_if_idle(relay)
 
     # The node's life.
 
-    def startService(self) -> None:
-        super().startService()
+    def start(self) -> None:
+        """The registry has started: register, tick, read."""
         self._node_ok = self.now()
         self._tick.start(self.lease / 3, now=True)
         self._reading = True
         self._read()
 
-    def stopService(self) -> Deferred[None]:
+    def shut_down(self) -> Deferred[None]:
+        """
+        Close this node's peers (``"Room closed"``, ``"shutdown"``: the
+        registry's one shutdown path), let their rooms send every ``left``,
+        then hand the rooms over and leave the cluster.
+        """
         self._reading = False
         if self._tick.running:
             self._tick.stop()
@@ -885,9 +887,8 @@ class ClusterRooms(Rooms):
                 late.cancel()
             departure.lost()
         for relay in list(self._relays.values()):
-            for handle in list(relay._local.values()):
-                handle.send(wire.error(handle.peer_id, "Room closed", "shutdown").to_bytes())
-                handle.close(CLOSE_GOING_AWAY)
+            for handle in list(relay.local_peers.values()):
+                close_for_shutdown(handle, self.rooms.events)
         d: Deferred[None] = Deferred()
         self._when_settled(d, self.now() + self.lease * SAFE_SHARE / 2)
         return d
@@ -897,10 +898,7 @@ class ClusterRooms(Rooms):
         Hand the rooms over once this node's peers have left them and the
         rooms have sent every ``left`` (or when the deadline comes).
         """
-        busy = any(
-            relay._local or not relay._queue.idle or (relay.room and not relay.room._queue.idle)
-            for relay in self._relays.values()
-        )
+        busy = any(not relay.settled for relay in self._relays.values())
         if busy and self.now() < deadline:
             self.reactor.callLater(0.05, self._when_settled, done, deadline)
         else:
@@ -914,24 +912,15 @@ class ClusterRooms(Rooms):
                 relay.room = None
                 self.forsake(room)
                 waits.append(
-                    scripts.HAND_OVER.run(
-                        self.redis,
-                        [
-                            self.key("room", relay.name, "owner"),
-                            self.key("room", relay.name, "cursor"),
-                        ],
-                        [token, relay.cursor, int(self.lease * 1000)],
+                    self.leases.hand_over(
+                        relay.name, token, relay.cursor, int(self.lease * 1000)
                     ).addErrback(lambda _: None)
                 )
-        waits.append(
-            self.redis.execute("DEL", self.key("node", self.node_id)).addErrback(lambda _: None)
-        )
+        waits.append(self.leases.unregister(self.node_id).addErrback(lambda _: None))
 
         def closed(_: object) -> None:
             self.writes.stop()
-            self.redis.close()
-            self._reader.close()
-            self.running = False
+            self.bus.close()
             done.callback(None)
 
         DeferredList(waits).addBoth(closed)
@@ -971,12 +960,10 @@ class ClusterRooms(Rooms):
             self._waiting_since = sent
         if sent - self._node_ok > self.lease * SAFE_SHARE:
             self._presumed_dead("could not renew its node lease in time")
-        d = self.redis.execute("INFO", "server").addCallback(_run_id)
+        d = self.leases.run_id()
         d.addCallback(
-            lambda run_id: scripts.NODE_RENEW.run(
-                self.redis,
-                [self.key("node", self.node_id)],
-                [self._incarnation, int(self.lease * 1000)],
+            lambda run_id: self.leases.register(
+                self.node_id, self._incarnation, int(self.lease * 1000)
             ).addCallback(self._node_renewed, sent, run_id)
         )
         d.addErrback(self._heartbeat_failed)
@@ -1009,7 +996,7 @@ class ClusterRooms(Rooms):
         for relay in list(self._relays.values()):
             if relay.room is not None:
                 waits.append(relay.renew())
-            elif relay._local and not quiet:
+            elif relay.local_peers and not quiet:
                 waits.append(relay.resolve())
         return DeferredList(waits, consumeErrors=True)
 
@@ -1022,7 +1009,7 @@ class ClusterRooms(Rooms):
         The other nodes take this node for dead: its peers have left their
         rooms there.  Let them go here too; their clients reconnect.
         """
-        had = [r for r in self._relays.values() if r._local or r.room is not None]
+        had = [r for r in self._relays.values() if r.local_peers or r.room is not None]
         if not had:
             return
         # What waited for Redis is stale now: the others let go of this
@@ -1031,7 +1018,7 @@ class ClusterRooms(Rooms):
         self._log.warn("this node {why}: closing its peers", why=why)
         for relay in had:
             relay.step_down()
-            for handle in list(relay._local.values()):
+            for handle in list(relay.local_peers.values()):
                 handle.close(CLOSE_GOING_AWAY)
 
     # Reading the streams.
@@ -1040,35 +1027,19 @@ class ClusterRooms(Rooms):
         if not self._reading:
             return
         owned = [r for r in self._relays.values() if r.room is not None]
-        streams = [self.key("inbox", self.node_id)] + [
-            self.key("room", r.name, "in") for r in owned
-        ]
-        ids = [self._inbox_cursor] + [r.cursor for r in owned]
-        block = int(self.lease * 1000 / 3)
-        d = self._reader.execute(
-            "XREAD",
-            "COUNT",
-            1000,
-            "BLOCK",
-            block,
-            "STREAMS",
-            *streams,
-            *ids,
-            timeout=self.lease / 3 + 5,
-        )
+        streams = [(self.key("inbox", self.node_id), self._inbox_cursor)]
+        streams += [(self.key("room", r.name, "in"), r.cursor) for r in owned]
+        d = self.bus.read(streams, self.lease / 3)
         d.addCallbacks(self._got, self._read_failed, callbackArgs=(owned,))
 
-    def _got(self, reply: Any, owned: list[RoomRelay]) -> None:
+    def _got(self, batch: Batch, owned: list[RoomRelay]) -> None:
         inbox = self.key("inbox", self.node_id)
-        for stream, entries in reply or []:
-            name = _text(stream)
+        for name, entries in batch:
             if entries:
-                self.redis.execute("XTRIM", name, "MINID", _text(entries[-1][0])).addErrback(
-                    lambda _: None
-                )
+                self.bus.trim(name, entries[-1][0]).addErrback(lambda _: None)
             for entry_id, flat in entries:
                 try:
-                    self._entry(name, _text(entry_id), flat, inbox, owned)
+                    self._entry(name, entry_id, flat, inbox, owned)
                 except Exception:
                     # One bad entry must not stop this node's reading.
                     self._log.failure("cluster reader: an entry of {stream} failed", stream=name)
@@ -1080,10 +1051,10 @@ class ClusterRooms(Rooms):
         fields: dict[str, str] = {}
         raw = b""
         for i in range(0, len(flat), 2):
-            field = _text(flat[i])
+            field = text(flat[i])
             if field in ("data", "message"):  # a payload: its bytes go on as they are
                 raw = flat[i + 1]
-            fields[field] = _text(flat[i + 1])
+            fields[field] = text(flat[i + 1])
         if name == inbox:
             self._inbox_cursor = entry_id
             src, seq = fields.get("src"), fields.get("seq", "")
@@ -1103,5 +1074,49 @@ class ClusterRooms(Rooms):
             return
         if not failure.check(RedisRefused):  # the client has said why
             self._log.warn("cluster reader: {why}; retrying", why=failure.getErrorMessage())
-        self._reader.drop()
+        self.bus.reset()
         self.reactor.callLater(0.5, self._read)
+
+
+class ClusterRooms(Rooms):
+    """
+    The rooms of one node of a cluster: a `Rooms` composed with a
+    `ClusterNode` (`node`) as its backend.  It only puts the two together;
+    every method is the registry's.
+    """
+
+    def __init__(
+        self,
+        factory: RoomFactory | None = None,
+        *,
+        redis_url: str | RedisURL | None = None,
+        bus: Bus | None = None,
+        leases: Leases | None = None,
+        lease: float = 10.0,
+        max_peers: int | None = 4,
+        reactor: Any = None,
+        now: Callable[[], float] | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        made: list[ClusterNode] = []
+
+        def node(rooms: Rooms) -> ClusterNode:
+            made.append(
+                ClusterNode(
+                    rooms,
+                    redis_url=redis_url,
+                    bus=bus,
+                    leases=leases,
+                    lease=lease,
+                    reactor=reactor,
+                    now=now,
+                    node_id=node_id,
+                )
+            )
+            return made[0]
+
+        super().__init__(factory, max_peers=max_peers, clock=reactor, backend=node)
+        self.node: ClusterNode = made[0]
+        """This node: its id, lease, streams and the other nodes."""

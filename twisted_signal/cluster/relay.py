@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -23,20 +23,65 @@ from ..context import AuthData
 from ..hooks import SerialQueue
 from ..message import InvalidMessage, Message
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
-from . import scripts
 
 if TYPE_CHECKING:
-    from .node import ClusterRooms
+    from .backend import Leases
 
-__all__ = ["SAFE_SHARE", "RoomRelay"]
+__all__ = ["SAFE_SHARE", "Node", "RoomRelay"]
 
 #: The share of the lease during which an owner still acts as owner, counted
 #: on the monotonic clock from when it sent its last acquire or renew.
 SAFE_SHARE = 0.8
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+class Node(Protocol):
+    """
+    What a relay needs of its node (`node.ClusterNode`): who it is, its
+    clock and lease, the leases and the bus, the registry's rooms, and
+    resume across nodes.
+    """
+
+    node_id: str
+    lease: float
+    keep_ms: int
+    judge_after: float
+    reactor: Any
+    leases: Leases
+
+    def now(self) -> float: ...
+
+    @property
+    def settling(self) -> bool: ...
+
+    def key(self, *parts: str) -> str: ...
+
+    def xadd(self, stream: str, **fields: Any) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def make_room(self, name: str) -> Room | None: ...
+
+    def stops_when_empty(self, name: str) -> bool: ...
+
+    def adopt(self, room: Room, *, continued: bool = False) -> None: ...
+
+    def forsake(self, room: Room) -> None: ...
+
+    def stop_here(self, room: Room) -> Deferred[None]: ...
+
+    def release(self, relay: RoomRelay, room: Room) -> None: ...
+
+    def forget_if_idle(self, relay: RoomRelay) -> None: ...
+
+    def answer_control(self, name: str, fields: dict[str, str]) -> None: ...
+
+    def arriving(self, handle: PeerHandle) -> PeerHandle | None: ...
+
+    def drop_arrival(self, peer_id: str) -> None: ...
+
+    def handover(self, node: str, room: str, peer_id: str, payloads: list[bytes]) -> None: ...
+
+    def departed(self, relay: RoomRelay, peer_id: str, node: str) -> None: ...
 
 
 class RoomRelay:
@@ -47,9 +92,9 @@ class RoomRelay:
 
     _log = Logger()
 
-    def __init__(self, rooms: ClusterRooms, name: str) -> None:
+    def __init__(self, node: Node, name: str) -> None:
         self.name = name
-        self._rooms = rooms
+        self._node = node
         self._local: dict[str, PeerHandle] = {}
         self._local_view = MappingProxyType(self._local)
         self._sent: set[str] = set()
@@ -90,13 +135,17 @@ class RoomRelay:
             return self._local_view
         return MappingProxyType({**self._known, **self._local})
 
+    @property
+    def local_peers(self) -> Mapping[str, PeerHandle]:
+        """This node's own connections to the room (a read-only view)."""
+        return self._local_view
+
     def join(self, handle: PeerHandle) -> None:
-        arrival = self._rooms.arrivals.get(handle.peer_id)
-        if arrival is not None and arrival.handle is None:
+        arriving = self._node.arriving(handle)
+        if arriving is not None:
             # Resumed here, held on another node: it moves, it does not join.
-            handle = arrival.wrap(handle)
-            self._local[handle.peer_id] = handle
-            self._run(lambda: self._move_here(handle))
+            self._local[arriving.peer_id] = arriving
+            self._run(lambda: self._move_here(arriving))
             return
         self._local[handle.peer_id] = handle
         self._run(lambda: self._join(handle))
@@ -107,8 +156,17 @@ class RoomRelay:
     def leave(self, peer_id: str) -> None:
         self._local.pop(peer_id, None)
         self._answered.discard(peer_id)
-        self._rooms.drop_arrival(peer_id)
+        self._node.drop_arrival(peer_id)
         self._run(lambda: self._leave(peer_id))
+
+    def moved_away(self, peer_id: str) -> None:
+        """
+        A peer held here now lives on another node (its queue went there):
+        it is no longer this node's, and it does not leave.
+        """
+        self._local.pop(peer_id, None)
+        self._answered.discard(peer_id)
+        self._sent.discard(peer_id)
 
     def _moved(self, peer_id: str, peer: Any) -> None:
         if self.room is not None:
@@ -122,30 +180,33 @@ class RoomRelay:
             self._queue.run(self.resolve)
         self._queue.run(job)
 
+    def take(self) -> Deferred[None]:
+        """
+        Find the room's owner now, and take the room if it has none; fires
+        once that is done (whatever came of it).
+        """
+        if self.room is None:
+            self._resolved = False
+        taken: Deferred[None] = Deferred()
+        self._run(lambda: taken.callback(None))
+        return taken
+
     def resolve(self) -> Deferred[None]:
         """
         Take the room if it has no owner; otherwise learn the owner's epoch.
         """
-        sent = self._rooms.now()
+        sent = self._node.now()
         # Right after a Redis restart, the rooms' previous owners take them
         # back first: a join here meanwhile goes to the room's stream, which
         # the owner reads anew once it has the room again.
-        d = self._acquire("wait" if self._rooms.settling else "take")
+        d = self._acquire("wait" if self._node.settling else "take")
         return d.addCallbacks(self._acquired, self._unresolved, callbackArgs=(sent,))
 
-    def _acquire(self, mode: str) -> Deferred[Any]:
-        """Run the ACQUIRE script: the owner lease and epoch, or the owner's epoch."""
-        rooms = self._rooms
-        return scripts.ACQUIRE.run(
-            rooms.redis,
-            [
-                rooms.key("room", self.name, "owner"),
-                rooms.key("room", self.name, "epoch"),
-                rooms.key("room", self.name, "in"),
-                rooms.key("room", self.name, "cursor"),
-                rooms.key("node", rooms.node_id),
-            ],
-            [rooms.node_id, int(rooms.lease * 1000), rooms.keep_ms, mode],
+    def _acquire(self, mode: str) -> Deferred[tuple[int, str]]:
+        """The owner lease and epoch, or the owner's epoch."""
+        rooms = self._node
+        return rooms.leases.acquire(
+            self.name, rooms.node_id, int(rooms.lease * 1000), rooms.keep_ms, mode
         )
 
     def _unresolved(self, failure: Failure) -> None:
@@ -156,44 +217,44 @@ class RoomRelay:
         )
         self._resolved = False
 
-    def _acquired(self, reply: list[Any], sent: float) -> Any:
-        epoch, detail = int(reply[0]), _text(reply[1])
+    def _acquired(self, reply: tuple[int, str], sent: float) -> Any:
+        epoch, detail = reply
         if epoch == 0:
             # Someone else owns it.  What this node has seen of its epoch is
             # what came through the inbox, in stream order (see from_inbox).
-            rooms = self._rooms
-            d = rooms.redis.execute("HGETALL", rooms.key("room", self.name, "peers"))
+            d = self._node.leases.members(self.name)
             return d.addCallbacks(self._members_read, lambda _: None)
         return self._become_owner(epoch, detail, sent)
 
-    def _members_read(self, flat: list[bytes]) -> None:
-        ids = [_text(flat[i]) for i in range(0, len(flat), 2)]
+    def _members_read(self, members: list[tuple[str, bytes]]) -> None:
+        ids = [peer_id for peer_id, _ in members]
         self._known = {p: PeerHandle(p, AuthData(p), _nothing, _nothing, _nothing) for p in ids}
 
     # Owning the room.
 
     def lease_valid(self) -> bool:
-        return self.room is not None and self._rooms.now() < self._valid_until
+        return self.room is not None and self._node.now() < self._valid_until
 
     def _become_owner(self, epoch: int, cursor: str, sent: float) -> Deferred[None]:
-        rooms = self._rooms
+        rooms = self._node
         self.epoch, self.cursor = epoch, cursor
         self.token = f"{rooms.node_id}|{epoch}"
         self._valid_until = sent + rooms.lease * SAFE_SHARE
         self._applied = {}
-        peers = rooms.key("room", self.name, "peers")
-        d = rooms.redis.execute("HGETALL", peers)
+        d = rooms.leases.members(self.name)
         if rooms.now() < rooms.judge_after:
             # Redis restarted lately (see renew): nobody is judged dead yet.
             return d.addCallback(self._take_over, [])
         # Members of a node that died while no other node was in the room
         # are still in the hash: nobody saw them go.  They must go now,
         # before anyone joins, not be restored as if they were there.
-        dead = scripts.DEAD_MEMBERS.run(rooms.redis, [peers], [rooms.key("node", "")])
-        return d.addCallback(lambda flat: dead.addCallback(lambda ids: self._take_over(flat, ids)))
+        dead = rooms.leases.dead_members(self.name)
+        return d.addCallback(
+            lambda members: dead.addCallback(lambda ids: self._take_over(members, ids))
+        )
 
-    def _take_over(self, flat: list[bytes], dead: list[bytes]) -> Any:
-        rooms = self._rooms
+    def _take_over(self, members: list[tuple[str, bytes]], dead: list[str]) -> Any:
+        rooms = self._node
         room = rooms.make_room(self.name)
         if room is None:
             return None
@@ -202,15 +263,15 @@ class RoomRelay:
         )
         self.room = room
         self._members = {}
-        if rooms.creates_on_demand and not rooms.is_configured(self.name):
+        if rooms.stops_when_empty(self.name):
             room._on_empty = self._emptied
         # A room with members was started by a previous owner: for the
         # lifecycle events (webhooks) it goes on, it does not start again.
-        rooms.adopt(room, continued=bool(flat))
+        rooms.adopt(room, continued=bool(members))
         nodes: set[str] = set()
         gone: list[str] = []
-        for i in range(0, len(flat), 2):
-            peer_id, member = _text(flat[i]), json.loads(flat[i + 1])
+        for peer_id, raw in members:
+            member = json.loads(raw)
             node = member["node"]
             auth = AuthData(peer_id, member.get("credentials") or {}, member.get("metadata"))
             if node == rooms.node_id:
@@ -232,9 +293,7 @@ class RoomRelay:
             self._to_node(node, "", "epoch", "")
         # The members that are not there leave first (in room order), so
         # that a peer joining now neither sees them nor gets their `left`.
-        gone += [
-            _text(p) for p in dead if self._members.get(_text(p), rooms.node_id) != rooms.node_id
-        ]
+        gone += [p for p in dead if self._members.get(p, rooms.node_id) != rooms.node_id]
         for peer_id in gone:
             self._owner_leave(peer_id)
         # Local peers whose join went to an owner that is gone join again.
@@ -247,21 +306,12 @@ class RoomRelay:
 
     def renew(self) -> Deferred[None]:
         """Keep the lease, and let the members of dead nodes go."""
-        rooms = self._rooms
+        rooms = self._node
         sent = rooms.now()
         token = self.token
-        d = scripts.RENEW.run(
-            rooms.redis,
-            [
-                rooms.key("room", self.name, "owner"),
-                rooms.key("room", self.name, "epoch"),
-                rooms.key("room", self.name, "in"),
-                rooms.key("room", self.name, "peers"),
-            ],
-            [token, int(rooms.lease * 1000), rooms.keep_ms],
-        )
+        d = rooms.leases.renew(self.name, token, int(rooms.lease * 1000), rooms.keep_ms)
 
-        def renewed(reply: int) -> Any:
+        def renewed(reply: bool) -> Any:
             if self.token != token or self.room is None:
                 return None
             if not reply:
@@ -277,16 +327,13 @@ class RoomRelay:
                 # Redis restarted lately: the live nodes may not have
                 # registered again yet, so nobody is judged dead for now.
                 return None
-            return scripts.DEAD_MEMBERS.run(
-                rooms.redis, [rooms.key("room", self.name, "peers")], [rooms.key("node", "")]
-            ).addCallback(self._dead)
+            return rooms.leases.dead_members(self.name).addCallback(self._dead)
 
         return d.addCallback(renewed).addErrback(self._log_failure, "renew its lease")
 
-    def _dead(self, peer_ids: list[bytes]) -> None:
-        for raw in peer_ids:
-            peer_id = _text(raw)
-            if self.room is not None and self._members.get(peer_id) != self._rooms.node_id:
+    def _dead(self, peer_ids: list[str]) -> None:
+        for peer_id in peer_ids:
+            if self.room is not None and self._members.get(peer_id) != self._node.node_id:
                 self._log.info(
                     "room {room}: peer {peer_id}'s node is gone", room=self.name, peer_id=peer_id
                 )
@@ -294,14 +341,14 @@ class RoomRelay:
 
     def reacquire(self) -> Deferred[None]:
         """Redis lost its keys: take the room again and write its members back."""
-        rooms = self._rooms
+        rooms = self._node
         room = self.room
         assert room is not None
         sent = rooms.now()
         d = self._acquire("take")
 
-        def got(reply: list[Any]) -> Any:
-            epoch = int(reply[0])
+        def got(reply: tuple[int, str]) -> Any:
+            epoch = reply[0]
             if not epoch:
                 self.step_down()
                 return None
@@ -336,7 +383,7 @@ class RoomRelay:
         self._held = None
         if room is None:
             return
-        self._rooms.forsake(room)
+        self._node.forsake(room)
         for handle in list(self._local.values()):
             handle.close(CLOSE_GOING_AWAY)
 
@@ -344,7 +391,7 @@ class RoomRelay:
         if self.room is not room:
             return
         self._let_go()
-        self._rooms.release(self, room)
+        self._node.release(self, room)
 
     def stop(self) -> Deferred[None]:
         """
@@ -358,13 +405,13 @@ class RoomRelay:
         def gone(_: object) -> None:
             if self.room is room:
                 self._let_go()
-            self._rooms.forget_if_idle(self)
+            self._node.forget_if_idle(self)
 
-        return self._rooms._remove(room).addCallback(gone)
+        return self._node.stop_here(room).addCallback(gone)
 
     def _let_go(self) -> None:
         """Delete the owner key and the members (owner-checked): nobody owns it now."""
-        self._members_script(scripts.RELEASE).addErrback(lambda _: None)
+        self._node.leases.release(self.name, self.token).addErrback(lambda _: None)
         self.room, self.token, self._resolved = None, "", False
 
     def _guarded(self, local: PeerHandle) -> PeerHandle:
@@ -379,7 +426,7 @@ class RoomRelay:
             local.close(code)
 
         def recorded(peer_ids: list[str]) -> None:
-            self._record(local.peer_id, self._rooms.node_id, local.auth)
+            self._record(local.peer_id, self._node.node_id, local.auth)
             self._deliver(lambda: admitted(peer_ids))
 
         return PeerHandle(
@@ -409,7 +456,7 @@ class RoomRelay:
         that nobody else owned the room meanwhile (the key never lapsed),
         and they go out (`_release_held`); a lost lease drops them with
         the room (`step_down`); a node that cannot renew for longer gives
-        up its rooms (`ClusterRooms._presumed_dead`).
+        up its rooms (`ClusterNode._presumed_dead`).
         """
         if self.room is None:
             self._held = None
@@ -450,8 +497,8 @@ class RoomRelay:
 
     def _to_node(self, node: str, peer_id: str, kind: str, data: bytes | str) -> None:
         def write() -> None:
-            self._rooms.xadd(
-                self._rooms.key("inbox", node),
+            self._node.xadd(
+                self._node.key("inbox", node),
                 room=self.name,
                 epoch=self.epoch,
                 peer=peer_id,
@@ -470,29 +517,17 @@ class RoomRelay:
         member = json.dumps(
             {"node": node, "credentials": auth.credentials, "metadata": auth.metadata}
         )
-        self._members_script(scripts.MEMBER_ADD, self._rooms.keep_ms, peer_id, member).addErrback(
-            self._log_failure, "record a member"
-        )
+        rooms = self._node
+        d = rooms.leases.add_member(self.name, self.token, rooms.keep_ms, peer_id, member)
+        d.addErrback(self._log_failure, "record a member")
 
     def _owner_leave(self, peer_id: str) -> None:
         if self.room is not None:
             self.room.leave(peer_id)
         self._members.pop(peer_id, None)
-        self._members_script(scripts.MEMBER_DEL, peer_id).addErrback(
-            self._log_failure, "forget a member"
-        )
-
-    def _members_script(self, script: scripts.Script, *args: Any) -> Deferred[Any]:
-        """
-        Run `script` on the room's owner key and members hash, as this
-        node's owner token: it changes nothing unless that token still holds.
-        """
-        rooms = self._rooms
-        return script.run(
-            rooms.redis,
-            [rooms.key("room", self.name, "owner"), rooms.key("room", self.name, "peers")],
-            [self.token, *args],
-        )
+        # As this node's owner token: it changes nothing unless that holds.
+        d = self._node.leases.remove_member(self.name, self.token, peer_id)
+        d.addErrback(self._log_failure, "forget a member")
 
     def _join_room(self, handle: PeerHandle, node: str) -> None:
         room = self.room
@@ -517,17 +552,17 @@ class RoomRelay:
             return
         self._sent.add(peer_id)
         if self.room is not None:
-            self._join_room(self._guarded(handle), self._rooms.node_id)
+            self._join_room(self._guarded(handle), self._node.node_id)
             return
         auth = handle.auth
-        self._rooms.xadd(
-            self._rooms.key("room", self.name, "in"),
+        self._node.xadd(
+            self._node.key("room", self.name, "in"),
             op="join",
             peer=peer_id,
-            node=self._rooms.node_id,
+            node=self._node.node_id,
             auth=json.dumps({"credentials": auth.credentials, "metadata": auth.metadata}),
         )
-        self._rooms.reactor.callLater(self._rooms.lease, self._check_answered, handle)
+        self._node.reactor.callLater(self._node.lease, self._check_answered, handle)
 
     def _check_answered(self, handle: PeerHandle) -> None:
         """
@@ -547,8 +582,8 @@ class RoomRelay:
         if self.room is not None:
             self.room.submit(message, received)
             return
-        self._rooms.xadd(
-            self._rooms.key("room", self.name, "in"),
+        self._node.xadd(
+            self._node.key("room", self.name, "in"),
             op="submit",
             peer=message.from_ or "",
             # The bytes a single server would send: a lone surrogate, which
@@ -558,15 +593,15 @@ class RoomRelay:
 
     def _leave(self, peer_id: str) -> None:
         self._sent.discard(peer_id)
-        node = self._rooms.node_id
+        node = self._node.node_id
         if self.room is not None:
             if self._members.get(peer_id, node) == node:
                 self._owner_leave(peer_id)
         else:
-            self._rooms.xadd(
-                self._rooms.key("room", self.name, "in"), op="leave", peer=peer_id, node=node
+            self._node.xadd(
+                self._node.key("room", self.name, "in"), op="leave", peer=peer_id, node=node
             )
-        self._rooms.forget_if_idle(self)
+        self._node.forget_if_idle(self)
 
     # Resume across nodes (docs/cluster.md, "Resume on another node").
 
@@ -579,13 +614,13 @@ class RoomRelay:
         if peer_id not in self._local:
             return
         self._sent.add(peer_id)
-        node = self._rooms.node_id
+        node = self._node.node_id
         if self.room is not None:
             self.room._queue.run(self._move_in, peer_id, node, self._guarded(handle))
             return
         auth = handle.auth
-        self._rooms.xadd(
-            self._rooms.key("room", self.name, "in"),
+        self._node.xadd(
+            self._node.key("room", self.name, "in"),
             op="move",
             peer=peer_id,
             node=node,
@@ -613,7 +648,7 @@ class RoomRelay:
             )
             self._members.pop(peer_id, None)
             self._join_room(handle, node)
-            self._rooms.handover(node, self.name, peer_id, [])
+            self._node.handover(node, self.name, peer_id, [])
             return
         origin = self._members.get(peer_id, "")
         room._restore(handle)
@@ -625,12 +660,12 @@ class RoomRelay:
             origin=origin,
             node=node,
         )
-        if origin == self._rooms.node_id:
-            self._rooms.departed(self, peer_id, node)
+        if origin == self._node.node_id:
+            self._node.departed(self, peer_id, node)
         elif origin and origin != node:
             self._to_node(origin, peer_id, "moved", node)
         else:
-            self._rooms.handover(node, self.name, peer_id, [])
+            self._node.handover(node, self.name, peer_id, [])
 
     # Entries from the room's stream (while owner) and from this node's inbox.
 
@@ -661,7 +696,7 @@ class RoomRelay:
         elif op == "move":
             self._move(room, peer_id, fields)
         elif op == "control":
-            self._rooms.answer_control(self.name, fields)
+            self._node.answer_control(self.name, fields)
 
     def _first_time(self, fields: dict[str, str]) -> bool:
         """
@@ -708,7 +743,7 @@ class RoomRelay:
         else:
             auth = json.loads(fields.get("auth", "{}"))
             auth_data = AuthData(peer_id, auth.get("credentials") or {}, auth.get("metadata"))
-        local = self._local.get(peer_id) if node == self._rooms.node_id else None
+        local = self._local.get(peer_id) if node == self._node.node_id else None
         if local is not None:
             # Its own move, written before this node took the room over.
             handle = self._guarded(local)
@@ -729,7 +764,7 @@ class RoomRelay:
         self.seen_epoch = epoch
         kind = fields.get("kind")
         if kind == "moved":
-            self._rooms.departed(self, fields.get("peer", ""), fields.get("data", ""))
+            self._node.departed(self, fields.get("peer", ""), fields.get("data", ""))
             return
         handle = self._local.get(fields.get("peer", ""))
         if handle is None:
@@ -742,6 +777,16 @@ class RoomRelay:
             handle.close(int(fields.get("data", "1000")))
         elif kind == "admitted":
             handle.admitted(json.loads(fields.get("data", "[]")))
+
+    @property
+    def settled(self) -> bool:
+        """
+        Nothing left to do here before the room can be handed over: no
+        connection here, and neither this relay nor the room has work
+        waiting (every ``left`` has gone out).
+        """
+        room = self.room
+        return not self._local and self._queue.idle and (room is None or room._queue.idle)
 
     @property
     def idle(self) -> bool:

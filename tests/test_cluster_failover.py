@@ -1,0 +1,247 @@
+"""
+Failover between cluster nodes on a `task.Clock`, the nodes sharing one
+in-memory store (`twisted_signal.cluster.memory`) instead of a redis-server
+(docs/cluster.md, "Failures"): an owner that dies, a store that cannot be
+reached for a while, a renewal that comes late, a node that restarts.  At
+every step of every test at most one node acts as the room's owner.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_signal.events import Events
+from twisted_signal.room import CLOSE_GOING_AWAY
+
+from .support.memory_cluster import LEASE, Cluster
+
+pytestmark = pytest.mark.memory
+
+
+class Counted(Events):
+    """The errors a node counted."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error_sent(self, description: str) -> None:
+        self.errors.append(description)
+
+
+#: How long a room may go without an owner when its owner dies: its lease,
+#: and a tick (lease/3) until a node with members finds it gone.
+TAKEOVER = LEASE + LEASE / 3 + 0.1
+
+
+class _ThreeNodes(SynchronousTestCase):
+    """Room ``r`` owned by node a (peer x), with y on node b and z on node c."""
+
+    def setUp(self) -> None:
+        self.cluster = c = Cluster()
+        self.addCleanup(self._no_two_owners)
+        self.addCleanup(c.stop_all)
+        for name in ("a", "b", "c"):
+            c.start(name)
+        self.x = c.join("a", "x")
+        c.wait(0.1)
+        self.y = c.join("b", "y")
+        c.wait(0.1)
+        self.z = c.join("c", "z")
+        c.wait(0.2)
+        self.assertEqual(c.owners(), {"a"})
+        self.assertEqual((self.y.admitted, self.z.admitted), (["x"], ["x", "y"]))
+
+    def _no_two_owners(self) -> None:
+        self.assertEqual([o for o in self.cluster.owners_seen if len(o) > 1], [])
+
+    def flow(self, seconds: float, start: int = 0) -> int:
+        """y sends 0, 1, ... to z every step for `seconds`; the next number."""
+        n = start
+        for _ in range(round(seconds / 0.05)):
+            self.y.send(n, "z")
+            n += 1
+            self.cluster.wait(0.05)
+        return n
+
+    def epoch(self, node: str) -> int:
+        relay = self.cluster.nodes[node].node.find("r")
+        assert relay is not None
+        return relay.epoch
+
+
+class OwnerDiesTests(_ThreeNodes):
+    def test_another_node_takes_over_within_the_lease_and_peers_keep_their_ids(self) -> None:
+        c = self.cluster
+        self.x.send(1, "y", "z")
+        c.wait(0.1)
+        self.assertEqual((self.y.numbers("x"), self.z.numbers("x")), ([1], [1]))
+        old = self.epoch("a")
+        c.links["a"].cut()  # killed: it writes and renews nothing more
+        took = c.until(lambda: bool(c.owners() - {"a"}), TAKEOVER)
+        self.assertLessEqual(took, TAKEOVER)
+        (owner,) = c.owners()
+        self.assertIn(owner, {"b", "c"})
+        self.assertGreater(self.epoch(owner), old)
+        # The survivors keep their ids and their room; the dead node's
+        # peer leaves, once, as on one server.
+        c.until(lambda: self.y.left() == ["x"] and self.z.left() == ["x"], LEASE)
+        relay = c.nodes[owner].node.find("r")
+        assert relay is not None
+        self.assertEqual(set(relay.peers), {"y", "z"})
+        n = self.flow(1.0)
+        c.wait(0.2)
+        self.assertEqual(self.z.numbers("y"), list(range(n)))
+        self.z.send(7, "y")
+        c.wait(0.2)
+        self.assertEqual(self.y.numbers("z"), [7])
+        self.assertEqual((self.y.closed, self.z.closed), (None, None))
+        self.assertEqual(self.y.events("joined") + self.z.events("joined"), [{"peer_id": "z"}])
+
+    def test_a_relay_that_dies_has_its_peers_leave(self) -> None:
+        c = self.cluster
+        c.links["c"].cut()
+        c.until(lambda: self.x.left() == ["z"] and self.y.left() == ["z"], TAKEOVER)
+        self.assertEqual(c.owners(), {"a"})
+        self.assertEqual(self.x.closed, None)
+
+
+class StoreUnreachableTests(_ThreeNodes):
+    def test_a_short_outage_closes_nobody_and_loses_nothing(self) -> None:
+        c = self.cluster
+        n = self.flow(0.5)
+        # Frozen (commands wait in line) for almost half a lease, then
+        # refusing connections for almost a third of one.
+        c.store.pause()
+        n = self.flow(LEASE * 0.45, n)
+        c.store.resume()
+        n = self.flow(LEASE / 3, n)
+        c.store.stop()
+        n = self.flow(LEASE * 0.3, n)
+        c.store.start()
+        n = self.flow(LEASE, n)
+        c.wait(0.5)
+        self.assertEqual(self.z.numbers("y"), list(range(n)))
+        self.assertEqual([p.closed for p in (self.x, self.y, self.z)], [None] * 3)
+        self.assertEqual(c.owners(), {"a"})
+        self.assertEqual([node.unavailable for node in c.nodes.values()], [None] * 3)
+
+    def test_a_long_outage_closes_the_peers_and_the_cluster_serves_again(self) -> None:
+        c = self.cluster
+        c.store.stop()
+        c.wait(LEASE * 1.5)
+        self.assertEqual([p.closed for p in (self.x, self.y, self.z)], [CLOSE_GOING_AWAY] * 3)
+        self.assertEqual([node.unavailable for node in c.nodes.values()], ["redis_unreachable"] * 3)
+        self.assertEqual(c.owners(), set())
+        c.store.start()
+        c.until(lambda: all(node.unavailable is None for node in c.nodes.values()), LEASE / 2)
+        # New connections work by themselves.
+        v, w = c.join("b", "v"), c.join("c", "w")
+        c.until(lambda: v.admitted is not None and w.admitted is not None, LEASE)
+        v.send(5, "w")
+        c.until(lambda: w.numbers("v") == [5], LEASE)
+
+    def test_a_store_restart_that_loses_every_key_delivers_nothing_twice(self) -> None:
+        c = self.cluster
+        n = self.flow(0.5)
+        c.store.restart()
+        n = self.flow(LEASE * 2, n)
+        c.wait(0.5)
+        self.assertEqual(self.z.numbers("y"), list(range(n)))
+        self.assertEqual([p.closed for p in (self.x, self.y, self.z)], [None] * 3)
+        self.assertEqual(c.owners(), {"a"})
+
+
+class LateRenewalTests(_ThreeNodes):
+    def test_a_late_renewal_within_the_lease_holds_deliveries_then_sends_them(self) -> None:
+        c = self.cluster
+        w = c.join("a", "w")
+        c.wait(0.2)
+        c.before_tick("a")
+        # a's renewals wait in line for 0.57 of a lease, from when its last
+        # one is oldest: past the safe share (0.8), within the lease.
+        c.links["a"].pause()
+        for n in range(34):
+            self.x.send(n, "w")  # from a peer on a to another one there
+            c.wait(0.05)
+        held = len(w.numbers("x"))
+        self.assertLess(held, 34)  # the lease passed its safe share: held
+        self.assertGreater(held, 20)
+        c.links["a"].resume()
+        c.wait(0.1)
+        self.assertEqual(w.numbers("x"), list(range(34)))
+        self.assertEqual(c.owners(), {"a"})
+        self.assertEqual([p.closed for p in (self.x, self.y, self.z, w)], [None] * 4)
+
+    def test_a_renewal_later_than_the_lease_loses_the_room_and_what_was_held(self) -> None:
+        c = self.cluster
+        w = c.join("a", "w")
+        c.wait(0.2)
+        c.before_tick("a")
+        old = self.epoch("a")
+        c.links["a"].pause()
+        for n in range(20):
+            self.x.send(n, "w")
+            c.wait(0.05)
+        # Another node with members took the room (a's key lapsed).
+        c.until(lambda: bool(c.owners() - {"a"}), TAKEOVER)
+        (owner,) = c.owners()
+        self.assertGreater(self.epoch(owner), old)
+        delivered = w.numbers("x")
+        c.links["a"].resume()
+        c.wait(LEASE)
+        # a stepped down: what it held is dropped, its peers reconnect.
+        self.assertEqual(w.numbers("x"), delivered)
+        self.assertEqual((self.x.closed, w.closed), (CLOSE_GOING_AWAY, CLOSE_GOING_AWAY))
+        self.assertNotIn("a", c.owners())
+        # The others go on in the new owner's room.
+        n = self.flow(0.5)
+        c.wait(0.2)
+        self.assertEqual(self.z.numbers("y"), list(range(n)))
+
+
+class RestartTests(_ThreeNodes):
+    def test_an_owner_shut_down_hands_its_room_over_and_loses_nothing(self) -> None:
+        c = self.cluster
+        n = self.flow(0.3)
+        counted = Counted()
+        c.nodes["a"].events = counted
+        c.nodes["a"].stopService()  # SIGTERM; the test goes on meanwhile
+        n = self.flow(LEASE / 3 + 0.5, n)
+        # One shutdown path: the notice, and its count, as on one server.
+        self.assertEqual(
+            self.x.events("error"), [{"description": "Room closed", "details": "shutdown"}]
+        )
+        self.assertEqual(counted.errors, ["Room closed"])
+        self.assertEqual(self.x.closed, CLOSE_GOING_AWAY)
+        del c.nodes["a"]
+        (owner,) = c.owners()
+        self.assertIn(owner, {"b", "c"})
+        c.wait(0.3)
+        self.assertEqual(self.z.numbers("y"), list(range(n)))
+        self.assertEqual((self.y.left(), self.z.left()), (["x"], ["x"]))
+        # The node starts again (a new id, as a process does) and serves.
+        c.start("a2")
+        x2 = c.join("a2", "x2")
+        c.until(lambda: x2.admitted is not None, LEASE)
+        self.assertEqual(sorted(x2.admitted or []), ["y", "z"])
+        x2.send(3, "y", "z")
+        c.wait(0.2)
+        self.assertEqual((self.y.numbers("x2"), self.z.numbers("x2")), ([3], [3]))
+
+    def test_a_relay_restarted_comes_back_as_a_new_node(self) -> None:
+        c = self.cluster
+        counted = Counted()
+        c.nodes["c"].events = counted
+        c.stop("c")
+        c.until(lambda: self.y.left() == ["z"], LEASE)
+        self.assertEqual(self.z.closed, CLOSE_GOING_AWAY)
+        self.assertEqual(
+            self.z.events("error"), [{"description": "Room closed", "details": "shutdown"}]
+        )
+        self.assertEqual(counted.errors, ["Room closed"])
+        c.start("c2")
+        z2 = c.join("c2", "z2")
+        c.until(lambda: z2.admitted is not None, LEASE)
+        self.assertEqual(sorted(z2.admitted or []), ["x", "y"])
+        self.assertEqual(c.owners(), {"a"})
