@@ -38,6 +38,7 @@ this user's and closed to others (it is made 0700; the sockets are 0600).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -404,12 +405,15 @@ class _Link(Protocol):
         for request, _ in waiting:
             self._send(request)
 
-    def failed(self, why: str) -> None:
-        """The connection could not be made: serve the waiting connections here."""
+    def failed(self, why: str, *, gone: bool) -> None:
+        """
+        The connection could not be made: serve the waiting connections
+        here.  `gone`: nothing listens on the sibling's socket.
+        """
         if self._dropped:
             return
         self._dropped = True
-        if why in ("Connection refused", "No such file or directory"):
+        if gone:
             self._handover._forget_stale(self.target)
         self._handover._link_failed(self, why)
         waiting, self._waiting = self._waiting, []
@@ -467,10 +471,9 @@ class _LinkFactory(ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         os_error = getattr(reason.value, "osError", None)
-        why = getattr(os_error, "strerror", None)
-        if why is None and isinstance(os_error, int):
-            why = os.strerror(os_error)
-        self._link.failed(why or reason.getErrorMessage())
+        number = os_error if isinstance(os_error, int) else getattr(os_error, "errno", None)
+        why = os.strerror(number) if number is not None else reason.getErrorMessage()
+        self._link.failed(why, gone=number in (errno.ECONNREFUSED, errno.ENOENT))
 
 
 @implementer(IFileDescriptorReceiver)
