@@ -166,7 +166,7 @@ class Handover(Service):
         why = check_folder(self.folder)
         if why is not None:
             raise RuntimeError(f"--handover {self.folder!r}: {why}")
-        self._port = self._reactor.listenUNIX(self.path, _InboxFactory(self), mode=0o600)
+        self._port = self._reactor.listenUNIX(self.path, self.inbox_factory(), mode=0o600)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -178,6 +178,10 @@ class Handover(Service):
             return None
         # Twisted removes the socket file once the port has stopped.
         return port.stopListening()
+
+    def inbox_factory(self) -> Factory:
+        """The factory of this node's end of its siblings' connections."""
+        return _InboxFactory(self)
 
     # Choosing.
 
