@@ -24,6 +24,10 @@ by the generator, so you can see what limits scaling on the machine it runs
 on, and appends the scaling figures to bench/results/cluster.jsonl.
 
     .venv/bin/python bench/cluster.py [--messages 3000] [--rooms 8] [--seconds 5]
+        [--rounds 1] [--only-scaling]
+
+With several rounds it prints the medians (a machine shared with other work
+moves single figures by 2x).
 """
 
 from __future__ import annotations
@@ -99,7 +103,8 @@ class Processes:
         if shared is not None:
             argv += ["--endpoint", f"reuseport:{shared}:interface=127.0.0.1"]
         if handover:
-            argv += ["--handover", str(self.folder / "handover")]
+            # A folder of this setup's own: killed nodes leave their sockets.
+            argv += ["--handover", str(self.folder / f"handover-{self.redis_port}")]
         if cluster:
             argv += ["--redis", f"redis://127.0.0.1:{self.redis_port}/0"]
         argv += ["--rate-limit", "1000000/1", "--rate-burst", "1000000"]
@@ -289,6 +294,10 @@ def scaling(
         "redis_cpu": (redis_stop - redis_start) / seconds,
         "loadgen_cpu": result["loadgen_cpu"],
         "node_cpu_us_per_delivery": (nodes_stop - nodes_start) / result["delivered"] * 1e6,
+        # The server's CPU: its nodes' and Redis's.
+        "server_cpu_us_per_delivery": (nodes_stop - nodes_start + redis_stop - redis_start)
+        / result["delivered"]
+        * 1e6,
     }
     print(
         f"{label:<22}: {figures['deliveries_per_s']:8.0f} msg/s over {rooms} rooms;"
@@ -300,6 +309,78 @@ def scaling(
     return figures
 
 
+SETUPS: list[tuple[list[int], bool, str, str | None]] = [
+    # One server without --redis first: what cluster mode itself costs.
+    ([0], False, "1 server, no --redis", None),
+    ([0], True, "1 cluster node", None),
+    ([0, 1], True, "2 cluster nodes", None),
+    ([0, 1], True, "2 nodes, reuseport", "reuseport"),
+    ([0, 1], True, "2 nodes, hand-over", "handover"),
+]
+
+
+def run_setups(folder: Path, rounds: int, rooms: int, seconds: float) -> list[dict[str, Any]]:
+    """The scaling figures of every setup, `rounds` times."""
+    figures: list[dict[str, Any]] = []
+    # Rounds take turns through the setups, so that a machine whose
+    # load changes weighs on each of them alike.
+    for _ in range(rounds):
+        for cores, cluster, label, sharing in SETUPS:
+            procs = Processes(folder)
+            try:
+                shared = free_port() if sharing else None
+                handover = sharing == "handover"
+                ports = [
+                    procs.node(core, cluster=cluster, shared=shared, handover=handover)
+                    for core in cores
+                ]
+                time.sleep(0.5)
+                figure = scaling(
+                    procs,
+                    [shared] if shared is not None else ports,
+                    rooms,
+                    seconds,
+                    label,
+                    nodes=ports,
+                )
+                figures.append({"cluster": cluster} | figure)
+            finally:
+                procs.stop()
+    return figures
+
+
+def report(figures: list[dict[str, Any]], rounds: int) -> None:
+    """Print the medians of `figures` by setup, and their ratios."""
+
+    def median(label: str, key: str) -> float:
+        return float(statistics.median(f[key] for f in figures if f["label"] == label))
+
+    single, one, two, shared_port, handed = (label for _, _, label, _ in SETUPS)
+    if rounds > 1:
+        print(f"medians of {rounds} rounds:")
+    for label in (single, one, two, shared_port, handed):
+        print(
+            f"{label:<22}: {median(label, 'deliveries_per_s'):8.0f} msg/s,"
+            f" server CPU per message {median(label, 'server_cpu_us_per_delivery'):.1f} us"
+        )
+    rate = median(one, "deliveries_per_s") / median(single, "deliveries_per_s")
+    print(f"1 node / no cluster: {rate:.2f}x")
+    rate = median(two, "deliveries_per_s") / median(one, "deliveries_per_s")
+    print(f"2 processes / 1: {rate:.2f}x")
+    for base in (single, one):
+        for other in (shared_port, handed):
+            rate = median(other, "deliveries_per_s") / median(base, "deliveries_per_s")
+            cpu = median(other, "server_cpu_us_per_delivery") / median(
+                base, "server_cpu_us_per_delivery"
+            )
+            target = other == handed and base == one
+            print(
+                f"{other} / {base}: {rate:.2f}x the messages,"
+                f" {cpu:.2f}x the server CPU per message"
+                + (" (targets: at least 1.6x, at most 1.15x)" if target else "")
+            )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=3000)
@@ -307,6 +388,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--logs", help="keep the nodes' logs in this folder")
     parser.add_argument("--only-scaling", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of the scaling setups")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.logs or scratch
@@ -318,52 +400,8 @@ async def main() -> None:
             if not args.only_scaling:
                 paths_figures = await paths(procs, args.messages)
             procs.stop()
-            figures = []
-            # One server without --redis first: what cluster mode itself costs.
-            setups: list[tuple[list[int], bool, str, str | None]] = [
-                ([0], False, "1 server, no --redis", None),
-                ([0], True, "1 cluster node", None),
-                ([0, 1], True, "2 cluster nodes", None),
-                ([0, 1], True, "2 nodes, reuseport", "reuseport"),
-                ([0, 1], True, "2 nodes, hand-over", "handover"),
-            ]
-            for cores, cluster, label, sharing in setups:
-                procs = Processes(Path(folder))
-                shared = free_port() if sharing else None
-                handover = sharing == "handover"
-                ports = [
-                    procs.node(core, cluster=cluster, shared=shared, handover=handover)
-                    for core in cores
-                ]
-                time.sleep(0.5)
-                figure = scaling(
-                    procs,
-                    [shared] if shared is not None else ports,
-                    args.rooms,
-                    args.seconds,
-                    label,
-                    nodes=ports,
-                )
-                figures.append({"cluster": cluster} | figure)
-                procs.stop()
-            single, one, two, shared_port, handed = figures
-            print(
-                f"1 node / no cluster: {one['deliveries_per_s'] / single['deliveries_per_s']:.2f}x"
-            )
-            print(f"2 processes / 1: {two['deliveries_per_s'] / one['deliveries_per_s']:.2f}x")
-            for base in (single, one):
-                for other in (shared_port, handed):
-                    rate = other["deliveries_per_s"] / base["deliveries_per_s"]
-                    cpu = other["node_cpu_us_per_delivery"] / base["node_cpu_us_per_delivery"]
-                    print(
-                        f"{other['label']} / {base['label']}: {rate:.2f}x the messages,"
-                        f" {cpu:.2f}x the node CPU per message"
-                        + (
-                            " (targets: at least 1.6x, at most 1.15x)"
-                            if other is handed and base is one
-                            else ""
-                        )
-                    )
+            figures = run_setups(Path(folder), args.rounds, args.rooms, args.seconds)
+            report(figures, args.rounds)
             if paths_figures:
                 ratio = paths_figures["across_cpu_us"] / paths_figures["same_cpu_us"]
                 print(f"CPU per message across nodes / on one node: {ratio:.2f}x (nodes)")
