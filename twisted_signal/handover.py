@@ -6,7 +6,9 @@ on this host, so that the messages between the peers of a room never cross
 processes (nor Redis).
 
 - **Which node.**  Every node given the same folder (``--handover DIR``)
-  listens on ``DIR/<name>.sock`` (a fresh random name per start).  A room's
+  listens on ``DIR/<name>.sock`` (a fresh random name per start; the name
+  is given to the socket once it listens, so a ``.sock`` that refuses a
+  connection is a dead node's, which the first node to find it removes).  A room's
   node is chosen by rendezvous hashing of the room name over the names of
   the sockets in the folder: every node makes the same choice without asking
   anyone, and when a node goes, only its rooms move.  The chosen node then
@@ -38,6 +40,7 @@ this user's and closed to others (it is made 0700; the sockets are 0600).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -87,6 +90,7 @@ on it (and on that sibling, for `DOWN_FOR`)."""
 DOWN_FOR = 2.0
 """Seconds a sibling that did not answer is left out of the choice."""
 _SUFFIX = ".sock"
+_BOUND = ".bound"
 _LENGTH = struct.Struct(">I")
 _TAKEN = b"\x01"
 
@@ -166,17 +170,24 @@ class Handover(Service):
         why = check_folder(self.folder)
         if why is not None:
             raise RuntimeError(f"--handover {self.folder!r}: {why}")
-        self._port = self._reactor.listenUNIX(self.path, self.inbox_factory(), mode=0o600)
+        # Listen first, then give the socket its name: a socket named
+        # <name>.sock that refuses a connection is a dead node's, never one
+        # still starting.
+        bound = self._bound_path(self.node_name)
+        self._port = self._reactor.listenUNIX(bound, self.inbox_factory(), mode=0o600)
+        os.link(bound, self.path)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
         self._stopping = True
         for link in list(self._links.values()):
-            link.drop()
+            link.drop("stopping")
         port, self._port = self._port, None
         if port is None:
             return None
-        # Twisted removes the socket file once the port has stopped.
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        # Twisted removes the bound name once the port has stopped.
         return port.stopListening()
 
     def inbox_factory(self) -> Factory:
@@ -228,29 +239,33 @@ class Handover(Service):
             link.connect()
         link.hand(request, local)
 
-    def _link_failed(self, link: _Link, why: str) -> None:
+    def _link_ended(self, link: _Link, why: str | None) -> None:
+        """
+        `link` is over; `why`, if the sibling did not answer: it is left out
+        of the choice for `DOWN_FOR` seconds.
+        """
         if self._links.get(link.target) is link:
             del self._links[link.target]
-        if link.target in self._down or self._stopping:
+        if why is None or link.target in self._down or self._stopping:
             return
         self._down[link.target] = self._reactor.seconds() + DOWN_FOR
         self._log.warn(
             "hand-over: node {node} of this host does not answer ({why}); "
-            "serving its rooms' connections here for {seconds}s",
+            "leaving it out for {seconds}s",
             node=link.target,
             why=why,
             seconds=DOWN_FOR,
         )
         self._reactor.callLater(DOWN_FOR, self._down.pop, link.target, None)
 
+    def _bound_path(self, name: str) -> str:
+        return os.path.join(self.folder, name + _BOUND)
+
     def _forget_stale(self, target: str) -> None:
         """Remove the socket of a node that is gone (nothing listens on it)."""
-        path = os.path.join(self.folder, target + _SUFFIX)
-        try:
-            if self._reactor.seconds() - os.stat(path).st_mtime > DOWN_FOR:
+        for path in (os.path.join(self.folder, target + _SUFFIX), self._bound_path(target)):
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-        except OSError:
-            pass
 
     # Receiving.
 
@@ -370,7 +385,7 @@ class _Link(Protocol):
         self._waiting: list[tuple[Request, IResource]] = []
         self._sent: deque[tuple[int, IDelayedCall]] = deque()
         self._connected = False
-        self._dropped = False
+        self._ended = False
 
     def connect(self) -> None:
         handover = self._handover
@@ -379,7 +394,7 @@ class _Link(Protocol):
         handover._reactor.connectUNIX(path, factory, timeout=ANSWER_TIMEOUT)
 
     def hand(self, request: Request, local: IResource) -> None:
-        if self._dropped:
+        if self._ended:
             self._handover.events.handover("fallback")
             _serve_locally(request, local)
         elif self._connected:
@@ -411,24 +426,17 @@ class _Link(Protocol):
 
     def failed(self, why: str, *, gone: bool) -> None:
         """
-        The connection could not be made: serve the waiting connections
-        here.  `gone`: nothing listens on the sibling's socket.
+        The connection could not be made.  `gone`: nothing listens on the
+        sibling's socket.
         """
-        if self._dropped:
-            return
-        self._dropped = True
         if gone:
             self._handover._forget_stale(self.target)
-        self._handover._link_failed(self, why)
-        waiting, self._waiting = self._waiting, []
-        for request, local in waiting:
-            self._handover.events.handover("fallback")
-            _serve_locally(request, local)
+        self._end(why)
 
     def dataReceived(self, data: bytes) -> None:
         for _ in data:
             if not self._sent:
-                self.drop()  # an answer for nothing: not a node of ours
+                self.drop("an answer for no connection")
                 return
             fd, timer = self._sent.popleft()
             timer.cancel()
@@ -436,30 +444,36 @@ class _Link(Protocol):
             self._handover.events.handover("sent")
 
     def _timed_out(self) -> None:
-        if self._sent:
-            fd, _ = self._sent.popleft()
-            os.close(fd)
-        self.drop()
+        self.drop(f"a connection not taken within {ANSWER_TIMEOUT}s")
 
-    def drop(self) -> None:
-        """Give up on this sibling (its connections are closed)."""
+    def drop(self, why: str) -> None:
+        """Give up on this sibling."""
         if self.transport is not None:
             self.transport.loseConnection()
-        self.connectionLost(Failure(ConnectionDone("dropped")))
+        self._end(why)
 
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
-        if self._dropped and not self._sent:
+        # With nothing in flight, this says only that the sibling stopped or
+        # died: the next hand-over to it connects again, and finds out.
+        idle = not self._sent and not self._waiting
+        self._end(None if idle else reason.getErrorMessage())
+
+    def _end(self, why: str | None) -> None:
+        """
+        This link is over (`why`: the sibling did not answer).  Connections
+        sent but not yet taken: the sibling may hold them or not; either way
+        this node's copies go.  Those waiting for the link are served here.
+        """
+        if self._ended:
             return
-        self._dropped = True
+        self._ended = True
         self._connected = False
-        # Connections sent but not yet taken: the sibling may hold them or
-        # not; either way, this node's copies go.
         while self._sent:
             fd, timer = self._sent.popleft()
             if timer.active():
                 timer.cancel()
             os.close(fd)
-        self._handover._link_failed(self, reason.getErrorMessage())
+        self._handover._link_ended(self, why)
         waiting, self._waiting = self._waiting, []
         for request, local in waiting:
             self._handover.events.handover("fallback")
@@ -467,6 +481,8 @@ class _Link(Protocol):
 
 
 class _LinkFactory(ClientFactory):
+    noisy = False
+
     def __init__(self, link: _Link) -> None:
         self._link = link
 
@@ -539,6 +555,8 @@ class _Inbox(Protocol):
 
 
 class _InboxFactory(Factory):
+    noisy = False
+
     def __init__(self, handover: Handover) -> None:
         self._handover = handover
 
@@ -548,6 +566,8 @@ class _InboxFactory(Factory):
 
 class _Adopting(Factory):
     """Builds the protocol of one adopted connection with `site`, and keeps it."""
+
+    noisy = False
 
     def __init__(self, site: Site) -> None:
         self._site = site
