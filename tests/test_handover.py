@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from twisted_signal.handover import rendezvous
+from twisted_signal.handover import ANSWER_TIMEOUT, rendezvous
 
 from .support import Client, RawClient, join, joined, relayed, upgrade_request
-from .support.cluster import Cluster
+from .support.cluster import LEASE, Cluster
 from .support.twistd import Twistd, free_port, get
 
 pytestmark = pytest.mark.process
@@ -59,7 +59,7 @@ class Node:
         return counts
 
 
-def start(cluster: Cluster, folder: Path, shared: int, *args: str) -> Node:
+def start(cluster: Cluster, folder: Path, shared: int, *args: str, lease: float = LEASE) -> Node:
     metrics = free_port()
     twistd = cluster.node(
         "--endpoint",
@@ -71,6 +71,7 @@ def start(cluster: Cluster, folder: Path, shared: int, *args: str) -> Node:
         "--max-peers",
         "50",
         *args,
+        lease=lease,
     )
     return Node(twistd, metrics)
 
@@ -315,3 +316,37 @@ def test_a_sibling_that_stops_takes_its_socket_and_its_rooms_move(
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_frozen_sibling_is_left_out_and_serves_what_it_was_handed_when_it_wakes(
+    cluster: Cluster, folder: Path
+) -> None:
+    shared = free_port()
+    # A lease long enough for the freeze not to cost b its rooms.
+    a = start(cluster, folder, shared, lease=4 * ANSWER_TIMEOUT)
+    (a_name,) = names(folder)
+    b = start(cluster, folder, shared, lease=4 * ANSWER_TIMEOUT)
+    both = names(folder)
+    rooms_of_b = [f"f{i}" for i in range(200) if rendezvous(f"f{i}", both) != a_name]
+    b.twistd.process.send_signal(signal.SIGSTOP)
+    try:
+        waiting = socket.create_connection(("127.0.0.1", a.twistd.port), timeout=TIMEOUT)
+        waiting.sendall(upgrade_request(f"127.0.0.1:{a.twistd.port}", f"/socket/{rooms_of_b[0]}/"))
+        until(lambda: "does not answer" in a.twistd.output, timeout=ANSWER_TIMEOUT + TIMEOUT)
+        # Left out for now: another of b's rooms is served by a.
+        with join(a.twistd.socket_url(rooms_of_b[1])):
+            assert a.peers() == 1
+        assert a.handovers() == {"sent": 0, "received": 0, "fallback": 0, "refused": 0}
+    finally:
+        b.twistd.process.send_signal(signal.SIGCONT)
+    # The connection a gave up waits for b, which answers it once awake.
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += waiting.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    raw = RawClient(waiting, head.partition(b"\r\n\r\n")[2])
+    try:
+        assert raw.recv_json()["event"] == "authenticated"
+        assert b.peers() == 1 and b.handovers()["received"] == 1
+    finally:
+        waiting.close()
