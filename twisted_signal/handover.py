@@ -350,7 +350,11 @@ def _serve_locally(request: Request, local: IResource) -> None:
     channel = request.channel
     if channel is None or channel.transport is None or request.finished:
         return
-    body = local.render(request)
+    try:
+        body = local.render(request)
+    except Exception:
+        request.processingFailed(Failure())
+        return
     if body is not NOT_DONE_YET:
         request.write(body)
         request.finish()
