@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import stat
 import struct
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from twisted_signal.devcert import write_dev_certificate
 from twisted_signal.handover import ANSWER_TIMEOUT, rendezvous
 
 from .support import Client, RawClient, join, joined, relayed, upgrade_request
@@ -350,3 +352,34 @@ def test_a_frozen_sibling_is_left_out_and_serves_what_it_was_handed_when_it_wake
         assert b.peers() == 1 and b.handovers()["received"] == 1
     finally:
         waiting.close()
+
+
+def test_connections_of_a_tls_listener_stay_where_they_arrive(
+    cluster: Cluster, folder: Path, tmp_path: Path
+) -> None:
+    key, cert = write_dev_certificate(tmp_path / "certs")
+    tls = free_port()
+    shared = free_port()
+    a = start(
+        cluster,
+        folder,
+        shared,
+        "--endpoint",
+        f"ssl:{tls}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+    )
+    (a_name,) = names(folder)
+    b = start(cluster, folder, shared)
+    both = names(folder)
+    room = next(f"l{i}" for i in range(200) if rendezvous(f"l{i}", both) != a_name)
+    context = ssl.create_default_context(cafile=str(cert))
+    # The TLS session is a's: the peer stays on a, which takes the room, and
+    # the room works through Redis with the plain peer, handed to b.
+    with (
+        join(f"wss://127.0.0.1:{tls}/socket/{room}/", ssl=context) as over_tls,
+        join(a.twistd.socket_url(room)) as plain,
+    ):
+        assert over_tls.recv() == joined(plain.peer_id)
+        everyone_hears_everyone([over_tls, plain])
+        # The plain one only (the owner counts the remote peer too).
+        assert a.handovers()["sent"] == 1 and b.handovers()["received"] == 1
+        assert a.peers() == 2
