@@ -79,17 +79,20 @@ run: install
 
 # Cluster mode on one machine: a local redis-server and NODES rtcsignal
 # processes sharing PORT through SO_REUSEPORT (the reuseport: endpoint), so
-# the kernel spreads connections over all the cores.  Ctrl-C stops them all.
+# the kernel spreads connections over all the cores, and then each node hands
+# every upgrade to its room's node (--handover HANDOVER), so the peers of a
+# room are on one node (docs/cluster.md).  Ctrl-C stops them all.
 NODES ?= $(shell nproc)
 PORT ?= 8080
 REDIS_PORT ?= 6390
+HANDOVER ?= $(or $(XDG_RUNTIME_DIR),/tmp)/rtcsignal-handover-$(PORT)
 run-cluster: install
 	@command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)"; exit 1; }
 	@trap 'kill 0' INT TERM EXIT; \
 	redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save '' --appendonly no & \
 	for i in $$(seq $(NODES)); do \
 	  $(BIN)/twistd --pidfile= -n rtcsignal --endpoint reuseport:$(PORT):interface=127.0.0.1:backlog=1024 \
-	    --redis redis://127.0.0.1:$(REDIS_PORT)/0 $(ARGS) & \
+	    --redis redis://127.0.0.1:$(REDIS_PORT)/0 --handover $(HANDOVER) $(ARGS) & \
 	done; wait
 
 lint: install $(JS_TOOLS)

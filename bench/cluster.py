@@ -6,18 +6,28 @@ Cluster mode figures, with a real redis-server and real ``twistd rtcsignal
   room's owner node ("same node"), and for two peers on a node that does not
   own the room, so every message goes relay -> Redis -> owner -> Redis ->
   relay ("across nodes");
+- node CPU per message on each of those two paths (the nodes' and Redis's
+  CPU over the flood, divided by the messages);
 - throughput with ROOMS rooms of two peers each (600-byte unicast
   ``candidate`` messages, 32 in flight per peer, as in bench/suite.py),
   served by 1 and then by 2 processes, driven by the Node load generator
-  (bench/loadgen.mjs); each room's peers are on one node and the rooms are
-  spread over the nodes.  With one process the node is pinned to core 0 and
-  the generator to core 1; with two, one node per core.
+  (bench/loadgen.mjs).  "2 cluster nodes" puts each room's peers on one node
+  by its port; "2 nodes, reuseport" lets the kernel spread the connections
+  over two nodes sharing one port, as ``make run-cluster`` runs them, first
+  without and then with ``--handover``.  With one process the node is
+  pinned to core 0 and the generator to core 1; with two, one node per core
+  and the generator wherever the kernel puts it (the generator is always on
+  the same machine).
 
 It prints, for the measured interval, the CPU used by the nodes, by Redis and
 by the generator, so you can see what limits scaling on the machine it runs
 on, and appends the scaling figures to bench/results/cluster.jsonl.
 
     .venv/bin/python bench/cluster.py [--messages 3000] [--rooms 8] [--seconds 5]
+        [--rounds 1] [--only-scaling]
+
+With several rounds it prints the medians (a machine shared with other work
+moves single figures by 2x).
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import websockets
 
@@ -76,11 +88,23 @@ class Processes:
         self.redis = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         self.nodes: list[tuple[subprocess.Popen[bytes], int]] = []
 
-    def node(self, core: int | None = None, *, cluster: bool = True) -> int:
+    def node(
+        self,
+        core: int | None = None,
+        *,
+        cluster: bool = True,
+        shared: int | None = None,
+        handover: bool = False,
+    ) -> int:
         port = free_port()
         argv = pinned(core, [str(BIN / "twistd"), "--pidfile=", "-n", "rtcsignal"])
         argv += ["--endpoint", f"tcp:{port}:interface=127.0.0.1", "--max-peers", "100"]
         argv += ["--resume-window", "0"]
+        if shared is not None:
+            argv += ["--endpoint", f"reuseport:{shared}:interface=127.0.0.1"]
+        if handover:
+            # A folder of this setup's own: killed nodes leave their sockets.
+            argv += ["--handover", str(self.folder / f"handover-{self.redis_port}")]
         if cluster:
             argv += ["--redis", f"redis://127.0.0.1:{self.redis_port}/0"]
         argv += ["--rate-limit", "1000000/1", "--rate-burst", "1000000"]
@@ -165,14 +189,29 @@ async def latency(sender: object, receiver: object, to: str, n: int) -> tuple[fl
     return statistics.median(delays), delays[int(len(delays) * 0.99) - 1]
 
 
-async def paths(procs: Processes, n: int) -> None:
+async def measured_flood(
+    procs: Processes, sender: object, receiver: object, to: str, n: int
+) -> tuple[float, float, float]:
+    """A flood's msg/s, and the nodes' and Redis's CPU per message in us."""
+    nodes_before, redis_before = procs.cpu()
+    rate = await flood(sender, receiver, to, n)
+    nodes_after, redis_after = procs.cpu()
+    return rate, (nodes_after - nodes_before) / n * 1e6, (redis_after - redis_before) / n * 1e6
+
+
+async def paths(procs: Processes, n: int) -> dict[str, float]:
     owner = procs.node()
     other = procs.node()
+    figures: dict[str, float] = {}
     # Same node: the room is owned by the node its peers are on.
     a, b, b_id = await pair(owner, "same")
     p50, p99 = await latency(a, b, b_id, min(n, 1000))
-    rate = await flood(a, b, b_id, n)
-    print(f"same node      : {rate:8.0f} msg/s   latency p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+    rate, cpu, redis = await measured_flood(procs, a, b, b_id, n)
+    figures |= {"same_msgs_per_s": rate, "same_cpu_us": cpu, "same_redis_us": redis}
+    print(
+        f"same node      : {rate:8.0f} msg/s   latency p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+        f"   CPU per message: nodes {cpu:5.1f} us, redis {redis:5.1f} us"
+    )
     # Across nodes: a peer on `owner` takes the room first; the two measured
     # peers are on the other node, so each message crosses Redis twice.
     anchor, _ = await join(owner, "across")
@@ -181,16 +220,40 @@ async def paths(procs: Processes, n: int) -> None:
     await drain_joined(anchor, 2)
     await drain_joined(c, 1)
     p50, p99 = await latency(c, d, d_id, min(n, 1000))
-    rate = await flood(c, d, d_id, n)
-    print(f"across nodes   : {rate:8.0f} msg/s   latency p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+    rate, cpu, redis = await measured_flood(procs, c, d, d_id, n)
+    figures |= {"across_msgs_per_s": rate, "across_cpu_us": cpu, "across_redis_us": redis}
+    print(
+        f"across nodes   : {rate:8.0f} msg/s   latency p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+        f"   CPU per message: nodes {cpu:5.1f} us, redis {redis:5.1f} us"
+    )
     for ws in (a, b, anchor, c, d):
         await ws.close()  # type: ignore[attr-defined]
+    return figures
+
+
+def peers_by_node(ports: list[int]) -> list[int]:
+    """How many peers each node at `ports` holds (its /healthz)."""
+    counts = []
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            counts.append(int(json.load(answer)["peers"]))
+    return counts
 
 
 def scaling(
-    procs: Processes, ports: list[int], rooms: int, seconds: float, label: str
-) -> dict[str, float]:
-    """Deliveries per second of `rooms` pairs flooding over the nodes at `ports`."""
+    procs: Processes,
+    ports: list[int],
+    rooms: int,
+    seconds: float,
+    label: str,
+    *,
+    nodes: list[int] | None = None,
+) -> dict[str, Any]:
+    """
+    Deliveries per second of `rooms` pairs flooding over the nodes at
+    `ports` (the rooms spread over them by number); `nodes`, the nodes' own
+    ports, when that is not `ports`.
+    """
     options = {
         "protocol": "signal",
         "ports": ports,
@@ -201,37 +264,121 @@ def scaling(
         "warmup": 1,
         "seconds": seconds,
     }
-    core = 1 if len(ports) == 1 else None
+    nodes = nodes or ports
+    core = 1 if len(nodes) == 1 else None
     argv = pinned(core, [NODE, str(HERE / "loadgen.mjs"), json.dumps(options)])
     marks: dict[str, tuple[float, float]] = {}
     gen = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=HERE, text=True)
     assert gen.stdout is not None
     result: dict[str, float] = {}
+    split: list[int] = []
     for line in gen.stdout:
         message = json.loads(line)
         if "mark" in message:
             marks[message["mark"]] = procs.cpu()
+            if message["mark"] == "start":
+                split = peers_by_node(nodes)
+                marks["start"] = procs.cpu()
         else:
             result = message
     if gen.wait(60) != 0 or not result:
         raise SystemExit("the load generator failed")
     (nodes_start, redis_start), (nodes_stop, redis_stop) = marks["start"], marks["stop"]
     figures = {
-        "processes": len(ports),
+        "label": label,
+        "processes": len(nodes),
+        "peers_by_node": split,
         "rooms": rooms,
         "deliveries_per_s": result["deliveries_per_s"],
         "nodes_cpu": (nodes_stop - nodes_start) / seconds,
         "redis_cpu": (redis_stop - redis_start) / seconds,
         "loadgen_cpu": result["loadgen_cpu"],
         "node_cpu_us_per_delivery": (nodes_stop - nodes_start) / result["delivered"] * 1e6,
+        # The server's CPU: its nodes' and Redis's.
+        "server_cpu_us_per_delivery": (nodes_stop - nodes_start + redis_stop - redis_start)
+        / result["delivered"]
+        * 1e6,
     }
     print(
         f"{label:<22}: {figures['deliveries_per_s']:8.0f} msg/s over {rooms} rooms;"
         f" cores used: nodes {figures['nodes_cpu']:.2f}, redis {figures['redis_cpu']:.2f},"
         f" generator {figures['loadgen_cpu']:.2f};"
-        f" node CPU per message {figures['node_cpu_us_per_delivery']:.1f} us"
+        f" node CPU per message {figures['node_cpu_us_per_delivery']:.1f} us;"
+        f" peers by node {split}"
     )
     return figures
+
+
+SETUPS: list[tuple[list[int], bool, str, str | None]] = [
+    # One server without --redis first: what cluster mode itself costs.
+    ([0], False, "1 server, no --redis", None),
+    ([0], True, "1 cluster node", None),
+    ([0, 1], True, "2 cluster nodes", None),
+    ([0, 1], True, "2 nodes, reuseport", "reuseport"),
+    ([0, 1], True, "2 nodes, hand-over", "handover"),
+]
+
+
+def run_setups(folder: Path, rounds: int, rooms: int, seconds: float) -> list[dict[str, Any]]:
+    """The scaling figures of every setup, `rounds` times."""
+    figures: list[dict[str, Any]] = []
+    # Rounds take turns through the setups, so that a machine whose
+    # load changes weighs on each of them alike.
+    for _ in range(rounds):
+        for cores, cluster, label, sharing in SETUPS:
+            procs = Processes(folder)
+            try:
+                shared = free_port() if sharing else None
+                handover = sharing == "handover"
+                ports = [
+                    procs.node(core, cluster=cluster, shared=shared, handover=handover)
+                    for core in cores
+                ]
+                time.sleep(0.5)
+                figure = scaling(
+                    procs,
+                    [shared] if shared is not None else ports,
+                    rooms,
+                    seconds,
+                    label,
+                    nodes=ports,
+                )
+                figures.append({"cluster": cluster} | figure)
+            finally:
+                procs.stop()
+    return figures
+
+
+def report(figures: list[dict[str, Any]], rounds: int) -> None:
+    """Print the medians of `figures` by setup, and their ratios."""
+
+    def median(label: str, key: str) -> float:
+        return float(statistics.median(f[key] for f in figures if f["label"] == label))
+
+    single, one, two, shared_port, handed = (label for _, _, label, _ in SETUPS)
+    if rounds > 1:
+        print(f"medians of {rounds} rounds:")
+    for label in (single, one, two, shared_port, handed):
+        print(
+            f"{label:<22}: {median(label, 'deliveries_per_s'):8.0f} msg/s,"
+            f" server CPU per message {median(label, 'server_cpu_us_per_delivery'):.1f} us"
+        )
+    rate = median(one, "deliveries_per_s") / median(single, "deliveries_per_s")
+    print(f"1 node / no cluster: {rate:.2f}x")
+    rate = median(two, "deliveries_per_s") / median(one, "deliveries_per_s")
+    print(f"2 processes / 1: {rate:.2f}x")
+    for base in (single, one):
+        for other in (shared_port, handed):
+            rate = median(other, "deliveries_per_s") / median(base, "deliveries_per_s")
+            cpu = median(other, "server_cpu_us_per_delivery") / median(
+                base, "server_cpu_us_per_delivery"
+            )
+            target = other == handed and base == one
+            print(
+                f"{other} / {base}: {rate:.2f}x the messages,"
+                f" {cpu:.2f}x the server CPU per message"
+                + (" (targets: at least 1.6x, at most 1.15x)" if target else "")
+            )
 
 
 async def main() -> None:
@@ -241,6 +388,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--logs", help="keep the nodes' logs in this folder")
     parser.add_argument("--only-scaling", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of the scaling setups")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.logs or scratch
@@ -248,33 +396,23 @@ async def main() -> None:
         procs = Processes(Path(folder))
         try:
             time.sleep(0.3)
+            paths_figures: dict[str, float] = {}
             if not args.only_scaling:
-                await paths(procs, args.messages)
+                paths_figures = await paths(procs, args.messages)
             procs.stop()
-            figures = []
-            # One server without --redis first: what cluster mode itself costs.
-            setups = [
-                ([0], False, "1 server, no --redis"),
-                ([0], True, "1 cluster node"),
-                ([0, 1], True, "2 cluster nodes"),
-            ]
-            for cores, cluster, label in setups:
-                procs = Processes(Path(folder))
-                ports = [procs.node(core, cluster=cluster) for core in cores]
-                time.sleep(0.5)
-                figures.append(
-                    {"cluster": cluster} | scaling(procs, ports, args.rooms, args.seconds, label)
-                )
-                procs.stop()
-            single, one, two = figures
-            print(
-                f"1 node / no cluster: {one['deliveries_per_s'] / single['deliveries_per_s']:.2f}x"
-            )
-            print(f"2 processes / 1: {two['deliveries_per_s'] / one['deliveries_per_s']:.2f}x")
+            figures = run_setups(Path(folder), args.rounds, args.rooms, args.seconds)
+            report(figures, args.rounds)
+            if paths_figures:
+                ratio = paths_figures["across_cpu_us"] / paths_figures["same_cpu_us"]
+                print(f"CPU per message across nodes / on one node: {ratio:.2f}x (nodes)")
             with (HERE / "results" / "cluster.jsonl").open("a") as results:
+                at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                load = os.getloadavg()[0]
                 for figure in figures:
-                    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                    results.write(json.dumps({"at": at, "load": os.getloadavg()[0], **figure}))
+                    results.write(json.dumps({"at": at, "load": load, **figure}))
+                    results.write("\n")
+                if paths_figures:
+                    results.write(json.dumps({"at": at, "load": load, "paths": paths_figures}))
                     results.write("\n")
         finally:
             procs.stop()

@@ -456,3 +456,58 @@ def test_jwt_and_turn_options(tmp_path: Path) -> None:
     servers = settings.ice.servers_for("p", 0)
     assert servers[0] == {"urls": ["stun:127.0.0.1:3478"]}
     assert servers[1]["username"] == "60:p"
+
+
+# Hand-over between the nodes of one host.
+
+REDIS = ("--redis", "redis://127.0.0.1:6379/0")
+
+
+def test_handover_is_off_by_default() -> None:
+    assert parse()["handover"] is None
+    assert service_of().handover is None
+
+
+def test_handover_reaches_the_service(tmp_path: Path) -> None:
+    folder = tmp_path / "handover"
+    service = service_of(*REDIS, "--handover", str(folder))
+    assert service.handover is not None
+    assert service.handover.folder == str(folder)
+    assert service.handover.site is service.site
+    assert service.site.keep_first_bytes
+
+
+def test_handover_needs_redis(tmp_path: Path) -> None:
+    assert usage_error("--handover", str(tmp_path)) == (
+        "--handover needs --redis: the nodes share rooms through it"
+    )
+
+
+def test_handover_folder_others_may_use(tmp_path: Path) -> None:
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o755)
+    assert usage_error(*REDIS, "--handover", str(folder)) == (
+        f"--handover {str(folder)!r}: others may use the folder: chmod 700 it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda p: p.write_text("x"), "not a folder"),
+        (lambda p: None, "is not a folder"),
+    ],
+)
+def test_handover_folder_that_cannot_be(tmp_path: Path, make: Any, why: str) -> None:
+    target = tmp_path / "file"
+    make(target)
+    folder = target if target.exists() else target / "below"
+    message = usage_error(*REDIS, "--handover", str(folder))
+    assert message.startswith(f"--handover {str(folder)!r}: ") and message.endswith(why)
+
+
+def test_handover_folder_too_long_for_unix_sockets(tmp_path: Path) -> None:
+    folder = tmp_path / ("d" * 100)
+    message = usage_error(*REDIS, "--handover", str(folder))
+    assert message.endswith("too long for Unix sockets in it (at most about 80 characters)")

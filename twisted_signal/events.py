@@ -57,6 +57,14 @@ class Events:
         ``"refused"`` for a resume token that could not be honoured.
         """
 
+    def handover(self, outcome: str) -> None:
+        """
+        A connection between the nodes of one host (``--handover``):
+        ``"sent"`` to the node of its room, ``"received"`` from another
+        node, ``"fallback"`` served here because that node did not answer,
+        or ``"refused"``, a hand-over socket closed for what it sent.
+        """
+
     def forwarded(self, received: float) -> None:
         """
         A client's message has been written to its addressees; `received`

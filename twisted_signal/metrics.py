@@ -125,6 +125,7 @@ class Metrics(Events):
         self.rejections = _Tally("400", "401", "403", "404", "503")
         self.closes = _Tally("1000", "1001", "1006", "1008", "1009")
         self.resumes = _Tally("held", "resumed", "expired", "refused")
+        self.handovers = _Tally("sent", "received", "fallback", "refused")
         self._bounds = FORWARD_BUCKETS
         self._buckets = [0] * (len(FORWARD_BUCKETS) + 1)
         self._latency_sum = 0.0
@@ -169,6 +170,9 @@ class Metrics(Events):
     def resume(self, outcome: str) -> None:
         self.resumes.add(outcome)
 
+    def handover(self, outcome: str) -> None:
+        self.handovers.add(outcome)
+
     # Reading.
 
     def text(self) -> bytes:
@@ -209,6 +213,12 @@ class Metrics(Events):
             "Peers held for resume and what became of them.",
             "outcome",
             self.resumes,
+        )
+        yield _labelled(
+            "rtcsignal_handovers",
+            "Connections handed between the nodes of one host (--handover), by outcome.",
+            "outcome",
+            self.handovers,
         )
         cumulative, buckets = 0, []
         for bound, count in zip((*self._bounds, float("inf")), self._buckets, strict=True):

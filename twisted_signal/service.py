@@ -22,6 +22,7 @@ from twisted.web.server import Request, Site
 
 from .bodies import BodyLimit, BoundedBody
 from .events import Events, combine
+from .handover import MAX_REQUEST_BYTES, Handover
 from .headers import COMMON_HEADERS, secure_response
 from .metrics import Metrics, metrics_root
 from .peer import Peer
@@ -106,7 +107,9 @@ class SignalingService(MultiService):
     With an `admin_token`, ``resource`` also serves the admin API under
     ``/admin/`` to requests with ``Authorization: Bearer <admin_token>``.
     With `peerjs` options, it also serves the peerjs-compatible front
-    (`twisted_signal.peerjs`) at their path.
+    (`twisted_signal.peerjs`) at their path.  With a `handover` folder, the
+    nodes of one host that share it hand each upgrade to the node of its
+    room (`twisted_signal.handover`).
     """
 
     _log = Logger()
@@ -128,6 +131,7 @@ class SignalingService(MultiService):
         events: Events | None = None,
         admin_token: str | None = None,
         peerjs: PeerjsOptions | None = None,
+        handover: str | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -136,6 +140,10 @@ class SignalingService(MultiService):
         self.shutdown_grace = shutdown_grace
         self.rooms = rooms if rooms is not None else Rooms(clock=reactor)
         self.rooms.setServiceParent(self)
+        self.handover: Handover | None = None
+        """This node's hand-over to the other nodes of its host, if any."""
+        if handover is not None:
+            self.handover = Handover(handover, reactor=reactor)
         self.resource = SignalingResource(
             self.rooms,
             peer_class=peer_class,
@@ -144,10 +152,15 @@ class SignalingService(MultiService):
             clock=reactor,
             admin_token=admin_token,
             peerjs=peerjs,
+            handover=self.handover,
         )
         self.site = SignalingSite(
             self.resource, handshake_timeout=settings.handshake_timeout, clock=reactor
         )
+        if self.handover is not None:
+            self.site.keep_first_bytes = True
+            self.handover.site = self.site
+            self.handover.setServiceParent(self)
         for description in endpoints:
             self._listen(description, self.site, reactor, tls_profile)
         self._clock: IReactorTime = reactor
@@ -169,6 +182,8 @@ class SignalingService(MultiService):
         self.resource.factory.events = self.events
         if self.resource.peerjs is not None:
             self.resource.peerjs.events = self.events
+        if self.handover is not None:
+            self.handover.events = self.events
 
     def _listen(
         self, description: str, site: Site, reactor: Any, tls_profile: str | TlsProfile
@@ -240,6 +255,24 @@ class _Channel(HTTPChannel):
     """
 
     _refused = False
+    first_bytes: bytearray | None = None
+    """What the client sent before its first request was answered, kept
+    (up to `twisted_signal.handover.MAX_REQUEST_BYTES`) while the server
+    hands connections between the nodes of one host; None otherwise."""
+
+    def dataReceived(self, data: bytes) -> None:
+        first = self.first_bytes
+        if first is not None:
+            if len(first) + len(data) > MAX_REQUEST_BYTES:
+                self.first_bytes = None
+            else:
+                first += data
+        super().dataReceived(data)
+
+    def requestDone(self, request: Request) -> None:
+        # Only a connection's first request can be handed over.
+        self.first_bytes = None
+        super().requestDone(request)
 
     def refuse(self) -> None:
         """
@@ -358,6 +391,9 @@ class SignalingSite(Site):
 
     requestFactory = _Request
     protocol = _Channel  # type: ignore[assignment]
+    keep_first_bytes = False
+    """Whether connections keep what they read before their first request is
+    answered (`_Channel.first_bytes`), for a hand-over between nodes."""
 
     def __init__(
         self,
@@ -393,6 +429,8 @@ class SignalingSite(Site):
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None
+        if self.keep_first_bytes:
+            protocol.first_bytes = bytearray()
         make, lost = protocol.makeConnection, protocol.connectionLost
         transports: list[Any] = []
 

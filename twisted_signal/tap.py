@@ -18,6 +18,7 @@ from twisted.python.reflect import namedAny
 
 from .admin import is_bearer_token
 from .auth import TokenVerifier
+from .handover import check_folder
 from .ice import IceConfig
 from .peer import Peer
 from .peerjs import PeerjsOptions
@@ -363,6 +364,14 @@ class Options(usage.Options):
             _whole("peerjs-queue-limit", 0),
         ],
         [
+            "handover",
+            None,
+            None,
+            "Cluster mode, the nodes of one host: nodes given this same folder hand each "
+            "upgrade to the node of its room on this host, through Unix sockets in it "
+            "(made 0700; default: off). See docs/cluster.md.",
+        ],
+        [
             "cluster-lease",
             None,
             10.0,
@@ -483,12 +492,23 @@ class Options(usage.Options):
             trusted_proxies=self["trust-forwarded-for"],
         )
         self["redis"] = self._redis()
+        self._handover()
         self["peerjs"] = self._peerjs()
         self["webhook-secret"] = _secret(self, "webhook-secret")
         if self["webhook"] is not None and self["webhook-secret"] is None:
             raise usage.UsageError("--webhook needs --webhook-secret or --webhook-secret-file")
         if self["webhook"] is None and self["webhook-secret"] is not None:
             raise usage.UsageError("--webhook-secret needs --webhook")
+
+    def _handover(self) -> None:
+        folder = self["handover"]
+        if folder is None:
+            return
+        if self["redis"] is None:
+            raise usage.UsageError("--handover needs --redis: the nodes share rooms through it")
+        why = check_folder(folder)
+        if why is not None:
+            raise usage.UsageError(f"--handover {folder!r}: {why}")
 
     def _peerjs(self) -> PeerjsOptions | None:
         path = self["peerjs"]
@@ -687,4 +707,5 @@ def makeService(options: Options) -> IService:
         tls_profile=options["tls-profile"],
         admin_token=options["admin-token"],
         peerjs=options["peerjs"],
+        handover=options["handover"],
     )

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from twisted.web.http_headers import Headers
     from twisted.web.server import Request
 
+    from .handover import Handover
+
 __all__ = [
     "PACKAGED_PAGES",
     "SignalingResource",
@@ -173,7 +175,8 @@ class SignalingResource(Resource):
     - ``/socket/<room>/`` the WebSocket endpoint;
     - ``/admin/...`` the admin API, only with an `admin_token`.
 
-    `pages` replaces the packaged pages folder.  Every answer carries the
+    `pages` replaces the packaged pages folder.  With `handover`, upgrades
+    for rooms of other nodes of this host are handed to them.  Every answer carries the
     security headers of `twisted_signal.headers`.
     """
 
@@ -187,6 +190,7 @@ class SignalingResource(Resource):
         clock: IReactorTime | None = None,
         admin_token: str | None = None,
         peerjs: PeerjsOptions | None = None,
+        handover: Handover | None = None,
     ) -> None:
         super().__init__()
         self.rooms = rooms
@@ -199,7 +203,7 @@ class SignalingResource(Resource):
         self.putChild(b"", _page(folder.child("index.html")))
         self.putChild(b"static", _StaticFiles(folder.path))
         self.putChild(b"healthz", _Health(self))
-        self.putChild(b"socket", _Sockets(UpgradeResource(self.factory)))
+        self.putChild(b"socket", _Sockets(UpgradeResource(self.factory), handover))
         if admin_token is not None:
             # Without a token there is no admin API at all: /admin/... is
             # the plain 404 of any other path.
@@ -323,15 +327,20 @@ class _StaticFiles(File):
 class _Sockets(Resource):
     """
     ``/socket/<room>/``: hands the request to Autobahn, which answers 400
-    itself for a path without a valid room.
+    itself for a path without a valid room (or, with a hand-over between
+    the nodes of one host, to the room's node).
     """
 
-    def __init__(self, websocket: IResource) -> None:
+    def __init__(self, websocket: IResource, handover: Handover | None) -> None:
         super().__init__()
         self._websocket = websocket
+        self._handover = handover
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         if request.postpath in ([], [b""]):
+            if self._handover is not None:
+                # Before the upgrade: the room's node on this host takes it.
+                return self._handover.route(path, request, self._websocket)
             return self._websocket
         return _NOT_FOUND
 
