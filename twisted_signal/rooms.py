@@ -134,7 +134,7 @@ class Rooms(MultiService):
         room = self.get(name)
         if room is None and self.factory is not None:
             room = self.factory(name)
-            room._on_empty = self._emptied
+            room.call_when_empty(self._emptied)
             self._add(room)
         return room
 
@@ -237,7 +237,7 @@ class Rooms(MultiService):
         self._log.info("room {room} started", room=room.name)
 
     def _remove(self, room: Room) -> Deferred[None]:
-        room._on_empty = None
+        room.call_when_empty(None)
         d = self.removeService(room)
         self._log.info("room {room} stopped", room=room.name)
         return d if d is not None else succeed(None)

@@ -110,10 +110,6 @@ class RoomRelay:
         self._rooms.drop_arrival(peer_id)
         self._run(lambda: self._leave(peer_id))
 
-    def _moved(self, peer_id: str, peer: Any) -> None:
-        if self.room is not None:
-            self.room._moved(peer_id, peer)
-
     # Ordering: nothing goes out before the owner is known.
 
     def _run(self, job: Callable[[], Any]) -> None:
@@ -203,7 +199,7 @@ class RoomRelay:
         self.room = room
         self._members = {}
         if rooms.creates_on_demand and not rooms.is_configured(self.name):
-            room._on_empty = self._emptied
+            room.call_when_empty(self._emptied)
         # A room with members was started by a previous owner: for the
         # lifecycle events (webhooks) it goes on, it does not start again.
         rooms.adopt(room, continued=bool(flat))
@@ -224,7 +220,7 @@ class RoomRelay:
                 handle = self._remote(node, peer_id, auth)
                 nodes.add(node)
             self._members[peer_id] = node
-            room._restore(handle)
+            room.restore(handle)
         # The announcement goes through each member node's inbox, this one's
         # too: what the old owner wrote before it is still delivered, what
         # it writes after it is dropped (fencing at the receiver).
@@ -383,7 +379,7 @@ class RoomRelay:
             self._deliver(lambda: admitted(peer_ids))
 
         return PeerHandle(
-            local.peer_id, local.auth, guarded_send, local.close, recorded, local.peer
+            local.peer_id, local.auth, guarded_send, local.close, recorded, local.front
         )
 
     def _remote(self, node: str, peer_id: str, auth: AuthData) -> PeerHandle:
@@ -616,7 +612,7 @@ class RoomRelay:
             self._rooms.handover(node, self.name, peer_id, [])
             return
         origin = self._members.get(peer_id, "")
-        room._restore(handle)
+        room.restore(handle)
         handle.admitted([p for p in room.peers if p != peer_id])
         self._log.info(
             "room {room}: {peer_id} moved from node {origin} to node {node}",
