@@ -267,6 +267,10 @@ class Session:
     # What the room and the resumption call.
 
     def _admitted(self, peer_ids: list[str]) -> None:
+        if self.status in ("finished", "moved"):
+            # Let in after it had gone (its leave waits behind the join in
+            # the room's order): no token for a peer nobody can resume.
+            return
         self._admitted_once = True
         self.status = "joined"
         token = self._host.resumption.issue(
