@@ -54,7 +54,11 @@ class _Connection:
         self.did: list[str] = []
         self.written: list[Any] = []
         self.tokens: list[str | None] = []
-        self.front = Front(self.write, self.close, self.admitted, self.terminate, self.drop, self)
+        self.front: Front = self
+
+    @property
+    def public(self) -> object:
+        return self
 
     def write(self, payload: bytes) -> None:
         self.written.append(wire.Message.from_json(payload).data)

@@ -34,7 +34,7 @@ from .message import InvalidMessage, Message
 from .resume import Departure, Resumption
 from .room import RoomAccess
 from .rooms import Rooms
-from .session import Front, Session, give_away
+from .session import Session, give_away
 from .settings import Settings
 from .websocket import WebSocketConnection, WebSocketFactory
 
@@ -82,7 +82,7 @@ class Peer(WebSocketConnection):
         self._remote = ""
         self._queue = SerialQueue("peer")
         self._admission: Deferred[None] | None = None
-        self._front: Front | None = None
+        self._front: _PeerFront | None = None
         self._resuming = False
         self._closing_by_server = False
         self._client_sent_close = False
@@ -167,9 +167,7 @@ class Peer(WebSocketConnection):
             self._refuse_handshake(verdict.status, verdict.reason, verdict.why)
         auth, context, held = verdict.auth, verdict.context, verdict.held
         self.peer_id, self.auth, self.context = auth.peer_id, auth, context
-        self._front = front = Front(
-            self.write, self.close_with, self._admitted, self._terminate, self._drop, self
-        )
+        self._front = front = _PeerFront(self)
         if verdict.link is not None:
             # Held here (or still looking open): this connection carries it on.
             assert isinstance(held, Session)
@@ -395,6 +393,29 @@ class Peer(WebSocketConnection):
         if session.carried_by(front):
             self._queue.cancel()
             session.closed_by_server(front)
+
+
+class _PeerFront:
+    """
+    A `Peer` as its session sees it (`session.Front`): the room's messages
+    go straight to the peer's own writer.
+    """
+
+    __slots__ = ("close", "public", "write")
+
+    def __init__(self, peer: Peer) -> None:
+        self.write = peer.write
+        self.close = peer.close_with
+        self.public = peer
+
+    def admitted(self, peer_ids: list[str], resume_token: str | None) -> None:
+        self.public._admitted(peer_ids, resume_token)
+
+    def terminate(self) -> Any:
+        return self.public._terminate()
+
+    def drop(self) -> None:
+        self.public._drop()
 
 
 def room_from_path(path: str) -> str:

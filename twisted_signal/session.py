@@ -31,7 +31,6 @@ This module does no I/O and knows nothing of WebSockets.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from twisted.logger import Logger
@@ -71,41 +70,38 @@ class Host(Protocol):
         """False once the server is shutting down: nobody is held then."""
 
 
-@dataclass(frozen=True, slots=True)
-class Front:
+class Front(Protocol):
     """
-    What a session needs of the connection that carries it: bound methods
-    of the front's connection object.
-    """
-
-    write: Callable[[bytes], None]
-    """Write what the room sends (the server's own encoding) to the client."""
-    close: Callable[[int], None]
-    """Close the connection with this close code."""
-    admitted: Callable[[list[str], str | None], None]
-    """The peer is in the room (with these peers already there), with this
-    new resume token (None when resume is off)."""
-    terminate: Callable[[], Any]
-    """The peer has gone: the front's user hook (``on_terminate``); it may
-    return a `Deferred`."""
-    drop: Callable[[], None]
-    """Another connection has taken the peer over: cut this one, quietly."""
-    public: object = None
-    """What room callbacks get as ``room.peers[peer_id].peer``."""
-
-
-class _Carrier:
-    """
-    A `resume.Connection` over a front: what the link calls per message is
-    the front's own writer, with no call in between.
+    What a session needs of the connection that carries it.  `write` and
+    `close` are what the room calls through the session's `Link`: make
+    them the connection's own bound methods (attributes), so that a message
+    costs no call in between.
     """
 
-    __slots__ = ("admitted", "close", "write")
+    def write(self, payload: bytes) -> None:
+        """Write what the room sends (SPEC 1's encoding) to the client."""
 
-    def __init__(self, front: Front, admitted: Callable[[list[str]], None]) -> None:
-        self.write = front.write
-        self.close = front.close
-        self.admitted = admitted
+    def close(self, code: int) -> None:
+        """Close the connection with this close code."""
+
+    def admitted(self, peer_ids: list[str], resume_token: str | None) -> None:
+        """
+        The peer is in the room, with `peer_ids` there already; its resume
+        token is now `resume_token` (None when resume is off).
+        """
+
+    def terminate(self) -> Any:
+        """
+        The peer has gone: the front's user hook (``on_terminate``); it may
+        return a `Deferred`.
+        """
+
+    def drop(self) -> None:
+        """Another connection has taken the peer over: cut this one, quietly."""
+
+    @property
+    def public(self) -> object:
+        """What room callbacks get as ``room.peers[peer_id].peer``."""
 
 
 class Session:
@@ -116,7 +112,6 @@ class Session:
     """
 
     __slots__ = (
-        "_admitted_once",
         "_front",
         "_host",
         "_last",
@@ -143,8 +138,7 @@ class Session:
         self._front: Front | None = front
         self._last = front
         """The last connection that carried it: its front ends the peer."""
-        self._link = Link(_Carrier(front, self._admitted))
-        self._admitted_once = False
+        self._link = Link(front)
 
     @property
     def peer_id(self) -> str:
@@ -165,7 +159,7 @@ class Session:
         """
         link = self._link
         return PeerHandle(
-            self.auth.peer_id, self.auth, link.send, link.close, link.admitted, self._public
+            self.auth.peer_id, self.auth, link.send, link.close, self._admitted, self._public
         )
 
     # What the front calls.
@@ -193,7 +187,7 @@ class Session:
         """
         self._front = self._last = front
         link = self._link
-        link.connection = _Carrier(front, self._admitted)
+        link.connection = front
         self.room = room = self._host.rooms.find(self.context.room)
         self._host.events.resume("resumed")
         peer_id = self.auth.peer_id
@@ -213,7 +207,8 @@ class Session:
             return
         self._front = None
         host = self._host
-        if may_hold and self._admitted_once and host.accepting and host.resumption.hold(self._link):
+        admitted = self.status == "joined"
+        if may_hold and admitted and host.accepting and host.resumption.hold(self._link):
             self.status = "held"
             self._log.info(
                 "peer {peer_id} held for {window}s to resume",
@@ -254,6 +249,7 @@ class Session:
         if self.status in ("finished", "moved"):
             return
         self.status = "finished"
+        self._front = None
         host = self._host
         host.resumption.forget(self._link)
         result = self._last.terminate()
@@ -267,18 +263,18 @@ class Session:
     # What the room and the resumption call.
 
     def _admitted(self, peer_ids: list[str]) -> None:
-        if self.status in ("finished", "moved"):
+        """The room (or `resume`) lets the peer in: a fresh token, and the front is told."""
+        front = self._front
+        if front is None:
             # Let in after it had gone (its leave waits behind the join in
-            # the room's order): no token for a peer nobody can resume.
+            # the room's order), or while it is held or taken over: no
+            # token for a peer nobody can resume.
             return
-        self._admitted_once = True
         self.status = "joined"
         token = self._host.resumption.issue(
             self._link, self.context.room, self._carried, self._expired, self._supersede
         )
-        front = self._front
-        if front is not None:
-            front.admitted(peer_ids, token)
+        front.admitted(peer_ids, token)
 
     def _carried(self) -> Session:
         return self
@@ -302,6 +298,7 @@ class Session:
     def _moved(self) -> Any:
         """Another node carries the peer on: its end here, without a leave."""
         self.status = "moved"
+        self._front = None
         return self._last.terminate()
 
     def _public(self) -> object:

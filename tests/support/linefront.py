@@ -63,7 +63,7 @@ class LineFront(LineOnlyReceiver):
     def __init__(self, factory: LineFactory) -> None:
         self.factory = factory
         self.session: Session | None = None
-        self.front = Front(self._write, self._close, self._admitted, self._terminate, self._drop)
+        self.front: Front = _Side(self)
         self._bye = False
 
     # From the client.
@@ -129,9 +129,9 @@ class LineFront(LineOnlyReceiver):
         if session is not None:
             session.lost(self.front, may_hold=not self._bye)
 
-    # What the session asks.
+    # What the session asks (through `_Side`).
 
-    def _write(self, payload: bytes) -> None:
+    def from_room(self, payload: bytes) -> None:
         # What the room sends is SPEC 1's encoding: re-encode it as ours.
         message = json.loads(payload)
         event, data, sender = message["event"], message["data"], message["from"]
@@ -145,20 +145,20 @@ class LineFront(LineOnlyReceiver):
         else:
             self._send(op="heard", what=event, body=data, by=sender)
 
-    def _close(self, code: int) -> None:
+    def close_by_room(self, code: int) -> None:
         self._hang_up()
 
-    def _admitted(self, peer_ids: list[str], token: str | None) -> None:
+    def welcome(self, peer_ids: list[str], token: str | None) -> None:
         session = self.session
         assert session is not None
         self._send(op="welcome", me=session.peer_id, here=peer_ids, resume=token)
 
-    def _terminate(self) -> None:
+    def ended(self) -> None:
         session = self.session
         assert session is not None
         self.factory.terminated.append(session.peer_id)
 
-    def _drop(self) -> None:
+    def cut(self) -> None:
         transport: Any = self.transport
         transport.abortConnection()
 
@@ -168,3 +168,23 @@ class LineFront(LineOnlyReceiver):
 
     def _send(self, **fields: Any) -> None:
         self.sendLine(json.dumps(fields).encode())
+
+
+class _Side:
+    """The line front as its session sees it (`session.Front`)."""
+
+    __slots__ = ("close", "drop", "line", "terminate", "write")
+
+    def __init__(self, line: LineFront) -> None:
+        self.line = line
+        self.write = line.from_room
+        self.close = line.close_by_room
+        self.terminate = line.ended
+        self.drop = line.cut
+
+    def admitted(self, peer_ids: list[str], resume_token: str | None) -> None:
+        self.line.welcome(peer_ids, resume_token)
+
+    @property
+    def public(self) -> object:
+        return None
