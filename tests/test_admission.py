@@ -89,7 +89,6 @@ class _Carried:
     auth: AuthData
     context: PeerContext
     state: Any
-    peer: object | None = "the old connection"
 
 
 class _Connection:
@@ -251,7 +250,7 @@ REFUSALS: list[tuple[str, list[_RequestChange], list[_ServerChange], bool, int |
     ("token twice", [_token_twice], [], True, 400),
     ("token twice, bad origin, at the limit", [_token_twice, _bad_origin], [_full], True, 400),
     ("resume twice", [_resume_twice], [], False, 400),
-    ("resume twice, no token, missing room", [_resume_twice, _no_token, _missing_room], [], True, 400),
+    ("resume twice, no token, no room", [_resume_twice, _no_token, _missing_room], [], True, 400),
     ("no token", [_no_token], [], True, 401),
     ("no token for a missing room", [_no_token, _missing_room], [], True, 401),
     ("another room's token", [_token_for("other")], [], True, 401),
@@ -380,7 +379,7 @@ def test_a_held_peer_is_taken_over_without_a_second_on_init() -> None:
     verdict = request.admit(server)
     assert isinstance(verdict, Admitted)
     assert (verdict.auth.peer_id, verdict.state, verdict.link) == ("held-peer", "kept", link)
-    assert verdict.held is not None and verdict.held.peer is not None
+    assert isinstance(verdict.held, _Carried)  # the held peer itself
     assert request.calls == []
     assert server.events.resumes == []
     # The token is used up: the next connection with it joins as new.
@@ -428,7 +427,8 @@ def test_a_peer_held_on_another_node_is_carried_on_here() -> None:
     verdict = request.admit(server)
     assert isinstance(verdict, Admitted)
     assert verdict.auth.peer_id == "far-peer" and verdict.context.peer_id == "far-peer"
-    assert verdict.held is not None and verdict.held.peer is None and verdict.link is None
+    assert verdict.held is not None and not isinstance(verdict.held, _Carried)
+    assert verdict.link is None
     assert verdict.state == {"state of": "far-peer"}
     assert request.calls == ["init far-peer"]  # state cannot cross processes
     assert server.rooms.asked == [("other-1", "demo", None)]

@@ -25,12 +25,12 @@ pytestmark = pytest.mark.memory
 
 class Entry:
     def __init__(self, clock: Clock, *deadlines: float) -> None:
-        self._wheel_slot: int | None = None
+        self.wheel_slot: int | None = None
         self.clock = clock
         self.deadlines = list(deadlines)
         self.fired: list[float] = []
 
-    def _wheel_fired(self, now: float) -> float | None:
+    def wheel_fired(self, now: float) -> float | None:
         self.fired.append(now)
         return self.deadlines.pop(0) if self.deadlines else None
 
@@ -92,9 +92,9 @@ class WheelTests(SynchronousTestCase):
         wheel = self.wheel
 
         class Cancelling(Entry):
-            def _wheel_fired(self, now: float) -> float | None:
+            def wheel_fired(self, now: float) -> float | None:
                 wheel.cancel(other)
-                return super()._wheel_fired(now)
+                return super().wheel_fired(now)
 
         first = Cancelling(self.clock)
         self.wheel.schedule(first, 1.0)

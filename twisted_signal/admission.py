@@ -131,10 +131,6 @@ class Held(Protocol):
     @property
     def state(self) -> Any: ...
 
-    @property
-    def peer(self) -> object | None:
-        """The connection that held it here; None when it was held on another node."""
-
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
@@ -264,7 +260,7 @@ class Admission:
             if claims is not None:
                 credentials = claims
             token = upgrade.resume_token
-            held = self._held_here(token, room, credentials)
+            here = held = self._held_here(token, room, credentials)
             if held is None and token is not None and self._gate(upgrade, room, gone) is None:
                 # Only a connection that will be let in asks another node to
                 # give its peer up: that node cannot take the peer back.
@@ -282,17 +278,19 @@ class Admission:
             # on_terminate exactly once (a resumed peer's comes at its end).
             refused = self._gate(upgrade, room, gone)
             if refused is not None:
-                if held is None or held.peer is None:
+                if here is None:
+                    # A new peer, or one another node has handed over:
+                    # this connection was to carry it, and cannot.
                     terminate(admitted)
                 return refused
-            if held is not None and held.peer is None:
+            if here is not None:
+                claimed = server.resumption.claim(token, room)
+                assert claimed is not None  # nothing awaited since _held_here
+                return Admitted(here.auth, here.context, here.state, here, claimed[0])
+            if held is not None:
                 # Held on another node, which has handed the peer over: it
                 # joins the room's relay as itself (see docs/cluster.md).
                 server.events.resume("resumed")
-            elif held is not None:
-                claimed = server.resumption.claim(token, room)
-                assert claimed is not None  # nothing awaited since _held_here
-                return Admitted(held.auth, held.context, held.state, held, claimed[0])
             return admitted
         except _Refusal as e:
             return e.refused
@@ -348,7 +346,6 @@ class _Elsewhere:
     auth: AuthData
     context: PeerContext
     state: Any
-    peer: None = None
 
 
 async def _resolve(result: Any) -> Any:

@@ -5,8 +5,10 @@ upgrade is let in, and as whom, is `twisted_signal.admission`'s to decide;
 the peer turns its `Refused` into the HTTP answer.
 
 The protocol decodes a frame, hands it to the room, and maps domain
-exceptions to wire errors; it keeps no signaling logic of its own.  The room
-reaches it only through a `PeerHandle`.  What every WebSocket gets whichever
+exceptions to wire errors; it keeps no signaling logic of its own.  The
+peer's life cycle (joined, held, resumed, given away, finished) is its
+`twisted_signal.session.Session`'s, and the room reaches the peer only
+through the session's `PeerHandle`.  What every WebSocket gets whichever
 front it speaks (the rate limit on every frame, reading in turns, the send
 buffer bound, keepalive, the Autobahn workarounds) is
 `twisted_signal.websocket`'s.
@@ -14,7 +16,6 @@ buffer bound, keepalive, the Autobahn workarounds) is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import unquote
@@ -30,9 +31,10 @@ from .context import AuthData, PeerContext
 from .errors import BadRequest
 from .hooks import SerialQueue, call, call_logged, then
 from .message import InvalidMessage, Message
-from .resume import Departure, Link, Resumption
-from .room import PeerHandle, RoomAccess
+from .resume import Departure, Resumption
+from .room import RoomAccess
 from .rooms import Rooms
+from .session import Session, give_away
 from .settings import Settings
 from .websocket import WebSocketConnection, WebSocketFactory
 
@@ -68,26 +70,41 @@ class Peer(WebSocketConnection):
     factory: PeerFactory
     maxMessagePayloadSize: int  # the factory's option (see PeerFactory.buildProtocol)
     _log = Logger()
+    _session: Session | None = None
+    _state: Any = None
 
     def __init__(self) -> None:
         super().__init__()
         self.peer_id = ""
-        self.peer_state: Any = None
         self.room: RoomAccess | None = None
         self.context: PeerContext | None = None
         self.auth: AuthData | None = None
         self._remote = ""
-        self._initialised = False
         self._queue = SerialQueue("peer")
         self._admission: Deferred[None] | None = None
-        self._admitted_once = False
-        self._finished = False
-        self._link: Link | None = None
-        self._resuming: tuple[Link, Held] | None = None
+        self._front: _PeerFront | None = None
+        self._resuming = False
         self._closing_by_server = False
         self._client_sent_close = False
         self._superseded = False
         self._errors_sent = 0
+
+    @property
+    def peer_state(self) -> Any:
+        """
+        What `on_init` returned; a resumed peer's is carried over to its new
+        connection (set it to keep something for the peer's whole life).
+        """
+        session = self._session
+        return self._state if session is None else session.state
+
+    @peer_state.setter
+    def peer_state(self, state: Any) -> None:
+        session = self._session
+        if session is None:
+            self._state = state
+        else:
+            session.state = state
 
     # User callbacks.
 
@@ -150,18 +167,22 @@ class Peer(WebSocketConnection):
             self._refuse_handshake(verdict.status, verdict.reason, verdict.why)
         auth, context, held = verdict.auth, verdict.context, verdict.held
         self.peer_id, self.auth, self.context = auth.peer_id, auth, context
-        self.peer_state = verdict.state
+        self._front = front = _PeerFront(self)
         if verdict.link is not None:
-            assert held is not None
-            self._resuming = (verdict.link, held)
-        elif held is not None:
+            # Held here (or still looking open): this connection carries it on.
+            assert isinstance(held, Session)
+            self._session = held
+            self._resuming = True
+            held.taken()
+            return
+        if held is not None:
             self._log.info(
                 "peer {peer_id} resumed in room {room} from {remote}; it was held on another node",
                 peer_id=auth.peer_id,
                 room=context.room,
                 remote=self._remote,
             )
-        self._initialised = True
+        self._session = Session(self.factory, auth, context, verdict.state, front)
 
     def _init(self, context: PeerContext, auth: AuthData) -> Any:
         """
@@ -194,13 +215,23 @@ class Peer(WebSocketConnection):
     # The open connection (SPEC 1.4 steps 3 to 6).
 
     def opened(self) -> None:
-        assert self.context is not None and self.auth is not None
+        session, front = self._session, self._front
+        assert session is not None and front is not None
         factory = self.factory
         factory.events.connected()
-        if self._resuming is not None:
-            self._resume(*self._resuming)
+        if self._resuming:
+            self._resuming = False
+            self._log.info(
+                "peer {peer_id} resumed in room {room} from {remote} ({queued} queued)",
+                peer_id=self.peer_id,
+                room=session.context.room,
+                remote=self._remote,
+                queued=session.queued,
+            )
+            session.resume(front)
+            self.room = session.room
             return
-        room = factory.rooms.access(self.context.room)
+        room = factory.rooms.access(session.context.room)
         if room is None:
             # The room was stopped between the handshake and now.
             self._error("Could not join room", "no_such_room")
@@ -216,42 +247,15 @@ class Peer(WebSocketConnection):
         admission: Deferred[None] = Deferred()
         self._admission = admission
         self._queue.run(lambda: admission)
-        self._link = link = Link(_Carrier(self))
-        room.join(PeerHandle(self.peer_id, self.auth, link.send, link.close, link.admitted, self))
-
-    def _resume(self, link: Link, carried: Held) -> None:
-        self._resuming = None
-        self._link = link
-        link.connection = _Carrier(self)
-        self.room = room = self.factory.rooms.find(carried.context.room)
-        if room is not None:
-            room._moved(self.peer_id, self)
-        self.factory.events.resume("resumed")
-        self._log.info(
-            "peer {peer_id} resumed in room {room} from {remote} ({queued} queued)",
-            peer_id=self.peer_id,
-            room=carried.context.room,
-            remote=self._remote,
-            queued=len(link.queue),
-        )
-        others = [p for p in room.peers if p != self.peer_id] if room is not None else []
-        self._admitted(others)
-        while link.queue and link.connection is not None:
-            self.write(link.queue.popleft())
+        session.join(room)
 
     def _ice_servers(self) -> list[dict[str, Any]]:
         return self.factory.settings.ice.servers_for(self.peer_id, self.factory.clock.seconds())
 
-    def _admitted(self, peer_ids: list[str]) -> None:
-        self._admitted_once = True
+    def _admitted(self, peer_ids: list[str], resume_token: str | None) -> None:
         extra: dict[str, Any] = self.factory.settings.keepalive()
-        link, context = self._link, self.context
-        if link is not None and context is not None:
-            token = self.factory.resumption.issue(
-                link, context.room, self._carry, self._expired, self._supersede
-            )
-            if token is not None:
-                extra["resume_token"] = token
+        if resume_token is not None:
+            extra["resume_token"] = resume_token
         self.send_to_client(
             wire.authenticated(self.peer_id, peer_ids, self._ice_servers(), **extra)
         )
@@ -306,23 +310,21 @@ class Peer(WebSocketConnection):
         return super().onCloseFrame(code, reasonRaw)
 
     def closed(self, was_clean: bool, code: int | None, reason: str | None) -> None:
-        if self._initialised:
+        session, front = self._session, self._front
+        if session is not None:
             self.factory.events.closed(code)
         self._queue.cancel()
-        if not self._initialised or self._superseded:
+        if session is None or front is None or self._superseded:
             return
-        room_name = self.context.room if self.context is not None else None
-        if self._resuming is not None:
-            # Lost between the handshake and onOpen, with the token used up:
-            # nobody can resume this peer any more, so it leaves.
-            self._link, _ = self._resuming
-            self._resuming = None
-            self._finish()
+        if self._resuming:
+            # Lost between the handshake and onOpen, with the token used up.
+            self._resuming = False
+            session.abandon(front)
             return
         self._log.info(
             "peer {peer_id} disconnected from room {room} ({remote}): code {code}, {clean}, {by}",
             peer_id=self.peer_id,
-            room=room_name,
+            room=session.context.room,
             remote=self._remote,
             code=code,
             clean="clean" if was_clean else "not clean",
@@ -332,43 +334,17 @@ class Peer(WebSocketConnection):
             if self._client_sent_close
             else "connection lost",
         )
-        if self._finished:
-            return  # it left when the server closed it
-        link = self._link
-        if link is not None and self._may_resume() and self.factory.resumption.hold(link):
-            self._log.info(
-                "peer {peer_id} held for {window}s to resume",
-                peer_id=self.peer_id,
-                window=self.factory.resumption.window,
-            )
-            self.factory.events.resume("held")
-            return
-        self._finish()
+        # Lost without a close frame from the client, and not closed by us:
+        # the client may come back as itself.
+        may_hold = not self._client_sent_close and not self._closing_by_server
+        session.lost(front, may_hold=may_hold)
 
-    def _may_resume(self) -> bool:
-        """
-        Lost without a close frame from the client, not closed by us, and the
-        server is not shutting down: the client may come back as itself.
-        """
-        return (
-            self._admitted_once
-            and not self._client_sent_close
-            and not self._closing_by_server
-            and self.factory.accepting
-        )
-
-    def _carry(self) -> _Carried:
-        assert self.auth is not None and self.context is not None
-        return _Carried(self.auth, self.context, self.peer_state, self)
-
-    def _supersede(self) -> None:
+    def _drop(self) -> None:
         """
         A new connection has resumed this peer while this one still looked
         open (its client knew it was dead before we did): cut it, quietly.
         """
         self._superseded = True
-        if self._link is not None:
-            self._link.connection = None
         self._queue.cancel()
         self._log.info(
             "peer {peer_id} resumed elsewhere; dropping its old connection from {remote}",
@@ -376,30 +352,6 @@ class Peer(WebSocketConnection):
             remote=self._remote,
         )
         self.dropConnection(abort=True)
-
-    def _expired(self) -> None:
-        """
-        Held for resume and nobody came back in time (or the room closed).
-        """
-        self.factory.events.resume("expired")
-        self._finish()
-
-    def _finish(self) -> None:
-        """
-        The peer is gone for good: on_terminate, then leave the room.
-        """
-        if self._finished:
-            return
-        self._finished = True
-        if self._link is not None:
-            self.factory.resumption.forget(self._link)
-        result = self._terminate()
-        room = self.room
-        if room is None and self.context is not None:
-            room = self.factory.rooms.find(self.context.room)
-        if room is not None:
-            peer_id = self.peer_id
-            then(result, lambda _: room.leave(peer_id))
 
     def _terminate(self) -> Any:
         assert self.context is not None
@@ -435,39 +387,35 @@ class Peer(WebSocketConnection):
         the close (SPEC 1.4 step 4).
         """
         self._closing_by_server = True
-        if self._link is not None:
-            # Void its token now, so a client that reconnects before the
-            # close is done joins as a new peer instead of taking this one over.
-            self.factory.resumption.forget(self._link)
-        if self._initialised and not self._superseded and self._resuming is None:
+        session, front = self._session, self._front
+        if session is None or front is None or self._resuming:
+            return
+        if session.carried_by(front):
             self._queue.cancel()
-            self._finish()
+            session.closed_by_server(front)
 
 
-@dataclass(frozen=True, slots=True)
-class _Carried:
+class _PeerFront:
     """
-    What a held peer carries over to the connection that resumes it.
-    """
-
-    auth: AuthData
-    context: PeerContext
-    state: Any
-    peer: Peer | None = None
-    """The connection that held it here; None when it was held on another node."""
-
-
-class _Carrier:
-    """
-    A `resume.Connection` over a `Peer`'s private writers.
+    A `Peer` as its session sees it (`session.Front`): the room's messages
+    go straight to the peer's own writer.
     """
 
-    __slots__ = ("admitted", "close", "write")
+    __slots__ = ("close", "public", "write")
 
     def __init__(self, peer: Peer) -> None:
         self.write = peer.write
         self.close = peer.close_with
-        self.admitted = peer._admitted
+        self.public = peer
+
+    def admitted(self, peer_ids: list[str], resume_token: str | None) -> None:
+        self.public._admitted(peer_ids, resume_token)
+
+    def terminate(self) -> Any:
+        return self.public._terminate()
+
+    def drop(self) -> None:
+        self.public._drop()
 
 
 def room_from_path(path: str) -> str:
@@ -528,14 +476,7 @@ class PeerFactory(WebSocketFactory):
 
     def _give_away(self, token: str, room: str, identity: str | None) -> Departure | None:
         """
-        Hand a peer held here to a connection on another node, as
-        `Resumption.claim` does on this one (a live old connection is cut
-        without a leave).  Its end here is ``on_terminate`` and no ``left``.
+        Hand a peer held here to a connection on another node (see
+        `twisted_signal.session.give_away`).
         """
-        held: _Carried | None = self.resumption.peek(token, room)
-        if held is None or held.peer is None or not self.same_identity(held, identity):
-            return None
-        peer = held.peer
-        claimed = self.resumption.claim(token, room)
-        assert claimed is not None  # peeked just now
-        return Departure(held.auth, claimed[0], peer._terminate, peer._expired)
+        return give_away(self.resumption, self.same_identity, token, room, identity)

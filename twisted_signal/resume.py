@@ -35,13 +35,12 @@ class Connection(Protocol):
 
     def close(self, code: int) -> None: ...
 
-    def admitted(self, peer_ids: list[str]) -> None: ...
-
 
 class Link:
     """
     The room's way to one peer, whichever connection carries it now.  Its
-    bound methods are what the room's `PeerHandle` holds.
+    `send` and `close` are what the room's `PeerHandle` holds (see
+    `twisted_signal.session`).
     """
 
     __slots__ = ("_max_queued", "_on_close_while_held", "_queue", "connection", "token")
@@ -80,10 +79,6 @@ class Link:
             # asked): the hold ends now.
             release, self._on_close_while_held = self._on_close_while_held, None
             release()
-
-    def admitted(self, peer_ids: list[str]) -> None:
-        if self.connection is not None:
-            self.connection.admitted(peer_ids)
 
 
 @dataclass

@@ -12,7 +12,7 @@ asynchronously.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -55,7 +55,9 @@ class PeerHandle:
     - `admitted(peer_ids)` tells the connection it has joined (it then
       sends ``authenticated``, listing `peer_ids`, the peers already there).
 
-    When the connection ends, its owner calls `Room.leave(peer_id)`.
+    When the connection ends, its owner calls `Room.leave(peer_id)`.  The
+    room itself never reads more of a handle than these and the peer's
+    identity (`peer_id`, `auth`).
     """
 
     peer_id: str
@@ -63,8 +65,19 @@ class PeerHandle:
     send: Callable[[bytes], None]
     close: Callable[[int], None]
     admitted: Callable[[list[str]], None]
-    peer: Any = None
-    """The local `Peer` protocol, when there is one."""
+    front: Callable[[], Any] | None = None
+    """Finds the front's own object for the peer now (see `peer`)."""
+
+    @property
+    def peer(self) -> Any:
+        """
+        The front's own object for this peer, for room callbacks that talk
+        to it: the `Peer` of its current connection for the server's own
+        protocol (after a resume, the new one), None for a peer that is on
+        another node or has no such object.
+        """
+        front = self.front
+        return None if front is None else front()
 
 
 class RoomAccess(Protocol):
@@ -83,8 +96,6 @@ class RoomAccess(Protocol):
     def leave(self, peer_id: str) -> None: ...
 
     def submit(self, message: Message, received: float | None = None) -> None: ...
-
-    def _moved(self, peer_id: str, peer: Any) -> None: ...
 
 
 class Room(Service):
@@ -261,20 +272,43 @@ class Room(Service):
         """
         self._queue.run(self._relay, message, received)
 
-    def _moved(self, peer_id: str, peer: Any) -> None:
+    def restore(self, handle: PeerHandle) -> None:
         """
-        The peer resumed on a new connection: `PeerHandle.peer` is that one.
-        """
-        handle = self._peers.get(peer_id)
-        if handle is not None:
-            self._peers[peer_id] = replace(handle, peer=peer)
-
-    def _restore(self, handle: PeerHandle) -> None:
-        """
-        A peer that joined under the room's previous owner node (cluster
-        mode): it is in `peers` again, without `on_join` or ``joined``.
+        Put `handle` in `peers` as it is, without `on_join` or ``joined``
+        (replacing the handle of the same id, if any): a peer that joined
+        under the room's previous owner node (cluster mode), or one that now
+        sends through another node.
         """
         self._peers[handle.peer_id] = handle
+
+    def call_when_empty(self, callback: Callable[[Room], None] | None) -> None:
+        """
+        Call `callback(room)` whenever the room is left with no peers and
+        none joining, until it is stopped or the callback is replaced (None:
+        no callback).  The registry stops rooms made on demand with it.
+        """
+        self._on_empty = callback
+
+    def run_in_order(self, job: Callable[..., Any], *args: Any) -> None:
+        """
+        Run `job(*args)` in the room's one order: after every join, leave
+        and message asked for before it, and before any asked for after it
+        (a job that returns a `Deferred` holds the order until it fires).
+        """
+        self._queue.run(job, *args)
+
+    @property
+    def idle(self) -> bool:
+        """Whether the room has nothing to do: no job running or waiting."""
+        return self._queue.idle
+
+    def abandon(self) -> None:
+        """
+        Drop what the room has not done yet, and do nothing more: it runs
+        elsewhere now (cluster mode: another node owns it), and its peers
+        are told nothing from here.
+        """
+        self._queue.cancel()
 
     # Internals.  Everything below runs as a job of self._queue.
 

@@ -326,7 +326,7 @@ class Rooms(MultiService):
         room = self.get(name)
         if room is None and self.factory is not None:
             room = self.factory(name)
-            room._on_empty = self._emptied
+            room.call_when_empty(self._emptied)
             self.add(room)
         return room
 
@@ -427,7 +427,7 @@ class Rooms(MultiService):
 
     def remove(self, room: Room) -> Deferred[None]:
         """Stop `room` (its peers get "Room closed") and forget it."""
-        room._on_empty = None
+        room.call_when_empty(None)
         d = self.removeService(room)
         self._log.info("room {room} stopped", room=room.name)
         return d if d is not None else succeed(None)
@@ -437,7 +437,7 @@ class Rooms(MultiService):
         Forget `room` without stopping it: it runs on another node now
         (cluster mode), so its peers are told nothing from here.
         """
-        room._queue.cancel()
+        room.abandon()
         if room in self.services:
             self.services.remove(room)
             self.namedServices.pop(room.name, None)

@@ -93,7 +93,7 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     def __init__(self) -> None:
         super().__init__()
-        self._wheel_slot: int | None = None
+        self.wheel_slot: int | None = None
         self._keepalive: Keepalive | None = None
         self._limiter: RateLimiter | None = None
         self._send_buffer: SendBuffer | None = None
@@ -386,7 +386,7 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     # Keepalive (SPEC 1.4 step 6).
 
-    def _wheel_fired(self, now: float) -> float | None:
+    def wheel_fired(self, now: float) -> float | None:
         """
         Checked by the factory's wheel at the keepalive's deadline.
         """

@@ -7,7 +7,7 @@ of them.  Rather than a `DelayedCall` each (an object, its heap entry, and a
 reschedule whenever a deadline moves), each entry sits in the bucket of the
 `resolution`-wide slot its deadline falls in, and the wheel keeps a single
 `DelayedCall`, armed for the earliest bucket.  When a bucket comes due, each
-of its entries is asked when it is next due (`Timed._wheel_fired`), and goes
+of its entries is asked when it is next due (`Timed.wheel_fired`), and goes
 into that bucket, or leaves the wheel.
 
 Deadlines only ever move later between two checks (traffic from a client
@@ -39,10 +39,10 @@ class Timed(Protocol):
     What the wheel keeps: an object that knows when it is next due.
     """
 
-    _wheel_slot: int | None
+    wheel_slot: int | None
     """The bucket it is in (the wheel's own bookkeeping; None: not in the wheel)."""
 
-    def _wheel_fired(self, now: float) -> float | None:
+    def wheel_fired(self, now: float) -> float | None:
         """
         Its bucket came due: do what is due, and answer when it is next due
         (None: it leaves the wheel).
@@ -78,7 +78,7 @@ class Wheel:
         already due earlier.
         """
         slot = max(math.ceil(when / self.resolution - _EPSILON), self._done + 1)
-        current = entry._wheel_slot
+        current = entry.wheel_slot
         if current is not None:
             if current <= slot:
                 return
@@ -88,7 +88,7 @@ class Wheel:
             bucket = self._buckets[slot] = set()
             heapq.heappush(self._slots, slot)
         bucket.add(entry)
-        entry._wheel_slot = slot
+        entry.wheel_slot = slot
         self._count += 1
         if self._armed is None or slot < self._armed_slot:
             self._arm(slot)
@@ -97,14 +97,14 @@ class Wheel:
         """
         Take `entry` out of the wheel (nothing happens if it is not in it).
         """
-        slot = entry._wheel_slot
+        slot = entry.wheel_slot
         if slot is not None:
             self._remove(entry, slot)
             if self._count == 0:
                 self._disarm()
 
     def _remove(self, entry: Timed, slot: int) -> None:
-        entry._wheel_slot = None
+        entry.wheel_slot = None
         self._count -= 1
         bucket = self._buckets.get(slot)
         if bucket is not None:
@@ -136,12 +136,12 @@ class Wheel:
             slot = heapq.heappop(slots)
             bucket = self._buckets.pop(slot, None)
             for entry in bucket or ():
-                if entry._wheel_slot != slot:
+                if entry.wheel_slot != slot:
                     continue  # taken out by an entry checked before it
-                entry._wheel_slot = None
+                entry.wheel_slot = None
                 self._count -= 1
-                when = entry._wheel_fired(now)
-                if when is not None and entry._wheel_slot is None:
+                when = entry.wheel_fired(now)
+                if when is not None and entry.wheel_slot is None:
                     self.schedule(entry, when)
         while slots and slots[0] not in self._buckets:
             heapq.heappop(slots)

@@ -104,7 +104,7 @@ class _Arrival:
         self.handle = handle
         self._arm(self._lease * 2)
         return PeerHandle(
-            handle.peer_id, handle.auth, self.send, handle.close, self.admitted, handle.peer
+            handle.peer_id, handle.auth, self.send, handle.close, self.admitted, handle.front
         )
 
     def send(self, payload: bytes) -> None:

@@ -168,10 +168,6 @@ class RoomRelay:
         self._answered.discard(peer_id)
         self._sent.discard(peer_id)
 
-    def _moved(self, peer_id: str, peer: Any) -> None:
-        if self.room is not None:
-            self.room._moved(peer_id, peer)
-
     # Ordering: nothing goes out before the owner is known.
 
     def _run(self, job: Callable[[], Any]) -> None:
@@ -264,7 +260,7 @@ class RoomRelay:
         self.room = room
         self._members = {}
         if rooms.stops_when_empty(self.name):
-            room._on_empty = self._emptied
+            room.call_when_empty(self._emptied)
         # A room with members was started by a previous owner: for the
         # lifecycle events (webhooks) it goes on, it does not start again.
         rooms.adopt(room, continued=bool(members))
@@ -285,7 +281,7 @@ class RoomRelay:
                 handle = self._remote(node, peer_id, auth)
                 nodes.add(node)
             self._members[peer_id] = node
-            room._restore(handle)
+            room.restore(handle)
         # The announcement goes through each member node's inbox, this one's
         # too: what the old owner wrote before it is still delivered, what
         # it writes after it is dropped (fencing at the receiver).
@@ -430,7 +426,7 @@ class RoomRelay:
             self._deliver(lambda: admitted(peer_ids))
 
         return PeerHandle(
-            local.peer_id, local.auth, guarded_send, local.close, recorded, local.peer
+            local.peer_id, local.auth, guarded_send, local.close, recorded, local.front
         )
 
     def _remote(self, node: str, peer_id: str, auth: AuthData) -> PeerHandle:
@@ -616,7 +612,7 @@ class RoomRelay:
         self._sent.add(peer_id)
         node = self._node.node_id
         if self.room is not None:
-            self.room._queue.run(self._move_in, peer_id, node, self._guarded(handle))
+            self.room.run_in_order(self._move_in, peer_id, node, self._guarded(handle))
             return
         auth = handle.auth
         self._node.xadd(
@@ -651,7 +647,7 @@ class RoomRelay:
             self._node.handover(node, self.name, peer_id, [])
             return
         origin = self._members.get(peer_id, "")
-        room._restore(handle)
+        room.restore(handle)
         handle.admitted([p for p in room.peers if p != peer_id])
         self._log.info(
             "room {room}: {peer_id} moved from node {origin} to node {node}",
@@ -749,7 +745,7 @@ class RoomRelay:
             handle = self._guarded(local)
         else:
             handle = self._remote(node, peer_id, auth_data)
-        room._queue.run(self._move_in, peer_id, node, handle)
+        room.run_in_order(self._move_in, peer_id, node, handle)
 
     def from_inbox(self, fields: dict[str, str], raw: bytes) -> None:
         epoch = int(fields.get("epoch", "0"))
@@ -786,7 +782,7 @@ class RoomRelay:
         waiting (every ``left`` has gone out).
         """
         room = self.room
-        return not self._local and self._queue.idle and (room is None or room._queue.idle)
+        return not self._local and self._queue.idle and (room is None or room.idle)
 
     @property
     def idle(self) -> bool:
