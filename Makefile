@@ -9,7 +9,7 @@ APT_STAMP := $(VENV)/.apt-installed
 ENDPOINT ?= tcp:8080:backlog=1024
 ARGS ?=
 
-.PHONY: run test check lint unit bench soak install system-packages sslyze browser-drivers js-tools test-outage bench-smoke run-cluster bench-cluster clean
+.PHONY: run test check lint unit bench bench-idle soak install system-packages sslyze browser-drivers js-tools test-outage bench-smoke run-cluster bench-cluster clean
 
 # The browser tests drive Debian's Chromium and Firefox ESR (never a
 # downloaded build; Firefox through puppeteer-core on node) and cut the
@@ -144,6 +144,13 @@ bench: install bench/node_modules/.installed
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 	$(BIN)/python bench/metrics_overhead.py
+	$(BIN)/python bench/idle.py
+
+# What idle connections cost: bytes each (connections per GB) and the
+# keepalive's CPU per 10,000 (about 2 minutes; also the end of `make bench`).
+bench-idle: install bench/node_modules/.installed
+	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
+	$(BIN)/python bench/idle.py $(BENCH_ARGS)
 
 # A few seconds of every figure with small counts, without peerjs-server:
 # keeps the suite working (part of `make test`).
