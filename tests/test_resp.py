@@ -52,6 +52,17 @@ def test_a_command_that_cannot_be_encoded_fails_alone_and_shifts_nothing() -> No
     assert (get_a.value, get_b.value) == (b"a", b"b")
 
 
+def test_commands_are_pipelined_each_written_at_once_without_waiting_for_replies() -> None:
+    # Twisted's TCP transport sends what a turn of the reactor wrote in one
+    # go, so a node's XADDs of one turn leave in one write.
+    protocol, transport, _ = connected()
+    outcomes = [Outcome(protocol.execute("XADD", "s", "*", "n", i)) for i in range(100)]
+    assert transport.value() == b"".join(encode(("XADD", "s", "*", "n", i)) for i in range(100))
+    assert all(o.value is None and o.failure is None for o in outcomes)
+    protocol.dataReceived(b"".join(b"$3\r\n%d-0\r\n" % (i % 10) for i in range(100)))
+    assert [o.value for o in outcomes] == [b"%d-0" % (i % 10) for i in range(100)]
+
+
 @pytest.mark.parametrize("arg", [None, True, object(), ["x"]])
 def test_only_bytes_str_and_numbers_are_arguments(arg: object) -> None:
     protocol, transport, _ = connected()
