@@ -9,11 +9,14 @@ every step of every test at most one node acts as the room's owner.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_signal.cluster.backend import key
+from twisted_signal.cluster.resp import RedisUnavailable
 from twisted_signal.events import Events
 from twisted_signal.room import CLOSE_GOING_AWAY
 
@@ -265,6 +268,35 @@ def test_refused_for_just_over_a_lease_closes_every_peer_before_its_node_lapses(
     c.until(lambda: v.admitted is not None and w.admitted is not None, LEASE)
     v.send(5, "w")
     c.until(lambda: w.numbers("v") == [5], LEASE)
+
+
+def test_a_room_not_taken_again_after_a_restart_is_taken_at_the_next_heartbeat(
+    three: ThreeNodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis restarts (its keys lost) and refuses the owner's taking the
+    # room again right after the owner has registered: the owner must try
+    # to take it again, not renew a key that the new Redis never had.
+    c = three.cluster
+    n = three.flow(0.5)
+    leases = c.nodes["a"].node.leases
+    acquire = leases.acquire
+    refused: list[str] = []
+
+    def refused_once(room: str, *args: Any) -> Deferred[tuple[int, str]]:
+        if not refused:
+            refused.append(room)
+            return fail(RedisUnavailable("Connection lost"))
+        return acquire(room, *args)
+
+    c.before_tick("a")
+    c.store.restart()
+    monkeypatch.setattr(leases, "acquire", refused_once)
+    n = three.flow(LEASE * 2, n)
+    c.wait(0.5)
+    assert refused == ["r"]
+    assert three.z.numbers("y") == list(range(n))
+    assert [p.closed for p in (three.x, three.y, three.z)] == [None] * 3
+    assert c.owners() == {"a"}
 
 
 class LateRenewalTests(_ThreeNodes):
