@@ -8,13 +8,19 @@ every step of every test at most one node acts as the room's owner.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import pytest
+from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_signal.cluster.backend import key
+from twisted_signal.cluster.resp import RedisUnavailable
 from twisted_signal.events import Events
 from twisted_signal.room import CLOSE_GOING_AWAY
 
-from .support.memory_cluster import LEASE, Cluster
+from .support.memory_cluster import LEASE, STEP, Cluster
 
 pytestmark = pytest.mark.memory
 
@@ -34,13 +40,15 @@ class Counted(Events):
 TAKEOVER = LEASE + LEASE / 3 + 0.1
 
 
-class _ThreeNodes(SynchronousTestCase):
+def _nothing() -> None:
+    pass
+
+
+class ThreeNodes:
     """Room ``r`` owned by node a (peer x), with y on node b and z on node c."""
 
-    def setUp(self) -> None:
+    def __init__(self) -> None:
         self.cluster = c = Cluster()
-        self.addCleanup(self._no_two_owners)
-        self.addCleanup(c.stop_all)
         for name in ("a", "b", "c"):
             c.start(name)
         self.x = c.join("a", "x")
@@ -49,11 +57,12 @@ class _ThreeNodes(SynchronousTestCase):
         c.wait(0.1)
         self.z = c.join("c", "z")
         c.wait(0.2)
-        self.assertEqual(c.owners(), {"a"})
-        self.assertEqual((self.y.admitted, self.z.admitted), (["x"], ["x", "y"]))
+        assert c.owners() == {"a"}
+        assert (self.y.admitted, self.z.admitted) == (["x"], ["x", "y"])
 
-    def _no_two_owners(self) -> None:
-        self.assertEqual([o for o in self.cluster.owners_seen if len(o) > 1], [])
+    def two_owners(self) -> list[set[str]]:
+        """The steps at which two nodes acted as the room's owner."""
+        return [o for o in self.cluster.owners_seen if len(o) > 1]
 
     def flow(self, seconds: float, start: int = 0) -> int:
         """y sends 0, 1, ... to z every step for `seconds`; the next number."""
@@ -68,6 +77,59 @@ class _ThreeNodes(SynchronousTestCase):
         relay = self.cluster.nodes[node].node.find("r")
         assert relay is not None
         return relay.epoch
+
+    def refused(self, seconds: float, start: int, each: Callable[[], None] = _nothing) -> int:
+        """
+        The store refuses connections for `seconds` while y sends to z; at
+        every step, a node acts as the room's owner only while the store
+        still has it as the owner, and a node whose key lapsed has closed
+        its peers (the others let them leave).
+        """
+        c = self.cluster
+        owner_key = key("room", "r", "owner")
+        peers = {"a": self.x, "b": self.y, "c": self.z}
+        c.store.stop()
+        n = start
+        for _ in range(round(seconds / STEP)):
+            self.y.send(n, "z")
+            n += 1
+            c.wait(STEP)
+            held = c.store.get(owner_key)
+            for owner in c.owners():
+                assert held is not None and held.startswith(f"{owner}|"), (owner, held)
+            for name, peer in peers.items():
+                if c.store.get(key("node", name)) is None:
+                    assert peer.closed == CLOSE_GOING_AWAY, name
+            each()
+        c.store.start()
+        return n
+
+
+@pytest.fixture
+def three() -> Iterator[ThreeNodes]:
+    nodes = ThreeNodes()
+    yield nodes
+    nodes.cluster.stop_all()
+    assert nodes.two_owners() == []
+
+
+class _ThreeNodes(SynchronousTestCase):
+    """Room ``r`` owned by node a (peer x), with y on node b and z on node c."""
+
+    def setUp(self) -> None:
+        self.three = three = ThreeNodes()
+        self.cluster, self.x, self.y, self.z = three.cluster, three.x, three.y, three.z
+        self.addCleanup(self._no_two_owners)
+        self.addCleanup(self.cluster.stop_all)
+
+    def _no_two_owners(self) -> None:
+        self.assertEqual(self.three.two_owners(), [])
+
+    def flow(self, seconds: float, start: int = 0) -> int:
+        return self.three.flow(seconds, start)
+
+    def epoch(self, node: str) -> int:
+        return self.three.epoch(node)
 
 
 class OwnerDiesTests(_ThreeNodes):
@@ -150,6 +212,91 @@ class StoreUnreachableTests(_ThreeNodes):
         self.assertEqual(self.z.numbers("y"), list(range(n)))
         self.assertEqual([p.closed for p in (self.x, self.y, self.z)], [None] * 3)
         self.assertEqual(c.owners(), {"a"})
+
+
+#: Where between two of node a's ticks an outage begins: ten points.
+PHASES = [k * LEASE / 30 for k in range(10)]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_refused_for_just_under_half_a_lease_closes_nobody_and_loses_nothing(
+    three: ThreeNodes, phase: float
+) -> None:
+    # A heartbeat that the store refuses at once does not count; the next
+    # one that gets through must, whatever the phase, so that an outage
+    # spanning two ticks does not look like a whole lease of silence.
+    c = three.cluster
+    n = three.flow(0.5)
+    c.before_tick("a")
+    c.wait(phase)
+    n = three.refused(LEASE / 2 - STEP, n)
+    n = three.flow(LEASE, n)
+    c.wait(0.5)
+    assert three.z.numbers("y") == list(range(n))
+    assert [p.closed for p in (three.x, three.y, three.z)] == [None] * 3
+    assert c.owners() == {"a"}
+    assert [node.unavailable for node in c.nodes.values()] == [None] * 3
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_refused_for_just_over_a_lease_closes_every_peer_before_its_node_lapses(
+    three: ThreeNodes, phase: float
+) -> None:
+    c = three.cluster
+    three.flow(0.5)
+    c.before_tick("a")
+    c.wait(phase)
+    began = c.clock.seconds()
+    closed_by: dict[str, float] = {}
+    peers = {"x": three.x, "y": three.y, "z": three.z}
+
+    def note() -> None:
+        for name, peer in peers.items():
+            if peer.closed is not None:
+                closed_by.setdefault(name, c.clock.seconds() - began)
+
+    three.refused(LEASE + 2 * STEP, 0, note)
+    assert [p.closed for p in peers.values()] == [CLOSE_GOING_AWAY] * 3
+    # 0.9 of a lease after the last heartbeat that counted (at most the
+    # outage's start), at the next heartbeat sent again (every lease/30):
+    # before the node's key can lapse.
+    assert max(closed_by.values()) < LEASE * 0.95, closed_by
+    assert c.owners() == set()
+    # New connections work by themselves once the store answers.
+    c.until(lambda: all(node.unavailable is None for node in c.nodes.values()), LEASE / 2)
+    v, w = c.join("b", "v"), c.join("c", "w")
+    c.until(lambda: v.admitted is not None and w.admitted is not None, LEASE)
+    v.send(5, "w")
+    c.until(lambda: w.numbers("v") == [5], LEASE)
+
+
+def test_a_room_not_taken_again_after_a_restart_is_taken_at_the_next_heartbeat(
+    three: ThreeNodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis restarts (its keys lost) and refuses the owner's taking the
+    # room again right after the owner has registered: the owner must try
+    # to take it again, not renew a key that the new Redis never had.
+    c = three.cluster
+    n = three.flow(0.5)
+    leases = c.nodes["a"].node.leases
+    acquire = leases.acquire
+    refused: list[str] = []
+
+    def refused_once(room: str, *args: Any) -> Deferred[tuple[int, str]]:
+        if not refused:
+            refused.append(room)
+            return fail(RedisUnavailable("Connection lost"))
+        return acquire(room, *args)
+
+    c.before_tick("a")
+    c.store.restart()
+    monkeypatch.setattr(leases, "acquire", refused_once)
+    n = three.flow(LEASE * 2, n)
+    c.wait(0.5)
+    assert refused == ["r"]
+    assert three.z.numbers("y") == list(range(n))
+    assert [p.closed for p in (three.x, three.y, three.z)] == [None] * 3
+    assert c.owners() == {"a"}
 
 
 class LateRenewalTests(_ThreeNodes):

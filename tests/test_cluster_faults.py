@@ -6,13 +6,16 @@ senders on both nodes, and what stays in Redis after many short rooms.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,8 @@ from .support.cluster import LEASE, Cluster, Redis
 from .support.twistd import Twistd, get
 
 pytestmark = pytest.mark.process
+
+PROXY = Path(__file__).parent / "support" / "blip_proxy.py"
 
 
 def _join_all(urls: list[str]) -> list[Client]:
@@ -138,6 +143,79 @@ def test_redis_paused_below_half_the_lease_is_invisible(cluster: Cluster) -> Non
             )
     for c in (x, y, w, v):
         c.close()
+
+
+class _Blips:
+    """
+    ``support/blip_proxy.py`` in front of Redis: `cut` resets every
+    connection of the nodes to Redis and resets new ones for a while (to
+    the nodes, Redis refuses connections).
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(PROXY), str(redis.port), "redis"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        line = self.stdout.readline()
+        assert line, "the proxy did not start"
+        self.url = f"redis://127.0.0.1:{json.loads(line)['redis']}/0"
+
+    def cut(self, seconds: float) -> None:
+        self.stdin.write(f"cut redis {seconds}\n")
+        self.stdin.flush()
+        assert self.stdout.readline().startswith("cut ")
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.process.wait(timeout=10)
+
+
+def test_redis_refusing_connections_below_half_the_lease_is_invisible(
+    cluster: Cluster,
+) -> None:
+    """
+    SPEC 5.7, as for a pause, with connections refused: Redis unreachable
+    (every connection reset, new ones refused) for 0.45 of the lease, four
+    times, each starting a quarter of a tick later between two ticks than
+    the one before, so that at least one spans two ticks of each node (one
+    that starts in the last third of a tick does).
+    """
+    blips = _Blips(cluster.redis)
+    try:
+        common = ("--cluster-lease", str(LEASE), "--resume-window", "0")
+        args = ("--redis", blips.url, *common, "--rate-limit", "1000/1", "--max-peers", "8")
+        a, b = cluster.spawn(*args), cluster.spawn(*args)
+        room = "refused"
+        x, y, w, v = _join_all(
+            [a.socket_url(room), b.socket_url(room), a.socket_url(room), b.socket_url(room)]
+        )
+        outage, tick = LEASE * 0.45, LEASE / 3
+        with _sending([x, y]) as sent:
+            time.sleep(0.3)
+            for _ in range(4):
+                blips.cut(outage)
+                time.sleep(2 * tick + tick / 4)
+        total = sent[0]
+        for client, senders in ((x, [y]), (y, [x]), (w, [x, y]), (v, [x, y])):
+            try:
+                got = _received(client, {s.peer_id: total - 1 for s in senders}, LEASE * 2)
+            except ConnectionClosed as e:
+                raise AssertionError(f"a peer was closed: {e}\n{a.output}\n{b.output}") from None
+            assert all(m["event"] == "n" for m in got), [m for m in got if m["event"] != "n"]
+            for sender in senders:
+                assert _numbers(got, sender) == list(range(total)), (
+                    f"lost, twice or out of order ({total} sent)"
+                )
+        assert _health(a) == _health(b) == 200
+        for c in (x, y, w, v):
+            c.close()
+    finally:
+        blips.close()
 
 
 def test_redis_paused_longer_makes_healthz_503_until_it_answers(cluster: Cluster) -> None:

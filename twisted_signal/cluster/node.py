@@ -38,7 +38,7 @@ from ..rooms import (
 from . import scripts
 from .backend import Batch, Bus, Leases, RedisBus, RedisLeases, key, text
 from .relay import SAFE_SHARE, RoomRelay
-from .resp import RedisClient, RedisError, RedisRefused, RedisURL
+from .resp import RedisClient, RedisError, RedisRefused, RedisUnavailable, RedisURL
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -53,6 +53,18 @@ MAX_OUTBOX = 1_000_000
 MAX_OUTBOX_BYTES = 64 * 1024 * 1024
 #: How soon a node writes its waiting entries again (seconds).
 RETRY_DELAY = 0.2
+#: How soon, as a share of the lease, a node sends a heartbeat again that
+#: Redis refused at once (`ClusterNode._beat`).
+BEAT_RETRY_SHARE = 1 / 30
+#: The share of the lease after the last answered heartbeat went out from
+#: which a node takes itself for dead (`ClusterNode._beat`): Redis expires
+#: the node's key a lease after that heartbeat reached it, at the earliest
+#: a lease after it went out.  Above 1/3 + 1/2 + `BEAT_RETRY_SHARE`, so that
+#: Redis refusing connections for less than half a lease, from any point
+#: between two ticks, leaves time for a heartbeat sent again to get
+#: through; ticks come every lease/3, so where they are on time a node that
+#: hears nothing from Redis closes its peers at the tick a lease after.
+NODE_SHARE = 0.9
 #: What a node id in a resume token may look like (`ClusterNode.claim`).
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
@@ -331,6 +343,8 @@ class ClusterNode:
     """
 
     _log = Logger()
+    _beat_retry: IDelayedCall | None = None
+    """The next heartbeat, soon, after one that Redis refused at once."""
 
     def __init__(
         self,
@@ -877,6 +891,7 @@ class ClusterNode:
         self._reading = False
         if self._tick.running:
             self._tick.stop()
+        self._cancel_beat_retry()
         for arrival in self.arrivals.values():
             arrival.cancel()
         # Peers another node claimed but that have not moved yet: they go
@@ -956,19 +971,41 @@ class ClusterNode:
         if self._last_tick and sent - self._last_tick > self.lease / 2:
             self._log.warn("cluster heartbeat {late:.1f}s late", late=sent - self._last_tick)
         self._last_tick = sent
+        self._beat(tick=True)
+
+    def _beat(self, *, tick: bool = False) -> None:
+        """
+        Renew this node's lease, then its rooms': on every tick, and soon
+        again after a heartbeat that Redis refused at once (no connection,
+        or it was lost), every lease/20 until one gets through.  A refused
+        heartbeat renews nothing; the first one after Redis is back must
+        come at once, not at the next tick, or an outage of refused
+        connections spanning two ticks would leave this node a whole lease
+        without a heartbeat that counts, and it would take itself for dead
+        (it cannot know that Redis had not expired its key meanwhile).  A
+        heartbeat that waits for Redis (paused, slow) is not sent again: it
+        counts once answered.
+        """
+        self._cancel_beat_retry()
+        sent = self.now()
         if self._waiting_since is None:
             self._waiting_since = sent
-        if sent - self._node_ok > self.lease * SAFE_SHARE:
+        if sent - self._node_ok > self.lease * NODE_SHARE:
             self._presumed_dead("could not renew its node lease in time")
         d = self.leases.run_id()
         d.addCallback(
             lambda run_id: self.leases.register(
                 self.node_id, self._incarnation, int(self.lease * 1000)
-            ).addCallback(self._node_renewed, sent, run_id)
+            ).addCallback(self._node_renewed, sent, run_id, tick)
         )
-        d.addErrback(self._heartbeat_failed)
+        d.addErrback(self._heartbeat_failed, tick)
 
-    def _node_renewed(self, reply: int, sent: float, run_id: str) -> Any:
+    def _cancel_beat_retry(self) -> None:
+        if self._beat_retry is not None and self._beat_retry.active():
+            self._beat_retry.cancel()
+        self._beat_retry = None
+
+    def _node_renewed(self, reply: int, sent: float, run_id: str, tick: bool) -> Any:
         self._node_ok = max(self._node_ok, sent)
         self._waiting_since = None
         # The run id is taken as seen only once this node has registered
@@ -986,23 +1023,46 @@ class ClusterNode:
             for relay in self._relays.values():
                 relay.seen_epoch = 0
                 if relay.room is not None:
+                    relay.lost_keys = True
                     waits.append(relay.reacquire())
-            return DeferredList(waits, consumeErrors=True)
+            return self._renewals(waits)
         if reply == 0 and self._registered:
             self._presumed_dead("found its node lease lapsed")
         self._registered = True
         waits = []
-        quiet, self._quiet_ticks = self._quiet_ticks > 0, max(self._quiet_ticks - 1, 0)
+        # Only ticks count down the two ticks after a restart, not the
+        # heartbeats sent again after a refusal.
+        quiet = self._quiet_ticks > 0
+        if tick:
+            self._quiet_ticks = max(self._quiet_ticks - 1, 0)
         for relay in list(self._relays.values()):
             if relay.room is not None:
-                waits.append(relay.renew())
+                # A room whose taking again after a restart failed is
+                # taken again, not renewed: its key is gone.
+                waits.append(relay.reacquire() if relay.lost_keys else relay.renew())
             elif relay.local_peers and not quiet:
                 waits.append(relay.resolve())
-        return DeferredList(waits, consumeErrors=True)
+        return self._renewals(waits)
 
-    def _heartbeat_failed(self, failure: Failure) -> None:
-        if not failure.check(RedisRefused):  # the client has said why
+    def _renewals(self, waits: list[Deferred[None]]) -> Deferred[None]:
+        """Fires once the rooms' renewals are answered; beats again soon if one was refused."""
+
+        def done(results: list[tuple[bool, Any]]) -> None:
+            if any(not ok and value.check(RedisUnavailable) for ok, value in results):
+                self._beat_soon()
+
+        return DeferredList(waits, consumeErrors=True).addCallback(done)
+
+    def _heartbeat_failed(self, failure: Failure, tick: bool) -> None:
+        if tick and not failure.check(RedisRefused):  # the client has said why
             self._log.warn("cluster heartbeat failed: {why}", why=failure.getErrorMessage())
+        if failure.check(RedisUnavailable):
+            self._beat_soon()
+
+    def _beat_soon(self) -> None:
+        """Redis refused a heartbeat at once (no connection, or it was lost): beat again soon."""
+        if self._tick.running and self._beat_retry is None:
+            self._beat_retry = self.reactor.callLater(self.lease * BEAT_RETRY_SHARE, self._beat)
 
     def _presumed_dead(self, why: str) -> None:
         """

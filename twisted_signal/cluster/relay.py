@@ -23,6 +23,7 @@ from ..context import AuthData
 from ..hooks import SerialQueue
 from ..message import InvalidMessage, Message
 from ..room import CLOSE_GOING_AWAY, PeerHandle, Room
+from .resp import RedisUnavailable
 
 if TYPE_CHECKING:
     from .backend import Leases
@@ -108,6 +109,11 @@ class RoomRelay:
         self.cursor = "0-0"
         self.seen_epoch = 0
         self._valid_until = 0.0
+        self.lost_keys = False
+        """
+        While owner: Redis lost its keys (it restarted) and this node has
+        not taken the room again yet; the next heartbeat does (`reacquire`).
+        """
         self._members: dict[str, str] = {}
         """While owner: the node of each member."""
         self._queue = SerialQueue(f"relay {name!r}")
@@ -325,7 +331,7 @@ class RoomRelay:
                 return None
             return rooms.leases.dead_members(self.name).addCallback(self._dead)
 
-        return d.addCallback(renewed).addErrback(self._log_failure, "renew its lease")
+        return d.addCallback(renewed).addErrback(self._renewal_failed, "renew its lease")
 
     def _dead(self, peer_ids: list[str]) -> None:
         for peer_id in peer_ids:
@@ -345,6 +351,9 @@ class RoomRelay:
 
         def got(reply: tuple[int, str]) -> Any:
             epoch = reply[0]
+            if self.room is not room:
+                return None  # stepped down meanwhile
+            self.lost_keys = False
             if not epoch:
                 self.step_down()
                 return None
@@ -366,7 +375,7 @@ class RoomRelay:
             rooms.wake()
             return None
 
-        return d.addCallback(got).addErrback(self._log_failure, "take the room again")
+        return d.addCallback(got).addErrback(self._renewal_failed, "take the room again")
 
     def step_down(self) -> None:
         """
@@ -375,6 +384,7 @@ class RoomRelay:
         """
         room, self.room = self.room, None
         self._resolved = False
+        self.lost_keys = False
         self.token = ""
         self._held = None
         if room is None:
@@ -531,6 +541,15 @@ class RoomRelay:
             return
         self._members[handle.peer_id] = node
         room.join(handle)
+
+    def _renewal_failed(self, failure: Failure, what: str) -> None:
+        """
+        Log it; a renewal that Redis refused at once fails on, so that the
+        node's heartbeat sends it again soon (`ClusterNode._beat`).
+        """
+        self._log_failure(failure, what)
+        if failure.check(RedisUnavailable):
+            failure.raiseException()
 
     def _log_failure(self, failure: Failure, what: str) -> None:
         self._log.warn(
