@@ -392,3 +392,33 @@ class RestartTests(_ThreeNodes):
         c.until(lambda: z2.admitted is not None, LEASE)
         self.assertEqual(sorted(z2.admitted or []), ["x", "y"])
         self.assertEqual(c.owners(), {"a"})
+
+
+def test_after_a_restart_no_node_takes_a_room_while_its_owner_may_deliver(
+    three: ThreeNodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis restarts (its keys lost) right after the owner's renewal went
+    # out, and refuses the owner's taking the room back for 0.9 of a lease:
+    # the owner delivers until 0.8 of a lease after that renewal.  Joins on
+    # another node meanwhile must not make that node take the room before.
+    c = three.cluster
+    three.flow(0.5)
+    c.before_tick("a")
+    c.wait(2 * STEP)
+    leases = c.nodes["a"].node.leases
+    acquire = leases.acquire
+    refuse_until = c.clock.seconds() + LEASE * 0.9
+
+    def refused(room: str, *args: Any) -> Deferred[tuple[int, str]]:
+        if c.clock.seconds() < refuse_until:
+            return fail(RedisUnavailable("Connection refused"))
+        return acquire(room, *args)
+
+    monkeypatch.setattr(leases, "acquire", refused)
+    c.store.restart()
+    late = []
+    for i in range(12):
+        late.append(c.join("b" if i % 2 else "c", f"w{i}"))
+        c.wait(LEASE / 10)
+    c.until(lambda: all(p.admitted is not None for p in late), LEASE * 2)
+    assert three.two_owners() == []

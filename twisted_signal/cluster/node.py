@@ -394,7 +394,7 @@ class ClusterNode:
         self._waiting_since: float | None = None
         """When the oldest heartbeat that Redis has not answered yet went out."""
         self._registered = False
-        self._quiet_ticks = 0
+        self._settle_until = 0.0
         self.judge_after = 0.0
         """Before this (monotonic), owners judge no member's node dead."""
         self._last_tick = 0.0
@@ -955,10 +955,12 @@ class ClusterNode:
     @property
     def settling(self) -> bool:
         """
-        Redis restarted lately (within two ticks of this node seeing it):
-        relays here take no room yet, so that its previous owner gets it.
+        Redis restarted lately (within a lease of this node seeing it):
+        relays here take no room yet, so that its previous owner gets it.  A
+        lease, not less: the previous owner may deliver until 0.8 of a lease
+        after its last renewal went out, which was before the restart.
         """
-        return self._quiet_ticks > 0
+        return self.now() < self._settle_until
 
     def _heartbeat(self) -> None:
         """
@@ -1014,9 +1016,9 @@ class ClusterNode:
         self._run_id = run_id
         if restarted:
             self._log.warn("Redis restarted (new run id); taking the owned rooms again")
-            # The owners take their rooms back first: relays wait two ticks
+            # The owners take their rooms back first: relays wait a lease
             # before they would take an ownerless room themselves.
-            self._quiet_ticks = 2
+            self._settle_until = self.now() + self.lease
             self.judge_after = self.now() + self.lease
             self.writes.forget_expiries()  # the streams are new
             waits = []
@@ -1030,11 +1032,7 @@ class ClusterNode:
             self._presumed_dead("found its node lease lapsed")
         self._registered = True
         waits = []
-        # Only ticks count down the two ticks after a restart, not the
-        # heartbeats sent again after a refusal.
-        quiet = self._quiet_ticks > 0
-        if tick:
-            self._quiet_ticks = max(self._quiet_ticks - 1, 0)
+        quiet = self.settling
         for relay in list(self._relays.values()):
             if relay.room is not None:
                 # A room whose taking again after a restart failed is
