@@ -113,7 +113,7 @@ check: install
 # reactor, every server and child process its own free port, every browser
 # its own network namespace. A test that must not share the machine goes in
 # an xdist_group (docs/testing.md). XDIST= runs them in one process.
-XDIST ?= -n 2 --dist loadgroup
+XDIST ?= -n 4 --dist loadgroup --no-loadscope-reorder
 unit: install system-packages browser-drivers $(JS_TOOLS) $(SSLYZE) bench/node_modules/.installed
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
 	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)

@@ -277,6 +277,55 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(cast(str, tier))
     rank = {tier: n for n, tier in enumerate(TIERS)}
     items.sort(key=lambda item: rank[cast(str, tiers[item])])
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    if workers > BROWSER_LANES:
+        browser_lanes_first([item for item in items if tiers[item] == "browser"], items)
+
+
+BROWSER_LANES = 2
+"""How many browser tests may run at once on a run with more workers than
+this: each is two browsers making a call, which is most of a core."""
+
+BROWSER_SECONDS = {
+    "test_browser_resume": 140,
+    "test_browser_verify": 138,
+    "test_browser_outage": 125,
+    "test_peerjs_browser": 49,
+    "test_browser_firefox": 43,
+    "test_example_chat_call": 22,
+    "test_browser": 21,
+    "test_browser_trust": 9,
+    "test_aiortc": 8,
+}
+"""About how long each browser module takes on a loaded two-core machine
+(``--durations``), only to share the modules out evenly between the lanes;
+a module not listed counts as 10 s."""
+
+
+def browser_lanes_first(browser: list[pytest.Item], items: list[pytest.Item]) -> None:
+    """
+    With more xdist workers than `BROWSER_LANES`, the browser tests run in
+    that many lanes (``xdist_group``s, whole modules each, the longest
+    module first into the least loaded lane), and the lanes come first in
+    the order: each takes a worker from the start, while the other workers
+    run the other tiers lightest first.  Otherwise the longest browser tests
+    would start last, and the run would wait for them alone.
+    """
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in browser:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    loads = [0] * BROWSER_LANES
+
+    def seconds(module: str) -> int:
+        return BROWSER_SECONDS.get(Path(module).stem, 10)
+
+    for module in sorted(modules, key=lambda m: (-seconds(m), m)):
+        lane = loads.index(min(loads))
+        loads[lane] += seconds(module)
+        for item in modules[module]:
+            item.add_marker(pytest.mark.xdist_group(f"browser-{lane + 1}"))
+    lanes = set(browser)
+    items.sort(key=lambda item: item not in lanes)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
