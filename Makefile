@@ -109,10 +109,12 @@ lint: install $(JS_TOOLS)
 check: install
 	$(BIN)/pytest -q -m "pure or memory" $(PYTEST_ARGS)
 
-# Every tier, lightest first, on two xdist workers: each worker has its own
-# reactor, every server and child process its own free port, every browser
-# its own network namespace. A test that must not share the machine goes in
-# an xdist_group (docs/testing.md). XDIST= runs them in one process.
+# Every tier on four xdist workers, two of them taking the browser tests in
+# two lanes from the start, the other two the other tiers lightest first:
+# each worker has its own reactor, every server and child process its own
+# free port, every browser its own network namespace. A test that must not
+# share the machine goes in an xdist_group (docs/testing.md). XDIST= runs
+# them in one process.
 XDIST ?= -n 4 --dist loadgroup --no-loadscope-reorder
 unit: install system-packages browser-drivers $(JS_TOOLS) $(SSLYZE) bench/node_modules/.installed
 	$(BIN)/pip install --quiet --no-deps --force-reinstall . >/dev/null
