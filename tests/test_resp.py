@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.python.failure import Failure
 
 from twisted_signal.cluster.resp import (
     MAX_LINE,
@@ -81,6 +82,25 @@ def test_the_client_encodes_before_it_connects() -> None:
     bad = Outcome(client.execute("SET", "k", "\udfff"))
     assert bad.failure is not None and bad.failure.check(ValueError)
     assert reactor.tcpClients == []
+
+
+def test_every_command_waiting_for_a_connection_that_fails_fails_as_refused() -> None:
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_signal.cluster.resp import RedisClient, RedisRefused
+
+    reactor = MemoryReactorClock()
+    client = RedisClient("redis://127.0.0.1:1/0", reactor)
+    waiting = [Outcome(client.execute("PING")) for _ in range(3)]
+    assert len(reactor.tcpClients) == 1  # one connection for all three
+    _, _, factory, _, _ = reactor.tcpClients[0]
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    for outcome in waiting:
+        assert outcome.failure is not None and outcome.failure.check(RedisRefused), outcome
+    # The next command tries a new connection.
+    Outcome(client.execute("PING"))
+    assert len(reactor.tcpClients) == 2
 
 
 # Protocol errors.

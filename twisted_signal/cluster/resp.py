@@ -601,6 +601,8 @@ class RedisClient:
             self._endpoint = wrapClientTLS(client_tls(self._url), self._endpoint)
         self._protocol: _RedisProtocol | None = None
         self._connecting: Deferred[Any] | None = None
+        self._waiters: list[Deferred[_RedisProtocol]] = []
+        """The commands waiting for the connection being made."""
         self._closed = False
         self._failing: str | None = None
 
@@ -624,14 +626,15 @@ class RedisClient:
         return d.addTimeout(timeout if timeout is not None else self._timeout, self._reactor)
 
     def _connect(self) -> Deferred[_RedisProtocol]:
+        """The connection being made, for one more command to wait for."""
+        waiter: Deferred[_RedisProtocol] = Deferred()
+        self._waiters.append(waiter)
         if self._connecting is None:
             connecting: Deferred[Any] = self._endpoint.connect(Factory.forProtocol(_RedisProtocol))
+            self._connecting = connecting
             connecting.addCallback(self._set_up)
             connecting.addTimeout(self._timeout, self._reactor)
             connecting.addBoth(self._connected)
-            self._connecting = connecting
-        waiter: Deferred[_RedisProtocol] = Deferred()
-        self._connecting.addBoth(_pass_to, waiter)
         return waiter
 
     def _set_up(self, protocol: _RedisProtocol) -> Deferred[_RedisProtocol]:
@@ -653,8 +656,13 @@ class RedisClient:
 
         return d.addCallbacks(lambda _: protocol, failed)
 
-    def _connected(self, result: Any) -> Any:
+    def _connected(self, result: Any) -> None:
+        """
+        The connection is made, or could not be: every command that waited
+        for it goes on, or fails with `RedisRefused`, each alike.
+        """
         self._connecting = None
+        waiters, self._waiters = self._waiters, []
         if isinstance(result, Failure):
             why = result.getErrorMessage() if result.check(RedisUnavailable) else _describe(result)
             if why != self._failing:
@@ -663,7 +671,9 @@ class RedisClient:
                     self._log.error if "TLS" in why or result.check(RedisError) else self._log.warn
                 )
                 emit("Redis {url}: {why}", url=str(self._url), why=why)
-            return Failure(RedisRefused(f"{self._url}: {why}"))
+            for waiter in waiters:
+                waiter.errback(RedisRefused(f"{self._url}: {why}"))
+            return
         if self._failing is not None:
             self._failing = None
             self._log.info("Redis {url}: connected again", url=str(self._url))
@@ -671,7 +681,8 @@ class RedisClient:
         result.on_lost = lambda: self._lost(result)
         if self._closed:
             self.close()
-        return result
+        for waiter in waiters:
+            waiter.callback(result)
 
     def _lost(self, protocol: _RedisProtocol) -> None:
         if self._protocol is protocol:
@@ -688,11 +699,3 @@ class RedisClient:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abortConnection()  # type: ignore[attr-defined]
-
-
-def _pass_to(result: Any, waiter: Deferred[Any]) -> Any:
-    if isinstance(result, Failure):
-        waiter.errback(result)
-        return None
-    waiter.callback(result)
-    return result
