@@ -606,9 +606,11 @@ async def test_pongs_count_as_traffic_for_the_idle_timeout(make_server: MakeServ
         raw.drop()
 
     def silent() -> tuple[float, list[tuple[int, bytes]]]:
+        # From before the connection: on a busy machine "authenticated" may
+        # reach this thread well after the server's idle clock started.
+        started = time.monotonic()
         raw = RawClient.connect(server.base, "/socket/three/")
         assert raw.recv_json()["event"] == "authenticated"
-        started = time.monotonic()
         frames = []
         while (frame := raw.recv_frame(timeout=5)) is not None:
             frames.append(frame)
