@@ -147,11 +147,15 @@ def main() -> None:
     times.sort()
     print(f"CPU per join: {times[1] / args.peers * 1e6:.1f} us (median of 3 x {args.peers})")
 
+    # Function calls (cProfile's count, Python and C): unlike CPU time on a
+    # shared machine, the same from run to run.
+    bench = Bench(args.peers, args.site)
+    profiler = cProfile.Profile()
+    profiler.runcall(bench.join_all)
+    stats = pstats.Stats(profiler)
+    calls = cast("int", stats.total_calls)  # type: ignore[attr-defined]
+    print(f"function calls per join: {calls / args.peers:.0f}")
     if args.profile:
-        bench = Bench(args.peers, args.site)
-        profiler = cProfile.Profile()
-        profiler.runcall(bench.join_all)
-        stats = pstats.Stats(profiler)
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)
 
