@@ -272,6 +272,17 @@ class PeerJoinTests(_PeersTestCase):
         self.assertIsNone(peer._admission)
         self.assertFalse(peer.send_queue)
 
+    def test_one_log_event_per_join(self) -> None:
+        # Into a room that is there already (starting one is an event of its own).
+        self._join()
+        with capturedLogs() as events:
+            peer = self._join()
+        self.assertEqual(len(events), 1, [e["log_format"] for e in events])
+        (event,) = events
+        self.assertEqual(
+            (event["peer_id"], event["room"], event["remote"]), (peer.peer_id, "hot", peer.peer)
+        )
+
     def test_no_copy_of_autobahn_options_per_peer(self) -> None:
         peer = self._join()
         own = set(vars(peer)) & set(Peer.CONFIG_ATTRS)

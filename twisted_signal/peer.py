@@ -217,7 +217,11 @@ class Peer(WebSocketConnection):
         self._admission = admission
         self._queue.run(lambda: admission)
         self._link = link = Link(_Carrier(self))
-        room.join(PeerHandle(self.peer_id, self.auth, link.send, link.close, link.admitted, self))
+        room.join(
+            PeerHandle(
+                self.peer_id, self.auth, link.send, link.close, link.admitted, self, announced=True
+            )
+        )
 
     def _resume(self, link: Link, carried: Held) -> None:
         self._resuming = None

@@ -65,6 +65,11 @@ class PeerHandle:
     admitted: Callable[[list[str]], None]
     peer: Any = None
     """The local `Peer` protocol, when there is one."""
+    announced: bool = False
+    """
+    Its front has logged its arrival in the room, with its remote address:
+    the room does not log its join a second time (one log event per join).
+    """
 
 
 class RoomAccess(Protocol):
@@ -325,7 +330,10 @@ class Room(Service):
         self._joining -= 1
         already = list(self._peers)
         self._peers[handle.peer_id] = handle
-        self._log.info("peer {peer_id} joined room {room}", peer_id=handle.peer_id, room=self.name)
+        if not handle.announced:
+            self._log.info(
+                "peer {peer_id} joined room {room}", peer_id=handle.peer_id, room=self.name
+            )
         self.events.peer_joined(self.name, handle.peer_id)
         return then(self._relay(wire.joined(handle.peer_id)), lambda _: handle.admitted(already))
 
