@@ -427,14 +427,22 @@ def run_figures(
                 names = [n for n in known if n != "twisted-signal + metrics"]
             for label, options, keys in variants:
                 row = summary.setdefault(figure + label, {})
-                for name in names:
-                    print(f"{figure}{label}: {name}", flush=True)
-                    kept = measure(
-                        figure + label, known[name], options, runs, patience=patience, out=out
-                    )
-                    reported = [*keys, "server_cpu", "loadgen_cpu", "received", "achieved_per_s"]
-                    row[name] = {k: median_of(kept, k) for k in reported if k in kept[0].values}
-                    row[name]["disturbed_runs"] = sum(r.disturbed for r in kept)
+                # The servers take turns, run by run: load from elsewhere
+                # that comes and goes then falls on all of them alike,
+                # rather than on whichever server's runs it met.
+                kept: dict[str, list[Run]] = {name: [] for name in names}
+                for n in range(runs):
+                    for name in names:
+                        print(f"{figure}{label}: {name} ({n + 1}/{runs})", flush=True)
+                        kept[name] += measure(
+                            figure + label, known[name], options, 1, patience=patience, out=out
+                        )
+                reported = [*keys, "server_cpu", "loadgen_cpu", "received", "achieved_per_s"]
+                for name, runs_kept in kept.items():
+                    row[name] = {
+                        k: median_of(runs_kept, k) for k in reported if k in runs_kept[0].values
+                    }
+                    row[name]["disturbed_runs"] = sum(r.disturbed for r in runs_kept)
     finally:
         for server in known.values():
             server.stop()

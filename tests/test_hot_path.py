@@ -11,7 +11,7 @@ import gc
 import json
 import struct
 import weakref
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -237,6 +237,11 @@ class PeerHotPathTests(_PeersTestCase):
 class _TCPLikeTransport(StringTransport):
     protocol: Any = None
     """The transport's protocol, as a TCP transport has (the upgrade replaces it)."""
+    no_delay: bool | None = None
+    """What TCP_NODELAY was set to (Nagle's algorithm off when True)."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
 
 
 class PeerJoinTests(_PeersTestCase):
@@ -366,6 +371,11 @@ class SiteJoinTests(_PeersTestCase):
         self._join_through_site()
         # twisted.web, once per header line of the request; Autobahn never.
         self.assertEqual(parsed, ["twisted.web"] * _UPGRADE.count(b": "))
+
+    def test_nagle_is_off(self) -> None:
+        # A small frame goes out at once, not after the client's delayed ACK.
+        peer = self._join_through_site()
+        self.assertIs(cast(_TCPLikeTransport, peer.transport).no_delay, True)
 
     def test_no_autobahn_debug_line_is_formatted(self) -> None:
         from autobahn import util
