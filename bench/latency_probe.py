@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.append(str(HERE.parent))
 
 from bench.suite import NODE, free_port, pinned  # noqa: E402
 
@@ -36,6 +36,8 @@ class Probe:
 
     def __init__(self) -> None:
         self.pauses: list[tuple[int, float]] = []
+        self.before: list[tuple[int, float]] = []
+        """The collections before the measured interval (joins, warm-up)."""
         self.lateness: list[float] = []
         self._started = 0.0
         self.on = False
@@ -43,8 +45,9 @@ class Probe:
     def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
-        elif self.on:
-            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+        else:
+            pause = (info["generation"], time.perf_counter() - self._started)
+            (self.pauses if self.on else self.before).append(pause)
 
     def tick(self, expected: list[float], clock: Any) -> None:
         now = time.perf_counter()
@@ -143,6 +146,11 @@ def main() -> None:
         f"gc: {len(pauses)} collections {generations}, max {max(pauses, default=0):.2f} ms,"
         f" {sum(p > 1 for p in pauses)} over 1 ms, {sum(pauses):.1f} ms in all;"
         f" frozen objects {gc.get_freeze_count()}"
+    )
+    before = [d * 1e3 for _, d in probe.before]
+    print(
+        f"gc before the interval: {len(before)} collections,"
+        f" {sum(g == 2 for g, _ in probe.before)} full, max {max(before, default=0):.2f} ms"
     )
     print(
         f"1 ms timer late by p50/p99/max {quantile(late, 0.5):.2f}/{quantile(late, 0.99):.2f}"

@@ -456,31 +456,3 @@ def test_jwt_and_turn_options(tmp_path: Path) -> None:
     servers = settings.ice.servers_for("p", 0)
     assert servers[0] == {"urls": ["stun:127.0.0.1:3478"]}
     assert servers[1]["username"] == "60:p"
-
-
-def test_the_server_settles_the_heap_once_the_reactor_runs(monkeypatch: Any) -> None:
-    from twisted.internet import reactor
-
-    from twisted_signal.service import settle_heap
-
-    service = makeService(parse("--endpoint", "tcp:0:interface=127.0.0.1"))
-    scheduled: list[Any] = []
-    monkeypatch.setattr(SignalingService, "startService", lambda self: None)
-    monkeypatch.setattr(reactor, "callWhenRunning", scheduled.append)
-    service.startService()
-    assert scheduled == [settle_heap]
-
-
-def test_settling_the_heap_hides_what_is_alive_from_the_collector() -> None:
-    import gc
-
-    from twisted_signal.service import settle_heap
-
-    assert gc.get_freeze_count() == 0
-    try:
-        settle_heap()
-        assert gc.get_freeze_count() > 10_000
-        # What a full collection still walks: little beyond this test's own.
-        assert len(gc.get_objects()) < 5_000
-    finally:
-        gc.unfreeze()

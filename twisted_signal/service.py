@@ -6,7 +6,6 @@ application embeds.
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
     from twisted.web.http_headers import Headers
 
-__all__ = ["BACKLOG", "SignalingService", "SignalingSite", "settle_heap", "with_backlog"]
+__all__ = ["BACKLOG", "SignalingService", "SignalingSite", "with_backlog"]
 
 BACKLOG = 1024
 """The listen backlog of ``tcp:`` and ``ssl:`` endpoints that set none
@@ -64,20 +63,6 @@ def _split_endpoint(description: str) -> list[str]:
             current += character
     parts.append(current + ("\\" if escaped else ""))
     return parts
-
-
-def settle_heap() -> None:
-    """
-    Collect what starting up left behind, then move every object alive now
-    (modules, classes, the service tree: some 70,000 of them under twistd)
-    out of the garbage collector's sight for good (``gc.freeze()``).  A
-    full collection then walks only what was made since, the peers and
-    their rooms: 0.1 ms instead of 20 to 130 ms with 100 peers, measured
-    in process.  Such a pause, whenever the collector's counts happen to
-    call one, holds up every message in flight: the tail of the latency.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def with_backlog(description: str, backlog: int = BACKLOG) -> str:

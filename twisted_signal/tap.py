@@ -23,7 +23,7 @@ from .peer import Peer
 from .peerjs import PeerjsOptions
 from .room import Room
 from .rooms import Rooms, is_room_name
-from .service import SignalingService, settle_heap, with_backlog
+from .service import SignalingService, with_backlog
 from .settings import Settings
 from .tls import PROFILES
 from .webhooks import Webhooks
@@ -633,16 +633,8 @@ def _load_class(option: str, name: str | None, base: type[Any]) -> type[Any]:
 class _Server(SignalingService):
     """
     The service ``twistd rtcsignal`` runs: a port it cannot listen on is a
-    one-line error and exit status 1, not a traceback; once the reactor
-    runs, what starting up made is frozen out of the garbage collector's
-    sight (`settle_heap`).
+    one-line error and exit status 1, not a traceback.
     """
-
-    def startService(self) -> None:
-        super().startService()
-        from twisted.internet import reactor
-
-        reactor.callWhenRunning(settle_heap)
 
     def privilegedStartService(self) -> None:
         try:
