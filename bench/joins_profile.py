@@ -121,6 +121,22 @@ def retained(peer: Peer, baseline: set[int], others: set[int]) -> dict[str, int]
     return sizes
 
 
+def count_calls(bench: Bench, show: bool, top: int) -> None:
+    """
+    Function calls per join (cProfile's count, Python and C): unlike CPU
+    time on a shared machine, the same from run to run.  With `show`,
+    cProfile's top entries too.
+    """
+    profiler = cProfile.Profile()
+    profiler.runcall(bench.join_all)
+    stats = pstats.Stats(profiler)
+    calls = cast("int", stats.total_calls)  # type: ignore[attr-defined]
+    print(f"function calls per join: {calls / len(bench.requests):.0f}")
+    if show:
+        stats.sort_stats("tottime").print_stats(top)
+        stats.sort_stats("cumulative").print_stats(top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=int, default=2000)
@@ -147,13 +163,7 @@ def main() -> None:
     times.sort()
     print(f"CPU per join: {times[1] / args.peers * 1e6:.1f} us (median of 3 x {args.peers})")
 
-    if args.profile:
-        bench = Bench(args.peers, args.site)
-        profiler = cProfile.Profile()
-        profiler.runcall(bench.join_all)
-        stats = pstats.Stats(profiler)
-        stats.sort_stats("tottime").print_stats(args.top)
-        stats.sort_stats("cumulative").print_stats(args.top)
+    count_calls(Bench(args.peers, args.site), args.profile, args.top)
 
     # Memory: what the joins allocated and still hold, per connection.
     bench = Bench(args.peers, args.site)

@@ -401,6 +401,7 @@ def main() -> None:
         json.dumps({"at": time.time(), "versions": versions, "figures": summary}, indent=1)
     )
     print(table(summary, with_metrics))
+    print(targets(summary))
     print(f"({time.monotonic() - started:.0f} s; {json.dumps(versions)})")
     if not args.no_plots:
         plot(summary, out)
@@ -426,14 +427,22 @@ def run_figures(
                 names = [n for n in known if n != "twisted-signal + metrics"]
             for label, options, keys in variants:
                 row = summary.setdefault(figure + label, {})
-                for name in names:
-                    print(f"{figure}{label}: {name}", flush=True)
-                    kept = measure(
-                        figure + label, known[name], options, runs, patience=patience, out=out
-                    )
-                    reported = [*keys, "server_cpu", "loadgen_cpu", "received", "achieved_per_s"]
-                    row[name] = {k: median_of(kept, k) for k in reported if k in kept[0].values}
-                    row[name]["disturbed_runs"] = sum(r.disturbed for r in kept)
+                # The servers take turns, run by run: load from elsewhere
+                # that comes and goes then falls on all of them alike,
+                # rather than on whichever server's runs it met.
+                kept: dict[str, list[Run]] = {name: [] for name in names}
+                for n in range(runs):
+                    for name in names:
+                        print(f"{figure}{label}: {name} ({n + 1}/{runs})", flush=True)
+                        kept[name] += measure(
+                            figure + label, known[name], options, 1, patience=patience, out=out
+                        )
+                reported = [*keys, "server_cpu", "loadgen_cpu", "received", "achieved_per_s"]
+                for name, runs_kept in kept.items():
+                    row[name] = {
+                        k: median_of(runs_kept, k) for k in reported if k in runs_kept[0].values
+                    }
+                    row[name]["disturbed_runs"] = sum(r.disturbed for r in runs_kept)
     finally:
         for server in known.values():
             server.stop()
@@ -524,6 +533,43 @@ def table(summary: dict[str, dict[str, dict[str, float]]], with_metrics: bool) -
         )
     elif not with_metrics:
         lines.append(f"{'with --metrics-endpoint':<24}n/a (the server has no such option)")
+    return "\n".join(lines)
+
+
+TARGETS = [
+    # figure, key, reference server, the bound on twisted-signal / reference, higher is better
+    ("throughput", "deliveries_per_s", "naive relay", 0.90, True),
+    ("throughput", "cpu_us_per_delivery", "naive relay", 1 / 0.90, False),
+    ("joins", "joins_per_s", "peerjs-server", 0.80, True),
+    ("joins", "cpu_ms_per_join", "peerjs-server", 1 / 0.80, False),
+    ("latency@5000", "p99_ms", "peerjs-server", 1.5, False),
+    ("joins", "rss_per_connection_kb", "peerjs-server", 0.75, False),
+]
+"""The targets, each a ratio of twisted-signal's figure to a reference
+server's in the same run (CPU ratios are the rate targets' inverses: where
+the generator's core is the limit, rates understate the faster server)."""
+SATURATED = 0.9
+"""A load generator using this much of its core may be what limits a rate."""
+
+
+def targets(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Each target, the ratio measured in this run, and whether it is met."""
+    lines = [f"{'target (twisted-signal / reference)':<58}{'measured':>9}  met"]
+    for figure, key, ref, bound, higher in TARGETS:
+        row = summary.get(figure, {})
+        ours, theirs = row.get("twisted-signal", {}), row.get(ref, {})
+        if key not in ours or not theirs.get(key):
+            continue
+        ratio = ours[key] / theirs[key]
+        met = ratio >= bound if higher else ratio <= bound
+        title = f"{figure} {key} vs {ref} {'>=' if higher else '<='} {bound:.2f}x"
+        notes = [
+            f"generator at {values['loadgen_cpu']:.2f} of a core against {name}"
+            for name, values in ((ref, theirs), ("twisted-signal", ours))
+            if key.endswith("_per_s") and values.get("loadgen_cpu", 0) >= SATURATED
+        ]
+        note = f"  ({'; '.join(notes)})" if notes else ""
+        lines.append(f"{title:<58}{ratio:>8.2f}x  {'yes' if met else 'NO'}{note}")
     return "\n".join(lines)
 
 

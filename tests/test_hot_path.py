@@ -11,7 +11,7 @@ import gc
 import json
 import struct
 import weakref
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -237,6 +237,11 @@ class PeerHotPathTests(_PeersTestCase):
 class _TCPLikeTransport(StringTransport):
     protocol: Any = None
     """The transport's protocol, as a TCP transport has (the upgrade replaces it)."""
+    no_delay: bool | None = None
+    """What TCP_NODELAY was set to (Nagle's algorithm off when True)."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
 
 
 class PeerJoinTests(_PeersTestCase):
@@ -271,6 +276,17 @@ class PeerJoinTests(_PeersTestCase):
         self.assertEqual(peer.http_response_data, "")
         self.assertIsNone(peer._admission)
         self.assertFalse(peer.send_queue)
+
+    def test_one_log_event_per_join(self) -> None:
+        # Into a room that is there already (starting one is an event of its own).
+        self._join()
+        with capturedLogs() as events:
+            peer = self._join()
+        self.assertEqual(len(events), 1, [e["log_format"] for e in events])
+        (event,) = events
+        self.assertEqual(
+            (event["peer_id"], event["room"], event["remote"]), (peer.peer_id, "hot", peer.peer)
+        )
 
     def test_no_copy_of_autobahn_options_per_peer(self) -> None:
         peer = self._join()
@@ -307,6 +323,75 @@ class PeerJoinTests(_PeersTestCase):
         gc.collect()
         self.assertIsNone(channel())
         self.assertIsNone(transport.producer)
+
+
+class SiteJoinTests(_PeersTestCase):
+    """
+    What a join through the HTTP site (as ``twistd rtcsignal`` serves the
+    sockets, beside the pages) must not do: parse the upgrade request a
+    second time, or format Autobahn's debug lines.
+    """
+
+    def _join_through_site(self) -> Peer:
+        from twisted_signal.service import SignalingSite
+        from twisted_signal.web import SignalingResource
+
+        resource = SignalingResource(self.factory.rooms, clock=self.clock)
+        site = SignalingSite(resource, handshake_timeout=10.0, clock=self.clock)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert protocol is not None
+        transport = _TCPLikeTransport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.dataReceived(_UPGRADE)
+        peer = transport.protocol
+        assert isinstance(peer, Peer)
+        self.assertEqual(peer.state, WebSocketProtocol.STATE_OPEN)
+        self.assertIsNotNone(peer.room)
+        return peer
+
+    def test_the_upgrade_request_is_parsed_once(self) -> None:
+        from autobahn.websocket import protocol as autobahn_protocol
+        from twisted.web import http
+
+        parsed: list[str] = []
+        header_received = http.HTTPChannel.headerReceived
+        parse_http_header = autobahn_protocol.parseHttpHeader
+
+        def counting_header_received(channel: Any, line: bytes) -> bool:
+            parsed.append("twisted.web")
+            return bool(header_received(channel, line))
+
+        def counting_parse(data: bytes) -> Any:
+            parsed.append("autobahn")
+            return parse_http_header(data)
+
+        self.patch(http.HTTPChannel, "headerReceived", counting_header_received)
+        self.patch(autobahn_protocol, "parseHttpHeader", counting_parse)
+        self._join_through_site()
+        # twisted.web, once per header line of the request; Autobahn never.
+        self.assertEqual(parsed, ["twisted.web"] * _UPGRADE.count(b": "))
+
+    def test_nagle_is_off(self) -> None:
+        # A small frame goes out at once, not after the client's delayed ACK.
+        peer = self._join_through_site()
+        self.assertIs(cast(_TCPLikeTransport, peer.transport).no_delay, True)
+
+    def test_no_autobahn_debug_line_is_formatted(self) -> None:
+        from autobahn import util
+
+        formatted: list[Any] = []
+        hltype = util.hltype
+
+        def counting_hltype(obj: Any) -> str:
+            formatted.append(obj)
+            return str(hltype(obj))
+
+        self.patch(util, "hltype", counting_hltype)
+        for module in ("autobahn.websocket.protocol", "autobahn.twisted.websocket"):
+            self.patch(__import__(module, fromlist=["hltype"]), "hltype", counting_hltype)
+        self._join_through_site()
+        self.assertEqual(formatted, [])
 
 
 class PeerTurnTests(_PeersTestCase):

@@ -247,7 +247,7 @@ class Peer(WebSocketConnection):
         admission: Deferred[None] = Deferred()
         self._admission = admission
         self._queue.run(lambda: admission)
-        session.join(room)
+        session.join(room, announced=True)
 
     def _ice_servers(self) -> list[dict[str, Any]]:
         return self.factory.settings.ice.servers_for(self.peer_id, self.factory.clock.seconds())

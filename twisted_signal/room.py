@@ -67,6 +67,11 @@ class PeerHandle:
     admitted: Callable[[list[str]], None]
     front: Callable[[], Any] | None = None
     """Finds the front's own object for the peer now (see `peer`)."""
+    announced: bool = False
+    """
+    Its front has logged its arrival in the room, with its remote address:
+    the room does not log its join a second time (one log event per join).
+    """
 
     @property
     def peer(self) -> Any:
@@ -359,7 +364,10 @@ class Room(Service):
         self._joining -= 1
         already = list(self._peers)
         self._peers[handle.peer_id] = handle
-        self._log.info("peer {peer_id} joined room {room}", peer_id=handle.peer_id, room=self.name)
+        if not handle.announced:
+            self._log.info(
+                "peer {peer_id} joined room {room}", peer_id=handle.peer_id, room=self.name
+            )
         self.events.peer_joined(self.name, handle.peer_id)
         return then(self._relay(wire.joined(handle.peer_id)), lambda _: handle.admitted(already))
 

@@ -153,24 +153,32 @@ class Session:
         """Whether `front` carries the peer now (not one that was cut)."""
         return self._front is front
 
-    def handle(self) -> PeerHandle:
+    def handle(self, *, announced: bool = False) -> PeerHandle:
         """
-        How the room reaches this peer, whichever connection carries it.
+        How the room reaches this peer, whichever connection carries it
+        (`announced`: see `PeerHandle.announced`).
         """
         link = self._link
         return PeerHandle(
-            self.auth.peer_id, self.auth, link.send, link.close, self._admitted, self._public
+            self.auth.peer_id,
+            self.auth,
+            link.send,
+            link.close,
+            self._admitted,
+            self._public,
+            announced=announced,
         )
 
     # What the front calls.
 
-    def join(self, room: RoomAccess) -> None:
+    def join(self, room: RoomAccess, *, announced: bool = False) -> None:
         """
         Ask `room` to take the peer in; the front's `Front.admitted` (or the
-        room's refusal, written and closed) is the answer.
+        room's refusal, written and closed) is the answer.  `announced`: the
+        front has logged the arrival already.
         """
         self.room = room
-        room.join(self.handle())
+        room.join(self.handle(announced=announced))
 
     def taken(self) -> None:
         """

@@ -25,15 +25,28 @@ connection:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.util import create_transport_details
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from autobahn.wamp.types import TransportDetails
+from autobahn.websocket.protocol import (
+    PreparedMessage,
+    WebSocketProtocol,
+    _is_same_origin,
+    _url_to_origin,
+)
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.server import NOT_DONE_YET
 
 from .events import NO_EVENTS, Events
+from .handshake import Refusal, check_upgrade, header_fields, status_line
 from .headers import COMMON_HEADERS
 from .keepalive import Due, Keepalive
 from .limits import RateLimiter, SendBuffer, Verdict
@@ -87,6 +100,12 @@ class WebSocketConnection(WebSocketServerProtocol):
     """
 
     factory: WebSocketFactory
+    # Autobahn's options (class attributes: see WebSocketFactory.buildProtocol).
+    trustXForwardedFor: int
+    versions: list[int]
+    maxConnections: int
+    allowedOriginsPatterns: list[Any]
+    tcpNoDelay: bool
     pongs_are_traffic = True
     """Whether any pong from the client counts as traffic for the idle timeout."""
     _log = Logger()
@@ -176,8 +195,22 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._next_turn = None
         self.closed(wasClean, code, reason)
 
+    def connectionMade(self) -> None:
+        # Autobahn's, without its debug line, whose arguments it formats
+        # whether debug is on or not (as for the three below).
+        transport: Any = self.transport
+        details = create_transport_details(transport, True)
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        self._transport_details = details
+        self.peer = details.peer
+        with suppress(Exception):  # as Autobahn's: not every transport is TCP
+            transport.setTcpNoDelay(self.tcpNoDelay)
+        self._connectionMade()
+
     def _connectionMade(self) -> None:
-        super()._connectionMade()
+        # WebSocketServerProtocol's, without its debug line.
+        WebSocketProtocol._connectionMade(self)
+        self.factory.countConnections += 1
         # Autobahn's queue for chopped and synchronous writes, which only its
         # own test modes make: an empty deque is most of a kilobyte per
         # connection, so there is one only once a write needs it.
@@ -197,6 +230,101 @@ class WebSocketConnection(WebSocketServerProtocol):
         # the headers of every other answer.
         headers = [*(responseHeaders or ()), *_REFUSAL_HEADERS]
         super().failHandshake(reason, code, headers)
+
+    # The opening handshake of a request twisted.web has parsed.
+
+    def upgrade_parsed(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Iterable[tuple[bytes, Sequence[bytes]]],
+        rest: bytes = b"",
+    ) -> None:
+        """
+        Run the opening handshake of an upgrade request that twisted.web has
+        already parsed (`UpgradeResource`), instead of handing Autobahn the
+        request's bytes to parse again: Autobahn's checks and answers, in
+        its order (`twisted_signal.handshake`), then ``onConnect`` and
+        Autobahn's answer to it.  `rest` is what came after the request
+        (its body), read as frames.
+        """
+        fields = header_fields(headers)
+        if isinstance(fields, Refusal):
+            return self._refuse(fields)
+        line = status_line(method, uri)
+        if isinstance(line, Refusal):
+            return self._refuse(line)
+        self.http_status_line, self.http_headers, self.data = line, fields, rest
+        if "x-forwarded-for" in fields and self.trustXForwardedFor:
+            addresses = [x.strip() for x in fields["x-forwarded-for"].split(",")]
+            self.peer = addresses[-self.trustXForwardedFor :][0]
+        upgrade = check_upgrade(
+            line,
+            fields,
+            versions=self.versions,
+            external_port=self.factory.externalPort,
+            origin_allowed=self._origin_allowed,
+        )
+        if isinstance(upgrade, Refusal):
+            return self._refuse(upgrade)
+        self.http_request_uri, self.http_request_path = upgrade.uri, upgrade.path
+        self.http_request_params, self.http_request_host = upgrade.params, upgrade.host
+        self.websocket_version, self.websocket_protocols = upgrade.version, upgrade.protocols
+        self.websocket_origin, self._wskey = upgrade.origin, upgrade.key
+        self.websocket_extensions = []
+        if "sec-websocket-extensions" in fields:
+            self.websocket_extensions = self._parseExtensionsHeader(
+                fields["sec-websocket-extensions"]
+            )
+        if self.maxConnections > 0 and self.factory.countConnections > self.maxConnections:
+            return self.failHandshake("maximum number of connections reached", code=503)
+        request = ConnectionRequest(
+            self.peer,
+            fields,
+            upgrade.host,
+            upgrade.path,
+            upgrade.params,
+            upgrade.version,
+            upgrade.origin,
+            upgrade.protocols,
+            self.websocket_extensions,
+        )
+        # Autobahn's own waits on onConnect the same way (txaio.as_future).
+        maybeDeferred(self.onConnect, request).addCallbacks(
+            self.succeedHandshake, self._connect_failed
+        )
+        return None
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self.failHandshake(refusal.reason, refusal.code, list(refusal.headers) or None)
+
+    def _origin_allowed(self, origin: str) -> Refusal | None:
+        # Autobahn's own origin check (the fronts' allow-list comes later).
+        try:
+            origin_tuple = _url_to_origin(origin)
+        except ValueError as e:
+            return Refusal(f"HTTP Origin header invalid: {e}")
+        factory = self.factory
+        if origin_tuple == "null" and factory.allowNullOrigin:
+            return None
+        if _is_same_origin(
+            origin_tuple,
+            "https" if factory.isSecure else "http",
+            factory.externalPort or factory.port,
+            self.allowedOriginsPatterns,
+        ):
+            return None
+        return Refusal(f"WebSocket connection denied: origin '{origin}' not allowed")
+
+    def _connect_failed(self, failure: Any) -> None:
+        # As Autobahn's processHandshake answers an onConnect that raised.
+        if isinstance(failure.value, ConnectionDeny):
+            self.failHandshake(cast(str, failure.value.reason), failure.value.code)
+            return
+        self._log.failure("Unexpected exception in onConnect", failure)
+        self.failHandshake(
+            f"Internal server error: {failure.value}", ConnectionDeny.INTERNAL_SERVER_ERROR
+        )
 
     # Reading, in turns.
 
@@ -599,18 +727,49 @@ def normal_origin(origin: str) -> str:
 
 class UpgradeResource(WebSocketResource):
     """
-    Autobahn's upgrade, letting go of the HTTP connection once the
-    WebSocket has taken its transport over.
+    Autobahn's upgrade, on the request twisted.web has parsed (Autobahn's
+    own rebuilds the request's bytes and parses them again), letting go of
+    the HTTP connection once the WebSocket has taken its transport over.
     """
 
     def render(self, request: Request) -> bytes | int:
         channel = request.channel
-        transport = channel.transport
-        result: bytes | int = super().render(request)
-        if transport is not None and channel.transport is None:
-            # The HTTP channel is still the transport's producer: it would
-            # keep itself, the upgrade request and its headers (about 6 KB)
-            # for as long as the WebSocket lasts.  While a request is being
-            # handled it does nothing as a producer anyway.
+        transport: Any = channel.transport
+        if transport is None:
+            # HTTP/2 (as Autobahn's): the WebSocket needs the connection itself.
+            return cast("bytes", super().render(request))
+        factory = cast("WebSocketFactory", self._factory)
+        protocol = factory.buildProtocol(transport.getPeer())
+        if not protocol:
+            request.setResponseCode(500)
+            return b""
+        channel.transport = None
+        # Take the transport over (TLS wraps the protocol).
+        if isinstance(transport, ProtocolWrapper):
+            transport.wrappedProtocol = protocol
+        elif isinstance(transport.protocol, ProtocolWrapper):
+            transport.protocol.wrappedProtocol = protocol
+        else:
+            transport.protocol = protocol
+        protocol.makeConnection(transport)
+        # twisted.web pauses the transport while it serves a request; no
+        # other request follows this one.
+        producer = getattr(transport, "_networkProducer", None)
+        if producer is not None:
+            producer.resumeProducing()
+        elif hasattr(transport, "resumeProducing"):
+            transport.resumeProducing()
+        protocol.upgrade_parsed(
+            request.method,
+            request.uri,
+            request.requestHeaders.getAllRawHeaders(),
+            request.content.read() if request.content is not None else b"",
+        )
+        # The HTTP channel is still the transport's producer: it would keep
+        # itself, the upgrade request and its headers (about 6 KB) for as
+        # long as the WebSocket lasts.  While a request is being handled it
+        # does nothing as a producer anyway.  (A refused handshake has
+        # unregistered every producer as it dropped the connection.)
+        if protocol.state != _CLOSED:
             cast("IConsumer", transport).unregisterProducer()
-        return result
+        return NOT_DONE_YET

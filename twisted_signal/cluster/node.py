@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
@@ -115,9 +116,7 @@ class _Arrival:
         """The handle through which the room reaches the peer here."""
         self.handle = handle
         self._arm(self._lease * 2)
-        return PeerHandle(
-            handle.peer_id, handle.auth, self.send, handle.close, self.admitted, handle.front
-        )
+        return replace(handle, send=self.send, admitted=self.admitted)
 
     def send(self, payload: bytes) -> None:
         meanwhile = self.meanwhile

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -435,9 +436,7 @@ class RoomRelay:
             self._record(local.peer_id, self._node.node_id, local.auth)
             self._deliver(lambda: admitted(peer_ids))
 
-        return PeerHandle(
-            local.peer_id, local.auth, guarded_send, local.close, recorded, local.front
-        )
+        return replace(local, send=guarded_send, admitted=recorded)
 
     def _remote(self, node: str, peer_id: str, auth: AuthData) -> PeerHandle:
         def send(payload: bytes) -> None:
