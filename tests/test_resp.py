@@ -95,7 +95,7 @@ def test_every_command_waiting_for_a_connection_that_fails_fails_as_refused() ->
     waiting = [Outcome(client.execute("PING")) for _ in range(3)]
     assert len(reactor.tcpClients) == 1  # one connection for all three
     _, _, factory, _, _ = reactor.tcpClients[0]
-    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    factory.clientConnectionFailed(reactor.connectors[0], Failure(ConnectionRefusedError()))
     for outcome in waiting:
         assert outcome.failure is not None and outcome.failure.check(RedisRefused), outcome
     # The next command tries a new connection.
