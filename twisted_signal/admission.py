@@ -39,11 +39,10 @@ from .context import AuthData, PeerContext
 from .errors import BadRequest, Unauthorized
 from .hooks import call
 from .rooms import is_room_name
+from .session import Host
 
 if TYPE_CHECKING:
-    from .events import Events
-    from .resume import Link, Resumption
-    from .rooms import Rooms
+    from .resume import Link
     from .settings import Settings
 
 __all__ = [
@@ -148,26 +147,14 @@ class Admitted:
     """The claimed link of a peer held here: the connection takes it over."""
 
 
-class Server(Protocol):
+class Server(Host, Protocol):
     """
-    What admission needs of the server (a `PeerFactory` is one).
+    What admission needs of the server (a `PeerFactory` is one): what a
+    session needs, and more.
     """
 
     @property
     def settings(self) -> Settings: ...
-
-    @property
-    def rooms(self) -> Rooms: ...
-
-    @property
-    def resumption(self) -> Resumption: ...
-
-    @property
-    def events(self) -> Events: ...
-
-    @property
-    def accepting(self) -> bool:
-        """False once the server is shutting down."""
 
     @property
     def countConnections(self) -> int:
