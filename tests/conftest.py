@@ -70,6 +70,17 @@ def token_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Redis]:
+    """A real ``redis-server`` of the test's own, stopped after the test."""
+    server = Redis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """
     A real ``redis-server`` and a way to start ``twistd --redis`` nodes on it
@@ -194,6 +205,7 @@ FIXTURE_TIERS = {
     "make_server": "loopback",
     "spawn": "process",
     "cluster": "process",
+    "redis": "process",
     "network": "browser",
     "server": "browser",
     "browser": "browser",

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
 
 from twisted_signal.cluster import ClusterRooms
 from twisted_signal.cluster.backend import Bus, Leases, RedisBus, RedisLeases, key
@@ -23,26 +20,10 @@ from twisted_signal.cluster.memory import MemoryRedis
 from twisted_signal.cluster.resp import RedisClient
 from twisted_signal.rooms import LocalRooms, Rooms
 
+from .support import sleep
 from .support.cluster import Redis
 
 pytestmark = pytest.mark.process
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[Redis]:
-    server = Redis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _sleep(seconds: float) -> Deferred[None]:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
 
 
 def _plain(value: Any) -> Any:
@@ -122,7 +103,7 @@ def _expiry(leases: Leases) -> Any:
     """Leases expire, or end when a node leaves."""
     seen: list[Any] = []
     seen.append((yield leases.register("c", "one", 100)))
-    yield _sleep(0.3)
+    yield sleep(0.3)
     seen.append((yield leases.node_alive("c")))
     seen.append((yield leases.unregister("a")))
     seen.append((yield leases.unregister("a")))

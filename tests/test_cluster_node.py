@@ -5,8 +5,7 @@ another node, and seeing a Redis restart.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,26 +18,10 @@ from twisted_signal.cluster import scripts
 from twisted_signal.cluster.node import ClusterRooms
 from twisted_signal.cluster.resp import RedisUnavailable
 
+from .support import sleep
 from .support.cluster import Redis
 
 pytestmark = pytest.mark.process
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[Redis]:
-    server = Redis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _sleep(seconds: float) -> Deferred[None]:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
 
 
 @pytest_twisted.inlineCallbacks
@@ -48,7 +31,7 @@ def _until(condition: Callable[[], bool], timeout: float = 10) -> Any:
     deadline = reactor.seconds() + timeout
     while not condition():
         assert reactor.seconds() < deadline, "timed out"
-        yield _sleep(0.05)
+        yield sleep(0.05)
 
 
 @pytest_twisted.inlineCallbacks
@@ -74,7 +57,7 @@ def test_a_node_answers_what_another_asks(redis: Redis) -> Any:
     finally:
         yield a.stopService()
         yield b.stopService()
-        yield _sleep(0)
+        yield sleep(0)
 
 
 @pytest_twisted.inlineCallbacks
@@ -102,7 +85,7 @@ def test_a_redis_restart_is_seen_even_if_the_first_tick_after_it_fails(redis: Re
         assert failed
     finally:
         yield node.stopService()
-        yield _sleep(0)
+        yield sleep(0)
 
 
 @pytest_twisted.inlineCallbacks
@@ -133,6 +116,6 @@ def test_an_entry_that_fails_does_not_stop_the_reader(redis: Redis) -> Any:
     finally:
         yield a.stopService()
         yield b.stopService()
-        yield _sleep(0)
+        yield sleep(0)
         globalLogPublisher.removeObserver(observer)
     assert [f.type for f in failures] == [ValueError]

@@ -21,7 +21,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python import usage
 
@@ -29,6 +28,7 @@ from twisted_signal.cluster.node import ClusterRooms
 from twisted_signal.cluster.resp import RedisClient, RedisRefused, RedisUnavailable, encode
 from twisted_signal.tap import Options
 
+from .support import sleep
 from .support.cluster import Redis
 from .support.twistd import Spawn, free_port
 
@@ -154,13 +154,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         redis.stop()
 
 
-def _sleep(seconds: float) -> Deferred[None]:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
-
-
 def _client(url: str) -> RedisClient:
     from twisted.internet import reactor
 
@@ -276,12 +269,12 @@ def test_a_node_with_the_password_from_a_file_over_tls(server: Server, tmp_path:
         for _ in range(50):
             if node.node._registered:
                 break
-            yield _sleep(0.1)
+            yield sleep(0.1)
         assert node.node._registered
         assert (yield node.node.redis.execute("EXISTS", node.node.key("node", "tls-node"))) == 1
     finally:
         yield node.stopService()
-        yield _sleep(0)
+        yield sleep(0)
 
 
 def test_unusable_tls_files_are_usage_errors(server: Server, tmp_path: Path) -> None:
@@ -333,10 +326,10 @@ def test_a_node_whose_redis_certificate_does_not_verify_says_so_once(server: Ser
     with capturedLogs() as events:
         node.startService()
         try:
-            yield _sleep(1.5)  # about 7 heartbeats and 3 reads, all refused
+            yield sleep(1.5)  # about 7 heartbeats and 3 reads, all refused
         finally:
             yield node.stopService()
-            yield _sleep(0)
+            yield sleep(0)
     texts = [e.get("why", "") for e in events if e.get("log_level") >= LogLevel.warn]
     # One line from each of its two connections (commands, stream reader).
     assert texts.count(texts[0]) == len(texts) == 2, texts
