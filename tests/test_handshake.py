@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from autobahn.twisted.resource import WebSocketResource
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -174,3 +176,54 @@ def test_checks_without_a_protocol_object() -> None:
         )
         is refused_origin
     )
+
+
+_NAMES = st.sampled_from(
+    [
+        "Host",
+        "Upgrade",
+        "Connection",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Protocol",
+        "Sec-WebSocket-Extensions",
+        "Origin",
+        "Sec-WebSocket-Origin",
+        "X-Forwarded-For",
+        "Cookie",
+    ]
+)
+_VALUES = st.one_of(
+    st.sampled_from(
+        [KEY, "13", "8", "websocket", "Upgrade", "localhost:1", "[::1]:80", "null", "a, a", ""]
+    ),
+    st.text(
+        st.characters(min_codepoint=0, max_codepoint=255, exclude_characters="\r\n"), max_size=30
+    ),
+)
+_PATHS = st.one_of(
+    st.sampled_from(["/socket/a/", "/socket/a/?token=x&token=y", "/socket/a/#f", "/socket/"]),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=20).map(
+        lambda s: "/socket/" + s
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    method=st.sampled_from(["GET", "GET", "GET", "HEAD", "POST", "get"]),
+    path=_PATHS,
+    drop=st.sets(st.sampled_from([n for n, _ in GOOD])),
+    extra=st.lists(st.tuples(_NAMES, _VALUES), max_size=4),
+    version=st.sampled_from(["HTTP/1.1", "HTTP/1.0"]),
+)
+def test_fuzz_any_request_is_answered_as_autobahn_answers_it(
+    method: str,
+    path: str,
+    drop: set[str],
+    extra: list[tuple[str, str]],
+    version: str,
+) -> None:
+    headers = [(n, v) for n, v in GOOD if n not in drop] + extra
+    request = _request(method, path, headers, version)
+    assert _answer(UpgradeResource, request) == _answer(WebSocketResource, request)
