@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import json
-import struct
 import weakref
 from typing import Any, cast
 
@@ -31,6 +30,8 @@ from twisted_signal import message as wire
 from twisted_signal.peer import PeerFactory
 from twisted_signal.rooms import Rooms
 from twisted_signal.settings import Settings
+
+from .support.memory import frame, upgrade
 
 pytestmark = pytest.mark.memory
 
@@ -98,25 +99,6 @@ class HotPathTests(SynchronousTestCase):
         self.assertEqual(last[0], wire.Message("offer", {"sdp": "v=0"}, "a", "all").to_bytes())
 
 
-def _frame(text: bytes) -> bytes:
-    """A masked client text frame (with an all-zero mask: the text as it is)."""
-    size = len(text)
-    if size < 126:
-        head = bytes([0x81, 0x80 | size])
-    elif size < 65536:
-        head = bytes([0x81, 0x80 | 126]) + struct.pack("!H", size)
-    else:
-        head = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", size)
-    return head + b"\0\0\0\0" + text
-
-
-_UPGRADE = (
-    b"GET /socket/hot/ HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    b"Sec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
 class _PeersTestCase(SynchronousTestCase):
     """Real `Peer`s of one factory, joined over in-memory transports."""
 
@@ -132,10 +114,24 @@ class _PeersTestCase(SynchronousTestCase):
         assert isinstance(peer, Peer)
         transport = StringTransport()
         peer.makeConnection(transport)
-        peer.dataReceived(_UPGRADE)
+        peer.dataReceived(upgrade("hot"))
         self.assertEqual(peer.state, WebSocketProtocol.STATE_OPEN)
         self.assertIsNotNone(peer.room)
         return peer, transport
+
+    def _through_site(self) -> tuple[Any, _TCPLikeTransport]:
+        """An HTTP connection of a site serving this factory's rooms, as twistd does."""
+        from twisted_signal.service import SignalingSite
+        from twisted_signal.web import SignalingResource
+
+        resource = SignalingResource(self.factory.rooms, clock=self.clock)
+        site = SignalingSite(resource, handshake_timeout=10.0, clock=self.clock)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert protocol is not None
+        transport = _TCPLikeTransport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return protocol, transport
 
 
 class PeerHotPathTests(_PeersTestCase):
@@ -156,7 +152,7 @@ class PeerHotPathTests(_PeersTestCase):
         sender = self.peers[0][0]
         for n in range(count):
             body = {"event": "candidate", "to": to, "data": {"candidate": "a" * 500, "n": n}}
-            sender.dataReceived(_frame(orjson.dumps(body)))
+            sender.dataReceived(frame(orjson.dumps(body)))
 
     def _unicast(self) -> list[str]:
         return [self.peers[1][0].peer_id]
@@ -303,19 +299,10 @@ class PeerJoinTests(_PeersTestCase):
         self.assertEqual(vars(type(self._join()))["maxFramePayloadSize"], 4096)
 
     def test_the_http_connection_is_let_go_after_the_upgrade(self) -> None:
-        from twisted_signal.service import SignalingSite
-        from twisted_signal.web import SignalingResource
-
-        resource = SignalingResource(self.factory.rooms, clock=self.clock)
-        site = SignalingSite(resource, handshake_timeout=10.0, clock=self.clock)
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        assert protocol is not None
-        transport = _TCPLikeTransport()
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
+        protocol, transport = self._through_site()
         # The site builds the HTTP channel itself (no wrapper around it).
         channel = weakref.ref(protocol)
-        protocol.dataReceived(_UPGRADE)
+        protocol.dataReceived(upgrade("hot"))
         peer = transport.protocol
         self.assertIsInstance(peer, Peer)
         self.assertEqual(peer.state, WebSocketProtocol.STATE_OPEN)
@@ -333,17 +320,8 @@ class SiteJoinTests(_PeersTestCase):
     """
 
     def _join_through_site(self) -> Peer:
-        from twisted_signal.service import SignalingSite
-        from twisted_signal.web import SignalingResource
-
-        resource = SignalingResource(self.factory.rooms, clock=self.clock)
-        site = SignalingSite(resource, handshake_timeout=10.0, clock=self.clock)
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        assert protocol is not None
-        transport = _TCPLikeTransport()
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
-        protocol.dataReceived(_UPGRADE)
+        protocol, transport = self._through_site()
+        protocol.dataReceived(upgrade("hot"))
         peer = transport.protocol
         assert isinstance(peer, Peer)
         self.assertEqual(peer.state, WebSocketProtocol.STATE_OPEN)
@@ -370,7 +348,7 @@ class SiteJoinTests(_PeersTestCase):
         self.patch(autobahn_protocol, "parseHttpHeader", counting_parse)
         self._join_through_site()
         # twisted.web, once per header line of the request; Autobahn never.
-        self.assertEqual(parsed, ["twisted.web"] * _UPGRADE.count(b": "))
+        self.assertEqual(parsed, ["twisted.web"] * upgrade("hot").count(b": "))
 
     def test_nagle_is_off(self) -> None:
         # A small frame goes out at once, not after the client's delayed ACK.
@@ -405,14 +383,14 @@ class PeerTurnTests(_PeersTestCase):
         peer, transport = self._connect()
         self.clock.advance(0)
         transport.clear()
-        frames = [_frame(b"ping") for _ in range(150)]
+        frames = [frame(b"ping") for _ in range(150)]
         pings = [bytes([0x89, 0x80]) + b"\0\0\0\0"] * 150
         peer.dataReceived(b"".join(frames + pings))
         handled_first = transport.value().count(b"pong")
         self.assertLess(handled_first, 150)
         self.assertEqual(transport.producerState, "paused")
         # What arrives meanwhile waits its turn too.
-        peer.dataReceived(_frame(b"ping"))
+        peer.dataReceived(frame(b"ping"))
         self.assertEqual(transport.value().count(b"pong"), handled_first)
         for _ in range(20):
             self.clock.advance(0)
