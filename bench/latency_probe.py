@@ -28,7 +28,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent))
 
-from bench.suite import NODE, free_port, pinned  # noqa: E402
+from bench.suite import NODE, free_port, pinned, server_options  # noqa: E402
 
 
 class Probe:
@@ -88,18 +88,7 @@ def main() -> None:
         gc.set_threshold(args.threshold, *gc.get_threshold()[1:])
     port = free_port()
     options = Options()
-    options.parseOptions(
-        [
-            "--max-peers",
-            "8",
-            "--rate-limit",
-            "10000000/1",
-            "--rate-burst",
-            "10000000",
-            "--endpoint",
-            f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-        ]
-    )
+    options.parseOptions(server_options(str(port)))
     server = makeService(options)
     server.startService()
     if args.freeze:

@@ -140,6 +140,21 @@ class Server:
         self.process = None
 
 
+def server_options(port: str) -> list[str]:
+    """The options of `twistd rtcsignal` in every figure."""
+    return [
+        "--max-peers",
+        "8",
+        # A benchmark floods on purpose: lift the per-peer rate limit.
+        "--rate-limit",
+        "10000000/1",
+        "--rate-burst",
+        "10000000",
+        "--endpoint",
+        f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+    ]
+
+
 def twisted_signal(name: str, *extra: str) -> Server:
     return Server(
         name,
@@ -148,15 +163,7 @@ def twisted_signal(name: str, *extra: str) -> Server:
             "--pidfile=",
             "-n",
             "rtcsignal",
-            "--max-peers",
-            "8",
-            # A benchmark floods on purpose: lift the per-peer rate limit.
-            "--rate-limit",
-            "10000000/1",
-            "--rate-burst",
-            "10000000",
-            "--endpoint",
-            "tcp:PORT:interface=127.0.0.1:backlog=1024",
+            *server_options("PORT"),
             *extra,
         ],
     )
