@@ -227,3 +227,25 @@ def test_fuzz_any_request_is_answered_as_autobahn_answers_it(
     headers = [(n, v) for n, v in GOOD if n not in drop] + extra
     request = _request(method, path, headers, version)
     assert _answer(UpgradeResource, request) == _answer(WebSocketResource, request)
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/socket/a/?token=SECRET&resume=SECRET#f", GOOD),
+        ("/socket/a/?access_token=SECRET", _without("Sec-WebSocket-Key")),
+        ("/socket/a/?token=SECRET", _with("Sec-WebSocket-Version", "7")),
+        ("/socket/a/?token=SECRET&token=SECRET", GOOD),
+        ("/socket/a/?token=SECRET", _with("Host", "x:y")),
+    ],
+)
+def test_a_refused_upgrade_logs_no_credential_of_its_query(
+    path: str, headers: list[tuple[str, str]]
+) -> None:
+    # SPEC: token, access_token and resume never reach a log line, refused or not.
+    from twisted.logger import capturedLogs, formatEvent
+
+    with capturedLogs() as events:
+        answer = _answer(UpgradeResource, _request("GET", path, headers, "HTTP/1.1"))
+    assert not answer.startswith(b"HTTP/1.1 101"), answer
+    assert not any("SECRET" in (formatEvent(e) + repr(e)) for e in events), events
